@@ -1,0 +1,172 @@
+"""One yardstick for every fit: log p(x) and the ELBO in mean nats per datapoint.
+
+The log-likelihood is exact where the model has a closed form (``spec.log_marginal``) and an
+importance-sampled bound otherwise (IWAE-K with the fit's guide as proposal,
+log p(x) ≥ E[log (1/K) Σ_k p(x, z_k) / q(z_k | x)], tight as K → ∞). The ELBO is the average
+of the same log-weights. Both come from :func:`pointwise_log_weights`, which works for any model
+and guide with the zoo's signature.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import pyro
+import torch
+from pyro import poutine
+from torch.distributions import transform_to
+
+from inference.results import FitResult
+from zoo.registry import ModelSpec, Params
+
+
+def load_params(values: Params) -> None:
+    """Write constrained ``values`` into the already-registered params of the current store."""
+    store = pyro.get_param_store()
+    unconstrained = dict(store.named_parameters())
+    constraints = store.get_state()["constraints"]
+    with torch.no_grad():
+        for name, value in values.items():
+            target = unconstrained[name]
+            target.copy_(transform_to(constraints[name]).inv(value.to(target)))
+
+
+@contextmanager
+def fitted(spec: ModelSpec, config, params: Params, x: torch.Tensor, *,
+           guide: str | None = None, guide_params: Params | None = None):
+    """``(model, guide)`` of a fit inside a param-store scope of their own (``guide`` is
+    ``None`` when no guide name is given). ``x`` registers the parameters' shapes and device."""
+    with pyro.get_param_store().scope():
+        model = spec.make_model(config, {k: v.to(x.device) for k, v in params.items()})
+        guide_fn = spec.guides[guide](model, config) if guide is not None else None
+        with torch.no_grad(), poutine.block():
+            if guide_fn is not None:
+                trace = poutine.trace(guide_fn).get_trace(x, num_data=x.shape[0])
+                poutine.replay(model, trace=trace)(x, num_data=x.shape[0])
+            else:
+                model(x, num_data=x.shape[0])
+        load_params({**params, **(guide_params or {})})
+        yield model, guide_fn
+
+
+def pointwise_log_weights(model, guide, x: torch.Tensor, num_samples: int, *,
+                          indices: torch.Tensor | None = None,
+                          max_elements: int = 2**25) -> torch.Tensor:
+    """Log importance weights log p(x_n, z) − log q(z | x_n), shape ``(num_samples, N)``.
+
+    ``z`` is drawn from ``guide``; particles are vectorized in a plate outside the data plate
+    and processed in chunks of at most ``max_elements`` = particles × rows × D numbers. Rows
+    are chosen through the data plate (``indices``, default all of ``x``), so per-datapoint
+    guides see their own parameters.
+    """
+    num_data = x.shape[0]
+    indices = torch.arange(num_data, device=x.device) if indices is None else indices
+    row_size = max(1, x[0].numel())
+    rows_per_chunk = max(1, max_elements // (row_size * num_samples))
+    particles_per_chunk = max(1, min(num_samples, max_elements // row_size))
+    out = []
+    for rows in indices.split(rows_per_chunk):
+        parts = []
+        remaining = num_samples
+        while remaining > 0:
+            k = min(remaining, particles_per_chunk if rows.numel() == 1 else num_samples)
+            parts.append(_log_weights(model, guide, x, rows, k))
+            remaining -= k
+        out.append(torch.cat(parts, dim=0))
+    return torch.cat(out, dim=1)
+
+
+def _log_weights(model, guide, x, rows, num_samples):
+    kwargs = {"num_data": x.shape[0], "subsample_size": rows.numel()}
+    rows_fixed = {"data": rows}  # the data plate's subsample site, fixed to these rows
+
+    def particles(fn):
+        def wrapped(*args, **kw):
+            with pyro.plate("particles", num_samples, dim=-2):
+                return fn(*args, **kw)
+        return wrapped
+
+    with torch.no_grad(), poutine.block():
+        guide_trace = poutine.trace(
+            poutine.condition(particles(guide), rows_fixed)).get_trace(x, **kwargs)
+        model_trace = poutine.trace(poutine.replay(
+            poutine.condition(particles(model), rows_fixed), trace=guide_trace)
+        ).get_trace(x, **kwargs)
+    return (_site_log_prob(model_trace, num_samples, rows.numel())
+            - _site_log_prob(guide_trace, num_samples, rows.numel()))
+
+
+def _site_log_prob(trace, num_samples, num_rows) -> torch.Tensor:
+    trace.compute_log_prob()
+    total = 0.0
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and site["name"] != "data" and "log_prob" in site:
+            total = total + site["log_prob"]
+    return torch.as_tensor(total).expand(num_samples, num_rows)
+
+
+def iwae(log_weights: torch.Tensor) -> torch.Tensor:
+    """IWAE estimate of log p(x_n) from ``(K, N)`` log-weights: logsumexp − log K, shape (N,)."""
+    return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
+
+
+def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tensor,
+                 x_test: torch.Tensor | None = None, *, num_samples: int = 1000,
+                 elbo_samples: int = 100, seed: int = 0) -> dict:
+    """The yardstick for one fit, every figure in mean nats per datapoint.
+
+    Returns ``train_log_likelihood``, ``test_log_likelihood`` (``None`` without test rows),
+    ``log_likelihood_method`` ("exact" or "iwae-K"), ``elbo`` (train; ``None`` without a guide)
+    and ``gap`` = log p(x) − ELBO on the training rows. Monte Carlo draws use their own
+    random stream seeded by ``seed``, so the same files give the same numbers.
+    """
+    devices = [x_train.device] if x_train.is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples)
+
+
+def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples) -> dict:
+    metrics: dict = {"log_likelihood_method": "exact"}
+    guide = result.guide if result.guide in spec.guides else None
+    splits = {"train": x_train, "test": x_test}
+    if spec.log_marginal is not None:
+        metrics["log_likelihood_method"] = "exact"
+        for split, x in splits.items():
+            metrics[f"{split}_log_likelihood"] = _mean_or_none(
+                None if x is None or x.shape[0] == 0
+                else spec.log_marginal(config, _on(result.params, x), x))
+    else:
+        metrics["log_likelihood_method"] = f"iwae-{num_samples}"
+        for split, x in splits.items():
+            value = None
+            if guide is not None and x is not None and x.shape[0] and (
+                    split == "train" or not _per_datapoint(spec, guide)):
+                with fitted(spec, config, result.params, x, guide=guide,
+                            guide_params=result.guide_params) as (model, guide_fn):
+                    value = iwae(pointwise_log_weights(model, guide_fn, x, num_samples))
+            metrics[f"{split}_log_likelihood"] = _mean_or_none(value)
+    metrics.update(elbo=None, gap=None)
+    if guide is not None:
+        with fitted(spec, config, result.params, x_train, guide=guide,
+                    guide_params=result.guide_params) as (model, guide_fn):
+            weights = pointwise_log_weights(model, guide_fn, x_train, elbo_samples)
+        metrics["elbo"] = float(weights.mean())
+        if metrics["train_log_likelihood"] is not None:
+            metrics["gap"] = metrics["train_log_likelihood"] - metrics["elbo"]
+    return metrics
+
+
+def _per_datapoint(spec: ModelSpec, guide: str) -> bool:
+    """A guide with free per-datapoint parameters (mean-field) has none for new rows; its
+    factory says so with a ``per_datapoint = True`` attribute."""
+    return bool(getattr(spec.guides[guide], "per_datapoint", False))
+
+
+def _on(params: Params, x: torch.Tensor) -> Params:
+    return {k: v.to(device=x.device) for k, v in params.items()}
+
+
+def _mean_or_none(values: torch.Tensor | None) -> float | None:
+    return None if values is None else float(values.mean())

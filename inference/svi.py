@@ -1,0 +1,175 @@
+"""Stochastic variational inference: one small fit loop for any model, guide and ELBO.
+
+The loop only composes ``pyro.infer.SVI`` with an ELBO estimator and Adam, in a param-store
+scope of its own so that two fits in one process never share parameters. Checkpointing
+(atomic, resumable) and divergence detection sit beside it in :mod:`inference.runs`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyro
+import pyro.infer
+import pyro.optim
+import torch
+from pyro import poutine
+from tqdm.auto import tqdm
+
+from inference.results import FitResult
+from inference.runs import load_checkpoint, save_checkpoint
+from zoo.errors import InputError
+
+# The ELBO estimators a user can name; each is Pyro's own class.
+ELBOS: dict[str, Callable[..., pyro.infer.ELBO]] = {
+    "Trace_ELBO": pyro.infer.Trace_ELBO,
+    "TraceMeanField_ELBO": pyro.infer.TraceMeanField_ELBO,
+    "TraceGraph_ELBO": pyro.infer.TraceGraph_ELBO,
+    "TraceEnum_ELBO": pyro.infer.TraceEnum_ELBO,
+    "RenyiELBO": pyro.infer.RenyiELBO,
+    "JitTrace_ELBO": pyro.infer.JitTrace_ELBO,
+    "JitTraceMeanField_ELBO": pyro.infer.JitTraceMeanField_ELBO,
+    "JitTraceEnum_ELBO": pyro.infer.JitTraceEnum_ELBO,
+}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
+
+
+def make_elbo(name: str = "Trace_ELBO", *, num_particles: int = 1, **options) -> pyro.infer.ELBO:
+    """Pyro's ELBO estimator called ``name``; particles are vectorized.
+
+    ``RenyiELBO`` takes ``alpha`` (0 gives the IWAE bound); enumeration estimators use
+    ``max_plate_nesting=1`` (the data plate) unless told otherwise.
+    """
+    if name not in ELBOS:
+        raise InputError(f"unknown ELBO '{name}'; choose one of: {', '.join(ELBOS)}")
+    if num_particles < 1:
+        raise InputError(f"num_particles={num_particles} must be at least 1")
+    options.setdefault("max_plate_nesting", 1)
+    if num_particles > 1:
+        options.setdefault("vectorize_particles", True)
+    return ELBOS[name](num_particles=num_particles, **options)
+
+
+def split_params(model, guide, x: torch.Tensor, **kwargs) -> tuple[list[str], list[str]]:
+    """Names of the ``pyro.param`` sites of ``model`` and of ``guide`` (disjoint)."""
+    guide_trace = poutine.trace(guide).get_trace(x, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, **kwargs)
+    guide_names = [n for n, s in guide_trace.nodes.items() if s["type"] == "param"]
+    model_names = [n for n, s in model_trace.nodes.items()
+                   if s["type"] == "param" and n not in guide_names]
+    return model_names, guide_names
+
+
+def fit_svi(
+    model,
+    guide,
+    x: torch.Tensor,
+    *,
+    elbo: str | pyro.infer.ELBO = "Trace_ELBO",
+    steps: int = 1000,
+    lr: float = 1e-2,
+    batch_size: int | None = None,
+    num_particles: int = 1,
+    seed: int = 0,
+    binarize: str | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    progress: bool = False,
+    model_name: str = "",
+    guide_name: str = "",
+) -> FitResult:
+    """Maximize the ELBO of ``model``/``guide`` on ``x : (N, D)`` with Adam.
+
+    Each step sees ``batch_size`` rows chosen by the data plate's subsampling (all rows when
+    ``None``); the ELBO is scaled to the full data set. ``history["elbo"]`` holds the ELBO
+    estimate of every step in mean nats per datapoint. ``binarize="dynamic"`` draws a fresh
+    Bernoulli binarization of ``x`` (grayscale in [0, 1]) every epoch. With ``checkpoint`` set,
+    the state is written there atomically every ``checkpoint_every`` steps and at the end;
+    ``resume=True`` continues from it. A non-finite loss raises :class:`TrainingDiverged`.
+    """
+    num_data = x.shape[0]
+    if steps < 1:
+        raise InputError(f"steps={steps} must be at least 1")
+    if batch_size is not None and not 1 <= batch_size <= num_data:
+        raise InputError(f"batch_size={batch_size} must be between 1 and the {num_data} "
+                         "training rows")
+    batch = None if batch_size is None or batch_size == num_data else batch_size
+    steps_per_epoch = math.ceil(num_data / (batch or num_data))
+    loss = make_elbo(elbo, num_particles=num_particles) if isinstance(elbo, str) else elbo
+    optimizer = pyro.optim.Adam({"lr": lr})
+    kwargs = {"num_data": num_data, "subsample_size": batch}
+    history: list[float] = []
+    start_step = 0
+    pyro.set_rng_seed(seed)
+    with pyro.get_param_store().scope():
+        svi = pyro.infer.SVI(model, guide, optimizer, loss)
+        data = _binarized(x, binarize)
+        if resume and checkpoint is not None and Path(checkpoint).exists():
+            start_step, history = _restore(checkpoint, model, guide, optimizer, data, kwargs)
+            data = _binarized(x, binarize) if start_step % steps_per_epoch else data
+        start = time.perf_counter()
+        bar = tqdm(range(start_step, steps), desc=f"SVI {model_name} {guide_name}".rstrip(),
+                   disable=not progress, leave=False)
+        for step in bar:
+            if binarize == "dynamic" and step % steps_per_epoch == 0 and step > 0:
+                data = _binarized(x, binarize)
+            value = svi.step(data, **kwargs)
+            if not math.isfinite(value):
+                kept = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
+                raise TrainingDiverged(
+                    f"the loss became {value} at step {step + 1} of {model_name} with guide "
+                    f"{guide_name}{kept}; lower the learning rate (--lr) or check the data")
+            history.append(-value / num_data)
+            if step % 25 == 0:
+                bar.set_postfix(elbo=f"{history[-1]:.4f}")
+            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+                _save(checkpoint, step + 1, history, optimizer)
+        seconds = time.perf_counter() - start
+        if checkpoint is not None:
+            _save(checkpoint, steps, history, optimizer)
+        model_names, guide_names = split_params(model, guide, data, **kwargs)
+        store = pyro.get_param_store()
+        params = {n: store[n].detach().clone() for n in model_names}
+        guide_params = {n: store[n].detach().clone() for n in guide_names}
+    return FitResult(
+        model=model_name, inference="svi", guide=guide_name or None, params=params,
+        guide_params=guide_params, history={"elbo": history}, seconds=seconds, steps=steps,
+        converged=True, device=str(x.device), seed=seed,
+        info={"elbo_estimator": loss.__class__.__name__, "lr": lr, "batch_size": batch_size,
+              "num_particles": num_particles})
+
+
+def _binarized(x: torch.Tensor, binarize: str | None) -> torch.Tensor:
+    return torch.bernoulli(x) if binarize == "dynamic" else x
+
+
+def _save(path, step, history, optimizer) -> None:
+    store = pyro.get_param_store()
+    save_checkpoint(path, {
+        "step": step,
+        "history": torch.tensor(history, dtype=torch.float64),
+        # unconstrained values: the constraints are re-created by running model and guide
+        "params": {n: p.detach().clone() for n, p in store.named_parameters()},
+        "optimizer": optimizer.get_state(),
+        "rng": torch.get_rng_state(),
+    })
+
+
+def _restore(path, model, guide, optimizer, x, kwargs) -> tuple[int, list[float]]:
+    state = load_checkpoint(path)
+    split_params(model, guide, x, **kwargs)  # registers every param with its constraint
+    store = pyro.get_param_store()
+    unconstrained = dict(store.named_parameters())
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            unconstrained[name].copy_(value)
+    optimizer.set_state(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"]), state["history"].tolist()

@@ -1,0 +1,26 @@
+"""Every test starts from an empty Pyro param store with validation on, in float64-safe mode."""
+
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro():
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    pyro.set_rng_seed(0)
+    torch.set_default_dtype(torch.float32)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real dataset files (../shared/data beside the checkout); never the network."""
+    assert SHARED_DATA.is_dir(), f"expected the shared datasets at {SHARED_DATA}"
+    return SHARED_DATA

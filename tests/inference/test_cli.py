@@ -1,0 +1,111 @@
+"""The command line: every subcommand answers --help, and bad input exits 2 with one clear line."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from inference.cli import main
+from tests.toy import TOY
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_names_models_guides_inference_and_datasets(capsys):
+    code, out, _ = run(capsys, "list", "--json")
+    assert code == 0
+    listing = json.loads(out)
+    assert {"closed-form", "em", "svi"} == set(listing["inference"])
+    assert {"old-faithful", "iris", "digits", "mnist", "fashion-mnist", "frey-face"} <= set(
+        listing["datasets"])
+    assert "Trace_ELBO" in listing["elbo_estimators"]
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and "Datasets:" in out
+
+
+@pytest.mark.parametrize("argv", [[], ["fit"], ["compare"], ["evaluate"], ["list"],
+                                  ["fit", TOY], ["compare", TOY]])
+def test_every_help_works(capsys, argv):
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--help"] if argv else ["--help"])
+    assert stop.value.code == 0
+    assert "usage: lvm-zoo" in capsys.readouterr().out
+
+
+def test_model_options_come_from_its_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", TOY, "--help"])
+    assert "--init-scale" in capsys.readouterr().out
+
+
+def test_fit_json_prints_one_object_with_the_contract(capsys, tmp_path):
+    code, out, err = run(capsys, "fit", TOY, "--standardize", "--steps", "30", "--out",
+                         str(tmp_path / "run"), "--json")
+    assert code == 0, err
+    record = json.loads(out)  # exactly one JSON document on stdout
+    for key in ("model", "guide", "inference", "data", "n_train", "n_test",
+                "train_log_likelihood", "test_log_likelihood", "log_likelihood_method", "elbo",
+                "seconds", "steps", "converged", "device", "seed", "run_dir"):
+        assert key in record
+    assert record["n_train"] + record["n_test"] == 272
+    assert record["log_likelihood_method"] == "exact"
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BAD_INPUT = {
+    "missing file": (lambda p: ["fit", TOY, "--data", str(p / "absent.csv")], "does not exist"),
+    "unknown dataset": (lambda p: ["fit", TOY, "--data", "no-such-data"], "unknown dataset"),
+    "unknown model": (lambda p: ["fit", "no-such-model"], "unknown model 'no-such-model'"),
+    "model file missing": (lambda p: ["fit", str(p / "none.py") + ":m"], "does not exist"),
+    "non-numeric csv": (lambda p: ["fit", TOY, "--data", _write(p, "a.csv", "1,2\n3,x\n4,5\n")],
+                        "not a number|non-numeric"),
+    "nan": (lambda p: ["fit", TOY, "--data", _write(p, "n.csv", "1,2\nnan,3\n4,5\n")], "NaN"),
+    "inf": (lambda p: ["fit", TOY, "--data", _write(p, "i.csv", "1,2\ninf,3\n4,5\n")], "inf"),
+    "1-D data": (lambda p: ["fit", TOY, "--data", _npy(p, np.arange(5.0))], "2-D"),
+    "empty data": (lambda p: ["fit", TOY, "--data", _npy(p, np.zeros((0, 3)))], "empty|no rows"),
+    "zero steps": (lambda p: ["fit", TOY, "--steps", "0"], "--steps 0"),
+    "negative batch": (lambda p: ["fit", TOY, "--batch-size", "-3"], "--batch-size -3"),
+    "zero seeds": (lambda p: ["compare", TOY, "--seeds", "0"], "--seeds 0"),
+    "test fraction 1": (lambda p: ["fit", TOY, "--test-fraction", "1"], "test-fraction"),
+    "test fraction negative": (lambda p: ["fit", TOY, "--test-fraction", "-0.1"],
+                               "test-fraction"),
+    "not a run dir": (lambda p: ["evaluate", str(p)], "not a run directory"),
+    "unknown guide": (lambda p: ["fit", TOY, "--guide", "nope"], "no guide 'nope'"),
+    "inference that does not apply": (lambda p: ["fit", TOY, "--inference", "em"],
+                                      "does not apply"),
+}
+
+
+def _npy(tmp_path, array):
+    path = tmp_path / "data.npy"
+    np.save(path, array)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_exits_2_with_a_message_naming_it(capsys, tmp_path, case):
+    make_argv, pattern = BAD_INPUT[case]
+    code, out, err = run(capsys, *make_argv(tmp_path))
+    assert code == 2
+    assert err.startswith("lvm-zoo: error: ") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    import re
+    assert re.search(pattern, err), err
+
+
+def test_installed_entry_point_exits_2_without_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "zoo", "fit", "no-such-model"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "unknown model" in done.stderr

@@ -1,0 +1,5 @@
+"""``python -m zoo`` is the ``lvm-zoo`` command."""
+
+from inference.cli import main
+
+raise SystemExit(main())

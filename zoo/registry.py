@@ -1,0 +1,173 @@
+"""The model registry: a name maps to everything the zoo knows about one model family.
+
+A :class:`ModelSpec` says what a model IS (its config, its Pyro model, the closed forms it
+has) and which guides approximate its posterior. The command line, the comparison harness and
+the tests iterate over :func:`models`; nothing dispatches on model names. A user's own model
+file registers the same way, with :func:`register`.
+
+The model's global parameters travel in ONE representation, ``Params``: a dict from the
+``pyro.param`` site names the model uses to constrained tensors. EM, the closed form and SVI all
+produce it; evaluation consumes it; a run directory stores it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from zoo.errors import InputError
+
+Params = dict[str, torch.Tensor]
+
+
+class PyroModel(Protocol):
+    """A Pyro model with the zoo's signature.
+
+    ``model(x=None, *, num_data=None, subsample_size=None)``: ``x : (N, D)`` observed rows, or
+    ``None`` to sample ``num_data`` rows from the prior. Local latents live in
+    ``pyro.plate("data", N, subsample_size=subsample_size)``. Guides have the same signature.
+    """
+
+    def __call__(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        subsample_size: int | None = None,
+    ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class EMSteps:
+    """The closed-form pieces the generic EM loop (``inference.em``) calls.
+
+    - ``init(config, x, generator, method) -> Params``: starting parameters from the data.
+    - ``e_step(config, params, x) -> (statistics, mean_log_likelihood)``: posterior statistics
+      of the latents under ``params`` and the mean log p(x) in nats per datapoint at ``params``.
+    - ``m_step(config, x, statistics) -> Params``: the parameters that maximize the expected
+      complete-data log-likelihood.
+    """
+
+    init: Callable[..., Params]
+    e_step: Callable[..., tuple[Any, torch.Tensor]]
+    m_step: Callable[..., Params]
+    init_methods: tuple[str, ...] = ("random",)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything about one model family.
+
+    ``config_class`` is a frozen dataclass. Its fields become command-line flags (``latent_dim``
+    becomes ``--latent-dim``; the field's ``metadata["help"]`` is the help text); a field with
+    ``metadata={"cli": False}`` is not a flag. It must have a ``dim`` field (the observation
+    dimension, filled in from the data) and a ``validate(num_data)`` method raising ``InputError``.
+    """
+
+    name: str
+    summary: str  # one line for `lvm-zoo list`
+    config_class: type
+    make_model: Callable[..., PyroModel]  # (config, params: Params | None) -> model
+    guides: Mapping[str, Callable[..., PyroModel]] = field(default_factory=dict)
+    # ^ guide name -> factory (model, config) -> guide with the model's signature
+    default_data: str = "old-faithful"
+    default_guide: str | None = None
+    default_elbo: Mapping[str, str] = field(default_factory=dict)  # guide -> ELBO estimator name
+    init_params: Callable[..., Params] | None = None  # (config, x, generator) -> Params for SVI
+    log_marginal: Callable[..., torch.Tensor] | None = None  # (config, params, x) -> (N,) nats
+    posterior: Callable[..., Any] | None = None  # (config, params, x) -> p(z | x) distribution
+    sample: Callable[..., Any] | None = None  # (config, params, n, generator) -> (x, z)
+    em: EMSteps | None = None
+    closed_form: Callable[..., Params] | None = None  # (config, x) -> maximum-likelihood Params
+    synthetic: Callable[..., tuple] | None = None
+    # ^ (num_data, generator, dtype) -> (x (N, D), labels (N,) | None, true Params)
+    local_sites: tuple[str, ...] = ()  # latent sites inside the data plate
+    global_sites: tuple[str, ...] = ()  # latent sites outside it (Bayesian variants)
+    svi_defaults: Mapping[str, Any] = field(default_factory=dict)  # steps, lr, batch_size, ...
+    notes: str = ""  # shown by `lvm-zoo list`, e.g. "no exact posterior: IWAE is the reference"
+
+    @property
+    def inference_methods(self) -> tuple[str, ...]:
+        methods = []
+        if self.closed_form is not None:
+            methods.append("closed-form")
+        if self.em is not None:
+            methods.append("em")
+        if self.guides:
+            methods.append("svi")
+        return tuple(methods)
+
+    def make_config(self, dim: int, **options: Any) -> Any:
+        """Build the config from command-line style options; ``None`` means 'use the default'."""
+        names = {f.name for f in dataclasses.fields(self.config_class)}
+        unknown = sorted(k for k, v in options.items() if v is not None and k not in names)
+        if unknown:
+            flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+            raise InputError(f"model '{self.name}' takes no option {flags}; see `lvm-zoo fit "
+                             f"{self.name} --help` for its options")
+        given = {k: v for k, v in options.items() if v is not None and k in names}
+        return self.config_class(dim=dim, **given)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_ORIGINS: dict[str, str] = {}  # model name -> "path/to/file.py:NAME" for models from user files
+# Built-in model modules; importing one registers its spec.
+_BUILTIN_MODULES = ("zoo.gmm", "zoo.ppca", "zoo.dglvm")
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the zoo (a user file calls this at import time); returns ``spec``."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+def models() -> dict[str, ModelSpec]:
+    """All registered models, built-ins first."""
+    _load_builtins()
+    return dict(_REGISTRY)
+
+
+def get_model(name: str) -> ModelSpec:
+    """Look a model up by registry name, or load ``path/to/file.py:NAME`` and look up NAME."""
+    if ":" in name and name.split(":", 1)[0].endswith(".py"):
+        path, model_name = name.rsplit(":", 1)
+        _import_user_file(Path(path))
+        name = model_name
+        if name in _REGISTRY:
+            _ORIGINS[name] = f"{Path(path).resolve()}:{name}"
+    registry = models()
+    if name not in registry:
+        known = ", ".join(sorted(registry)) or "(none registered)"
+        raise InputError(f"unknown model '{name}'; choose one of: {known}, "
+                         "or give path/to/file.py:NAME for a model of your own")
+    return registry[name]
+
+
+def model_reference(spec: ModelSpec) -> str:
+    """What `get_model` needs to find ``spec`` again in a new process: its registry name, or
+    ``/abs/path/file.py:NAME`` for a model declared in a user file."""
+    return _ORIGINS.get(spec.name, spec.name)
+
+
+def _import_user_file(path: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"model file '{path}' does not exist; check the path")
+    module_name = f"lvm_zoo_user_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    module_spec.loader.exec_module(module)
