@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from torch.distributions import transform_to
 
 from inference.results import FitResult
@@ -102,7 +103,9 @@ def _site_log_prob(trace, num_samples, num_rows) -> torch.Tensor:
     total = 0.0
     for site in trace.nodes.values():
         if site["type"] == "sample" and site["name"] != "data" and "log_prob" in site:
-            total = total + site["log_prob"]
+            # log p(x_n, z) − log q(z | x_n) per row: without the plate's N/B subsample scale
+            # (rows come in chunks) and without a poutine.scale such as the β-VAE's KL weight
+            total = total + scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
     return torch.as_tensor(total).expand(num_samples, num_rows)
 
 

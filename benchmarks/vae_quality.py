@@ -1,0 +1,180 @@
+"""Quality anchors for the deep Gaussian latent-variable model (the VAE) on MNIST.
+
+Two published reference points, each a preset:
+
+- ``pyro``: Pyro's own VAE example (examples/vae/vae.py): 784-400-50, Bernoulli likelihood on
+  grayscale MNIST (the cross-entropy objective), Adam 1e-3; test ELBO ≈ −101 nats per image
+  after about 95 epochs.
+- ``burda``: Burda, Grosse & Salakhutdinov (2016), one-layer VAE 784-200-200-50 on dynamically
+  binarized MNIST; test NLL 86.76 nats (IWAE, K = 5000) after 3280 passes with a decaying
+  learning rate.
+
+``--likelihood gaussian`` instead fits a Gaussian decoder (learned σ²(z)) to dequantized
+MNIST, x̃ = (k + u) / 256 with u ~ U[0, 1), and reports bits per dimension.
+
+Training is ``inference.svi.fit_svi`` one epoch at a time, resumed from its own checkpoint
+(so every epoch also exercises checkpoint and resume); after each epoch the held-out ELBO
+(all test rows) and IWAE-100 (``--curve-rows`` test rows) are recorded. At the end: the test
+ELBO and IWAE-K (K = ``--iwae-samples``, on ``--iwae-rows`` test rows; batched and vectorized,
+on the GPU when present). Writes ``results.json`` and figures to ``--out``.
+
+    python benchmarks/vae_quality.py --preset pyro --epochs 10
+    python benchmarks/vae_quality.py --preset burda --epochs 10 --iwae-samples 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyro
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from inference.evaluate import fitted, iwae, pointwise_log_weights  # noqa: E402
+from inference.figures.dglvm import dglvm_figures  # noqa: E402
+from inference.results import FitResult  # noqa: E402
+from inference.svi import fit_svi  # noqa: E402
+from zoo.datasets import load_dataset  # noqa: E402
+from zoo.dglvm import bits_per_dim, dequantize  # noqa: E402
+from zoo.registry import get_model  # noqa: E402
+
+PRESETS = {
+    "pyro": {"hidden": (400,), "latent_dim": 50, "binarize": None, "batch_size": 256,
+             "reference": "Pyro examples/vae/vae.py: test ELBO ≈ −101 nats (≈ 95 epochs)"},
+    "burda": {"hidden": (200, 200), "latent_dim": 50, "binarize": "dynamic", "batch_size": 100,
+              "reference": "Burda et al. 2016, VAE k=1 one layer: test NLL 86.76 nats "
+                           "(IWAE-5000, 3280 passes)"},
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="pyro")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--min-scale", type=float, default=None,
+                        help="floor on the gaussian σ (default: the config's 0.01; on "
+                             "dequantized 8-bit pixels 1/(256·√12) ≈ 0.0011 is a bin's spread)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--iwae-samples", type=int, default=5000)
+    parser.add_argument("--iwae-rows", type=int, default=500,
+                        help="test rows for the final IWAE-K (all 10000 where a GPU is lent)")
+    parser.add_argument("--curve-rows", type=int, default=1000,
+                        help="test rows for the per-epoch IWAE-100 curve")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2]
+                                                    / "shared" / "data"))
+    parser.add_argument("--out", default=None, help="default: runs/vae-quality-<preset>")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    preset = PRESETS[args.preset]
+    out = Path(args.out or f"runs/vae-quality-{args.preset}-{args.likelihood}")
+    out.mkdir(parents=True, exist_ok=True)
+    gaussian = args.likelihood == "gaussian"
+    binarize = None if gaussian else preset["binarize"]
+    dataset = load_dataset("mnist", root=args.data_root)
+    x_train, x_test = dataset.train.to(device), dataset.test.to(device)
+    if gaussian:  # the 8-bit values k / 255 spread over their bins: (k + u) / 256
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        x_train = dequantize(x_train * 255 / 256, 1 / 256, generator)
+        x_test = dequantize(x_test * 255 / 256, 1 / 256, generator)
+    elif binarize == "dynamic":  # held-out images: one fixed binarization, as Burda et al.
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        x_test = torch.bernoulli(x_test, generator=generator)
+
+    spec = get_model("dglvm")
+    config = spec.make_config(dim=784, latent_dim=preset["latent_dim"],
+                              hidden=preset["hidden"], likelihood=args.likelihood,
+                              epochs=args.epochs, min_scale=args.min_scale)
+    config.validate(x_train.shape[0])
+    batch_size = args.batch_size or preset["batch_size"]
+    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
+    model = spec.make_model(config)
+    guide = spec.guides["amortized"](model, config)
+    checkpoint = out / "checkpoint.pt"
+    checkpoint.unlink(missing_ok=True)
+    curves = {"test_elbo": [], "test_iwae": []}
+    seconds = 0.0
+    pixels = "dequantized" if gaussian else binarize or "grayscale"
+    print(f"dglvm {config.dim}-{'-'.join(map(str, config.hidden))}-{config.latent_dim} "
+          f"{args.likelihood} on MNIST ({pixels})"
+          f", batch {batch_size}, lr {args.lr}, {args.epochs} epochs on {device}; "
+          f"reference: {preset['reference']}", flush=True)
+    result = None
+    for epoch in range(1, args.epochs + 1):
+        start = time.perf_counter()
+        result = fit_svi(model, guide, x_train, steps=epoch * steps_per_epoch, lr=args.lr,
+                         batch_size=batch_size, seed=args.seed, binarize=binarize,
+                         checkpoint=checkpoint, resume=True, model_name="dglvm",
+                         guide_name="amortized")
+        seconds += time.perf_counter() - start
+        result.guide = "amortized"
+        test_elbo, test_iwae = evaluate(spec, config, result, x_test, rows=args.curve_rows)
+        curves["test_elbo"].append(test_elbo)
+        curves["test_iwae"].append(test_iwae)
+        train_elbo = sum(result.history["elbo"][-steps_per_epoch:]) / steps_per_epoch
+        print(f"epoch {epoch:3d}  train ELBO {train_elbo:9.3f}  test ELBO {test_elbo:9.3f}  "
+              f"test IWAE-100 ({args.curve_rows} rows) {test_iwae:9.3f}  "
+              f"{seconds / epoch:6.1f} s/epoch", flush=True)
+
+    start = time.perf_counter()
+    final_elbo, final_iwae = evaluate(spec, config, result, x_test, rows=args.iwae_rows,
+                                      num_samples=args.iwae_samples, elbo_rows=None)
+    iwae_seconds = time.perf_counter() - start
+    record = {
+        "preset": args.preset, "likelihood": args.likelihood, "binarize": binarize,
+        "architecture": f"784-{'-'.join(map(str, config.hidden))}-{config.latent_dim}",
+        "epochs": args.epochs, "steps": result.steps, "batch_size": batch_size, "lr": args.lr,
+        "min_scale": config.min_scale if gaussian else None,
+        "device": str(device), "threads": torch.get_num_threads(),
+        "seconds_per_epoch": seconds / args.epochs,
+        "test_elbo": final_elbo, "test_iwae": final_iwae, "iwae_samples": args.iwae_samples,
+        "iwae_rows": min(args.iwae_rows, x_test.shape[0]), "iwae_seconds": iwae_seconds,
+        "reference": preset["reference"], "curves": curves,
+    }
+    if gaussian:
+        record["test_elbo_bits_per_dim"] = bits_per_dim(final_elbo, 784, 1 / 256)
+        record["test_iwae_bits_per_dim"] = bits_per_dim(final_iwae, 784, 1 / 256)
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    result.history.update(curves)
+    figure_data = SimpleNamespace(name="mnist", is_image=True, obs_shape=(28, 28),
+                                  train=x_train[:64].cpu())
+    dglvm_figures(figure_data, config, result, out)
+    units = " (" + ", ".join(f"{record[k]:.3f}" for k in ("test_elbo_bits_per_dim",
+                                                           "test_iwae_bits_per_dim")) \
+        + " bits/dim)" if gaussian else ""
+    print(f"final: test ELBO {final_elbo:.3f} (all {x_test.shape[0]} rows), test IWAE-"
+          f"{args.iwae_samples} {final_iwae:.3f} ({record['iwae_rows']} rows, "
+          f"{iwae_seconds:.0f} s){units} nats per image; written to {out}", flush=True)
+    return 0
+
+
+def evaluate(spec, config, result: FitResult, x_test: torch.Tensor, *, rows: int,
+             num_samples: int = 100, elbo_rows: int | None = None) -> tuple[float, float]:
+    """Held-out ELBO (mean log-weight of one sample, over ``elbo_rows`` rows: all by default)
+    and IWAE-``num_samples`` over the first ``rows`` rows, nats per image."""
+    with fitted(spec, config, result.params, x_test, guide="amortized",
+                guide_params=result.guide_params) as (model, guide):
+        pyro.set_rng_seed(result.seed)
+        every = torch.arange(x_test.shape[0] if elbo_rows is None else elbo_rows,
+                             device=x_test.device)
+        elbo = float(pointwise_log_weights(model, guide, x_test, 1, indices=every).mean())
+        first = torch.arange(min(rows, x_test.shape[0]), device=x_test.device)
+        bound = float(iwae(pointwise_log_weights(model, guide, x_test, num_samples,
+                                                 indices=first)).mean())
+    return elbo, bound
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""The ELBO decomposition, exactly: log p(x_n) = ELBO_n + KL(q(z_n) || p(z_n | x_n)).
+
+For a model whose spec has both ``log_marginal`` and ``posterior`` (PPCA, factor analysis, the
+GMM), no sampling is needed: log p(x_n) comes from the closed form, the gap is the KL divergence
+between two known distributions (``torch.distributions.kl_divergence``; Gaussians of diagonal
+and full covariance are matched through their full-covariance form), and the ELBO is their
+difference. All three are per datapoint, in nats.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pyro
+import torch
+from pyro import poutine
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
+
+from inference.results import FitResult
+from zoo.errors import InputError
+from zoo.registry import ModelSpec, Params
+
+
+class ElboDecomposition(NamedTuple):
+    """Per-datapoint terms, each ``(N,)`` in nats; ``log_likelihood = elbo + kl``."""
+
+    log_likelihood: torch.Tensor  # log p(x_n)
+    elbo: torch.Tensor  # E_q[log p(x_n, z_n) - log q(z_n)]
+    kl: torch.Tensor  # KL(q(z_n) || p(z_n | x_n)) >= 0, the gap
+
+    def means(self) -> dict[str, float]:
+        """Mean nats per datapoint of each term: ``{"log_likelihood", "elbo", "kl"}``."""
+        return {name: float(value.detach().mean()) for name, value in self._asdict().items()}
+
+
+def elbo_decomposition(spec: ModelSpec, config, params: Params, x: torch.Tensor,
+                       q) -> ElboDecomposition:
+    """log p(x_n), ELBO_n and KL(q || p(z_n | x_n)) for every row of ``x : (N, D)``, exactly.
+
+    Args:
+        spec: a model with ``log_marginal`` and ``posterior`` and one local latent site.
+        config: the model's config.
+        params: the model's parameters (its one representation) at which to judge ``q``.
+        x: the data, ``(N, D)``.
+        q: the approximate posterior over the local latent, either a distribution with batch
+            shape ``(N,)`` or a guide (called as ``q(x)``; its local site's distribution is
+            read from one trace, so its parameters must already be in the param store; see
+            :func:`decompose_fit` for a fitted result).
+
+    Differentiable: with ``q``'s parameters requiring gradients, ``elbo`` is the exact ELBO to
+    maximize (no sampling). Wrap the call in ``torch.no_grad()`` to only evaluate.
+    """
+    if spec.log_marginal is None or spec.posterior is None:
+        raise InputError(f"model '{spec.name}' has no exact log p(x) and posterior; judge its "
+                         "guides with an importance-sampled bound instead")
+    if not isinstance(q, Distribution):
+        q = guide_distribution(q, x, site=_local_site(spec))
+    if tuple(q.batch_shape) != (x.shape[0],):
+        raise InputError(f"q has batch shape {tuple(q.batch_shape)} but x has {x.shape[0]} "
+                         "rows; q must describe every row of x (no subsampling)")
+    log_likelihood = spec.log_marginal(config, params, x)
+    kl = gaussian_aware_kl(q, spec.posterior(config, params, x))
+    return ElboDecomposition(log_likelihood, log_likelihood - kl, kl)
+
+
+def decompose_fit(spec: ModelSpec, config, result: FitResult, x: torch.Tensor,
+                  guide: str | None = None) -> ElboDecomposition:
+    """:func:`elbo_decomposition` of a fitted result on ``x`` (its training rows, for a
+    mean-field guide). ``guide`` defaults to the result's guide; without one (EM, closed form)
+    q is the exact posterior and the gap is 0. Runs in a param-store scope of its own."""
+    with torch.no_grad():
+        return _decompose_fit(spec, config, result, x, guide or result.guide)
+
+
+def _decompose_fit(spec, config, result, x, guide):
+    if guide is None:
+        return elbo_decomposition(spec, config, result.params, x,
+                                  spec.posterior(config, result.params, x))
+    if guide not in spec.guides:
+        raise InputError(f"model '{spec.name}' has no guide '{guide}'; choose one of: "
+                         + ", ".join(spec.guides))
+    store = pyro.get_param_store()
+    with store.scope():
+        for name, value in {**result.params, **result.guide_params}.items():
+            store[name] = value.detach().clone()  # the model and guide read these values
+        model = spec.make_model(config, result.params)
+        return elbo_decomposition(spec, config, result.params, x,
+                                  spec.guides[guide](model, config))
+
+
+def guide_distribution(guide, x: torch.Tensor, site: str = "z") -> Distribution:
+    """The distribution a guide puts on ``site`` for all rows of ``x`` (one trace, no
+    subsampling)."""
+    trace = poutine.trace(guide).get_trace(x)
+    if site not in trace.nodes:
+        raise InputError(f"the guide has no sample site '{site}'")
+    return trace.nodes[site]["fn"]
+
+
+def gaussian_aware_kl(q: Distribution, p: Distribution) -> torch.Tensor:
+    """``kl_divergence(q, p)``; a diagonal Gaussian (``Independent(Normal, 1)``) facing a
+    full-covariance one is first written as a ``MultivariateNormal``."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return kl_divergence(_as_multivariate_normal(q), _as_multivariate_normal(p))
+
+
+def _as_multivariate_normal(d: Distribution) -> Distribution:
+    if isinstance(d, MultivariateNormal):
+        return d
+    if (isinstance(d, Independent) and isinstance(d.base_dist, Normal)
+            and d.reinterpreted_batch_ndims == 1):
+        return MultivariateNormal(d.base_dist.loc, scale_tril=torch.diag_embed(d.base_dist.scale))
+    raise InputError(f"no exact KL divergence between {type(d).__name__} and the posterior; "
+                     "the decomposition needs distributions torch can compare")
+
+
+def _local_site(spec: ModelSpec) -> str:
+    if len(spec.local_sites) != 1:
+        raise InputError(f"model '{spec.name}' has local sites {spec.local_sites}; the exact "
+                         "decomposition handles one local latent")
+    return spec.local_sites[0]

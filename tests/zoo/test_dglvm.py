@@ -1,0 +1,272 @@
+"""The deep Gaussian latent-variable model: config, shapes, β, training mechanics, and the
+held-out log-likelihood against PPCA with the same q on digits."""
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+
+from guides.dglvm import AmortizedGuide
+from inference.evaluate import evaluate_fit
+from inference.runs import load_checkpoint
+from inference.strategies import fit
+from inference.svi import TrainingDiverged, fit_svi, make_elbo
+from zoo.dglvm import (
+    DGLVMConfig,
+    bits_per_dim,
+    dequantize,
+    gaussian_kl,
+    make_model,
+    sample,
+    synthetic,
+)
+from zoo.errors import InputError
+from zoo.registry import get_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small networks on shared cores run fastest, and deterministically, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_config(**options) -> DGLVMConfig:
+    return DGLVMConfig(**{"dim": 6, "latent_dim": 2, "hidden": (8,), **options})
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"latent_dim": 0}, "--latent-dim 0 must be at least 1"),
+    ({"hidden": (8, 0)}, "every layer width"),
+    ({"likelihood": "poisson"}, "choose one of: gaussian, bernoulli"),
+    ({"variance": "full"}, "choose one of: learned, isotropic, fixed"),
+    ({"fixed_variance": 0.0}, "--fixed-variance 0.0 must be positive"),
+    ({"min_scale": -1.0}, "--min-scale -1.0 must be positive"),
+    ({"beta": -0.5}, "--beta -0.5"),
+    ({"beta": 0.0}, "--beta 0.0 must be .* > 0.*autoencoder"),
+    ({"epochs": 0}, "--epochs 0"),
+])
+def test_config_validation_names_the_input_and_the_fix(options, message):
+    with pytest.raises(InputError, match=message):
+        small_config(**options).validate(10)
+
+
+@pytest.mark.parametrize(("text", "widths"), [
+    ("400", (400,)), ("200,200", (200, 200)), ("linear", ()), ("", ()), (400, (400,)),
+    ((200, 100), (200, 100)), ([50], (50,)),
+])
+def test_hidden_widths_parse_from_cli_strings_and_python_values(text, widths):
+    assert DGLVMConfig(hidden=text).hidden == widths
+    spec = get_model("dglvm")
+    assert spec.make_config(dim=6, hidden=text).hidden == widths
+
+
+def test_bad_hidden_widths_raise_input_error():
+    with pytest.raises(InputError, match="--hidden '2x3'.*200,200"):
+        DGLVMConfig(hidden="2x3")
+
+
+def test_bernoulli_likelihood_rejects_pixels_outside_unit_interval():
+    config = small_config(likelihood="bernoulli")
+    x = torch.full((4, 6), 16.0)
+    with pytest.raises(InputError, match=r"\[0, 1\].*--binarize.*--likelihood gaussian"):
+        make_model(config)(x)
+
+
+def test_epochs_map_to_steps():
+    config = small_config(epochs=3)
+    assert config.steps_for(1437, 128) == 3 * 12
+    assert config.steps_for(100, None) == 3
+    assert config.steps_for(100, 500) == 3  # a batch larger than the data is all of it
+
+
+@pytest.mark.parametrize("likelihood,variance", [
+    ("gaussian", "learned"), ("gaussian", "isotropic"), ("gaussian", "fixed"),
+    ("bernoulli", "learned")])
+def test_model_broadcasts_particles_and_subsamples_rows(likelihood, variance):
+    config = small_config(likelihood=likelihood, variance=variance)
+    model = make_model(config)
+    x = torch.rand(10, 6)
+    guide = AmortizedGuide(model, config)
+
+    def particles(fn):
+        def wrapped(*args, **kwargs):
+            with pyro.plate("particles", 7, dim=-2):
+                return fn(*args, **kwargs)
+        return wrapped
+
+    guide_trace = poutine.trace(particles(guide)).get_trace(x, subsample_size=4)
+    model_trace = poutine.trace(poutine.replay(particles(model), trace=guide_trace)).get_trace(
+        x, subsample_size=4)
+    model_trace.compute_log_prob()
+    assert model_trace.nodes["z"]["value"].shape == (7, 4, 2)
+    assert model_trace.nodes["x"]["log_prob"].shape == (7, 4)
+    assert model_trace.nodes["x"]["fn"].event_shape == (6,)
+    assert model_trace.nodes["data"]["value"].shape == (4,)
+    names = {n for n, s in model_trace.nodes.items() if s["type"] == "param"}
+    assert "decoder$$$net.0.weight" in names
+    assert ("noise_scale" in names) == (likelihood == "gaussian" and variance == "isotropic")
+
+
+def test_prior_samples_have_the_data_shape_and_follow_the_dtype():
+    config = small_config()
+    model = make_model(config)
+    assert model(num_data=5).shape == (5, 6)
+    x64 = torch.rand(3, 6, dtype=torch.float64)
+    trace = poutine.trace(make_model(config)).get_trace(x64)
+    assert trace.nodes["z"]["value"].dtype == torch.float64
+    with pytest.raises(InputError, match="num_data"):
+        model()
+
+
+def test_sample_and_synthetic_data_come_from_the_decoder():
+    x, labels, params = synthetic(50, torch.Generator().manual_seed(1), torch.float64)
+    assert x.shape == (50, 16) and x.dtype == torch.float64 and labels is None
+    again, _, _ = synthetic(50, torch.Generator().manual_seed(1), torch.float64)
+    torch.testing.assert_close(x, again)
+    config = DGLVMConfig(dim=16, latent_dim=2, hidden=(32,), variance="isotropic")
+    more, z = sample(config, params, 20, torch.Generator().manual_seed(2))
+    assert more.shape == (20, 16) and z.shape == (20, 2)
+    # the given params are the model's starting values, at their own precision
+    model = make_model(config, params)
+    trace = poutine.trace(model).get_trace(x)
+    store = pyro.get_param_store()
+    assert torch.equal(store["decoder$$$net.0.weight"], params["decoder$$$net.0.weight"])
+    torch.testing.assert_close(store["noise_scale"], params["noise_scale"])
+    assert trace.nodes["x"]["fn"].base_dist.scale.unique().item() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("elbo_name", ["Trace_ELBO", "TraceMeanField_ELBO"])
+def test_beta_scales_the_kl_term_exactly(elbo_name):
+    """loss(β) = −log p(x | z) + β (log q(z | x) − log p(z)) with the same ε for every β:
+    linear in β, and with TraceMeanField_ELBO the slope is the closed-form KL."""
+    x = torch.rand(9, 6, dtype=torch.float64)
+    losses, kl = {}, None
+    for beta in (0.5, 1.0, 2.5):
+        config = small_config(beta=beta)
+        model, guide = make_model(config), AmortizedGuide(make_model(config), config)
+        pyro.set_rng_seed(0)  # the same weights (first call) and the same ε for every β
+        losses[beta] = make_elbo(elbo_name).loss(model, guide, x)
+        loc, scale = guide.encode(x)
+        kl = float(gaussian_kl(loc, scale).sum().detach())
+        pyro.clear_param_store()
+    assert losses[2.5] - losses[0.5] == pytest.approx(4 * (losses[1.0] - losses[0.5]),
+                                                      rel=1e-9)
+    if elbo_name == "TraceMeanField_ELBO":
+        assert losses[1.0] - losses[0.5] == pytest.approx(0.5 * kl, rel=1e-9)
+    assert losses[1.0] != losses[0.5]
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
+    x = torch.rand(40, 6)
+    config = small_config()
+    options = {"steps": 20, "batch_size": 16, "seed": 3, "lr": 1e-2}
+
+    def run(**extra):
+        model = make_model(config)
+        return fit_svi(model, AmortizedGuide(model, config), x, **options, **extra)
+
+    straight = run()
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    model = make_model(config)
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 13:
+            raise KeyboardInterrupt
+        return model(*args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_svi(interrupted, AmortizedGuide(model, config), x, **options,
+                checkpoint=checkpoint, checkpoint_every=5)
+    assert int(load_checkpoint(checkpoint)["step"]) == 10
+    resumed = run(checkpoint=checkpoint, checkpoint_every=5, resume=True)
+
+    assert resumed.history["elbo"] == straight.history["elbo"]
+    for name, value in {**straight.params, **straight.guide_params}.items():
+        other = {**resumed.params, **resumed.guide_params}[name]
+        assert torch.equal(value, other), name
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    x = torch.rand(40, 6)
+    config = small_config()
+    model = make_model(config)
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            with torch.no_grad():
+                model.decoder.net[0].weight.fill_(float("nan"))
+        return model(*args, **kwargs)
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    pyro.enable_validation(False)  # validation would warn on the NaN first
+    with pytest.raises(TrainingDiverged, match=r"step \d+ .*last good checkpoint is"):
+        fit_svi(poisoned, AmortizedGuide(model, config), x, steps=20, checkpoint=checkpoint,
+                checkpoint_every=5, lr=1e-2)
+    state = load_checkpoint(checkpoint)
+    assert int(state["step"]) == 5
+    assert all(torch.isfinite(v).all() for v in state["params"].values())
+
+
+def test_jit_trace_elbo_gives_the_same_loss():
+    x = torch.rand(12, 6)
+    config = small_config()
+    values = []
+    for name in ("Trace_ELBO", "JitTrace_ELBO"):
+        model = make_model(config)
+        guide = AmortizedGuide(model, config)
+        pyro.set_rng_seed(0)
+        elbo = make_elbo(name, ignore_jit_warnings=True) if "Jit" in name else make_elbo(name)
+        values.append(elbo.loss(model, guide, x))
+        pyro.clear_param_store()
+    assert values[0] == pytest.approx(values[1], rel=1e-5)
+
+
+def test_bits_per_dim_and_dequantization():
+    x = torch.randint(0, 256, (5, 4)).float() / 255
+    noisy = dequantize(x, 1 / 255, torch.Generator().manual_seed(0))
+    assert ((noisy - x) >= 0).all() and ((noisy - x) < 1 / 255).all()
+    # the uniform density on [0, 256/255)^D is (255/256)^D: exactly 8 bits per dimension
+    assert bits_per_dim(4 * math.log(255 / 256), 4, 1 / 255) == pytest.approx(8.0)
+    # scale-free: the same model on data scaled by 16 (density / 16^D, bin × 16)
+    assert bits_per_dim(-3.0 - 4 * math.log(16), 4, 16.0) == pytest.approx(
+        bits_per_dim(-3.0, 4, 1.0))
+
+
+def test_gaussian_kl_is_zero_at_the_prior():
+    assert float(gaussian_kl(torch.zeros(3), torch.ones(3))) == 0.0
+
+
+def test_deep_model_beats_ppca_with_the_same_q_on_held_out_digits():
+    """Dequantized digits (counts + U[0, 1)): both densities are in the same units and bounded.
+    PPCA's held-out log-likelihood is scikit-learn's (probabilistic PCA, Tipping & Bishop)."""
+    q = 5
+    data = torch.tensor(load_digits().data, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    data = dequantize(data[torch.randperm(len(data), generator=generator)], 1.0, generator)
+    x_train, x_test = data[:1437], data[1437:]
+    ppca = PCA(n_components=q).fit(x_train.numpy())
+    ppca_test = float(ppca.score(x_test.numpy()))
+
+    spec = get_model("dglvm")
+    config = spec.make_config(dim=64, latent_dim=q, hidden=(200,))
+    config.validate(x_train.shape[0])
+    result = fit(spec, config, x_train, inference="svi", steps=config.steps_for(1437, 128) // 2,
+                 lr=1e-3, batch_size=128)
+    metrics = evaluate_fit(spec, config, result, x_train, x_test, num_samples=200)
+    assert metrics["test_log_likelihood"] > ppca_test + 20.0, (metrics, ppca_test)
+    assert metrics["gap"] > 0  # IWAE ≥ ELBO on the training rows
+    assert bits_per_dim(metrics["test_log_likelihood"], 64, 1.0) < bits_per_dim(
+        ppca_test, 64, 1.0)

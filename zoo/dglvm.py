@@ -1,0 +1,397 @@
+"""The deep Gaussian latent-variable model: the generative half of the VAE.
+
+    z_n ~ N(0, I_Q)
+    x_n | z_n ~ N(μ_θ(z_n), diag σ²_θ(z_n))        likelihood="gaussian"
+    x_n | z_n ~ Bernoulli(sigmoid(f_θ(z_n)))       likelihood="bernoulli"
+
+μ_θ, σ_θ and f_θ are one MLP decoder (``hidden`` widths, ReLU). The Gaussian variance is
+learned per pixel as a function of z (``variance="learned"``: the lecture's Σ(z)), one learned
+σ² for every pixel (``"isotropic"``: PPCA's noise model, so a linear decoder *is* PPCA), or fixed
+(``"fixed"``: log p(x | z) = −‖x − μ(z)‖² / 2σ² + const, the notes' squared-error form).
+``beta`` weights the KL term through ``poutine.scale`` on the z site (β-VAE; β → 0 approaches
+the plain autoencoder; Pyro's scale must be positive); the guides scale their z site by the same
+β, so the ELBO estimators see E[log p(x | z)] − β KL(q ‖ p) and nothing is hand-written.
+
+No exact posterior or log p(x) exists: log p(x) is estimated by importance sampling with the
+encoder as proposal (IWAE-K, :mod:`inference.evaluate`).
+
+Density convention. A Gaussian decoder is a density of x *in the units the data come in*
+(digits: counts 0..16; MNIST, Fashion-MNIST, Frey Face: [0, 1]), in nats per datapoint, the same
+convention PPCA uses, so the two compare like for like. On quantized pixels such a density is
+unbounded (σ can shrink onto a pixel that never changes); ``min_scale`` bounds it. The
+scale-free figure is bits per dimension on dequantized data: :func:`dequantize` adds uniform
+noise over one quantization bin, :func:`bits_per_dim` converts log p of those values into
+−log₂ P(bin) / D. The Bernoulli likelihood on grayscale values in [0, 1] is the cross-entropy
+objective of Pyro's VAE example; it is a normalized likelihood only for binary x.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+from torch.distributions import constraints
+
+from zoo.errors import InputError
+from zoo.registry import ModelSpec, Params, register
+
+LIKELIHOODS = ("gaussian", "bernoulli")
+VARIANCES = ("learned", "isotropic", "fixed")
+
+
+def parse_widths(text: str | int | tuple | list | None) -> tuple[int, ...]:
+    """Hidden widths from ``"400"``, ``"200,200"``, ``400``, ``(200, 200)``; ``""`` or
+    ``"linear"`` for none (a linear decoder)."""
+    if text is None:
+        return ()
+    if isinstance(text, int):
+        return (text,)
+    if isinstance(text, str):
+        stripped = text.strip().lower()
+        if stripped in ("", "linear", "none"):
+            return ()
+        try:
+            return tuple(int(part) for part in stripped.split(","))
+        except ValueError:
+            raise InputError(f"--hidden '{text}' is not a comma-separated list of layer widths; "
+                             "write e.g. 400 or 200,200 (or 'linear' for none)") from None
+    return tuple(int(width) for width in text)
+
+
+@dataclass(frozen=True)
+class DGLVMConfig:
+    """Sizes and likelihood of the deep Gaussian latent-variable model."""
+
+    # D, the observation dimension; filled in from the data
+    dim: int = field(default=64, metadata={"cli": False})
+    # Q, the dimension of z (2 for the latent-manifold figure)
+    latent_dim: int = field(default=10, metadata={"help": "Q, the dimension of z"})
+    # decoder widths from z to x; the encoder uses them in reverse; () is a linear decoder
+    hidden: tuple[int, ...] = field(default=(400,), metadata={
+        "type": parse_widths, "help": "hidden layer widths of the decoder, e.g. 400 or 200,200 "
+        "(the encoder mirrors them; 'linear' for none)"})
+    # observation model: Gaussian on real values, Bernoulli on (binarized) images in [0, 1]
+    likelihood: str = field(default="gaussian", metadata={
+        "choices": LIKELIHOODS, "help": "p(x | z): gaussian, or bernoulli for images in [0, 1]"})
+    # Gaussian variance: σ²(z) per pixel from the decoder, one learned σ², or fixed_variance
+    variance: str = field(default="learned", metadata={
+        "choices": VARIANCES,
+        "help": "gaussian variance: learned per pixel as σ²(z), isotropic (one learned σ², as "
+                "PPCA), or fixed (fixed_variance: the squared-error form)"})
+    # σ² when variance="fixed"; 1.0 gives log p(x | z) = −‖x − μ(z)‖²/2 + const
+    fixed_variance: float = field(default=1.0, metadata={
+        "help": "σ² of the gaussian likelihood when --variance fixed"})
+    # floor on a learned σ, in data units: keeps the density finite on constant pixels
+    min_scale: float = field(default=0.01, metadata={
+        "help": "smallest learned σ, in data units (densities of quantized pixels are "
+                "otherwise unbounded)"})
+    # weight of KL(q ‖ p) in the ELBO (β-VAE); β → 0 approaches the plain autoencoder
+    beta: float = field(default=1.0, metadata={
+        "help": "weight of the KL term (β-VAE), > 0; β → 0 approaches the plain autoencoder"})
+    # guide draws z without reparameterization: Trace_ELBO then uses the log-trick gradient
+    score_function: bool = field(default=False, metadata={
+        "help": "score-function (log-trick) gradients instead of reparameterized ones"})
+    # passes over the training data; steps = epochs × ceil(N / batch_size), see steps_for
+    epochs: int = field(default=200, metadata={
+        "help": "passes over the training data (SVI steps = epochs x ceil(N / batch size))"})
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", parse_widths(self.hidden))
+
+    def validate(self, num_data: int) -> None:
+        """Raise :class:`InputError` naming the bad field and the fix."""
+        if num_data < 1:
+            raise InputError(f"the data have {num_data} rows; give at least one")
+        if self.dim < 1:
+            raise InputError(f"dim={self.dim} must be at least 1")
+        if self.latent_dim < 1:
+            raise InputError(f"--latent-dim {self.latent_dim} must be at least 1")
+        if any(width < 1 for width in self.hidden):
+            raise InputError(f"--hidden {','.join(map(str, self.hidden))}: every layer width "
+                             "must be at least 1")
+        if self.likelihood not in LIKELIHOODS:
+            raise InputError(f"--likelihood {self.likelihood} is unknown; choose one of: "
+                             + ", ".join(LIKELIHOODS))
+        if self.variance not in VARIANCES:
+            raise InputError(f"--variance {self.variance} is unknown; choose one of: "
+                             + ", ".join(VARIANCES))
+        if not self.fixed_variance > 0:
+            raise InputError(f"--fixed-variance {self.fixed_variance} must be positive")
+        if not self.min_scale > 0:
+            raise InputError(f"--min-scale {self.min_scale} must be positive")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise InputError(f"--beta {self.beta} must be a finite number > 0 (Pyro's "
+                             "poutine.scale is positive); a small β such as 1e-3 approaches "
+                             "the plain autoencoder")
+        if self.epochs < 1:
+            raise InputError(f"--epochs {self.epochs} must be at least 1")
+
+    def steps_for(self, num_data: int, batch_size: int | None) -> int:
+        """SVI steps for ``epochs`` passes over ``num_data`` rows in minibatches of
+        ``batch_size`` (all rows when ``None``): epochs × ceil(N / batch_size)."""
+        batch = num_data if batch_size is None else min(batch_size, num_data)
+        return self.epochs * math.ceil(num_data / batch)
+
+
+def check_data(config: DGLVMConfig, x: torch.Tensor) -> None:
+    """The likelihood's support against the data: Bernoulli needs values in [0, 1]."""
+    if x.shape[-1] != config.dim:
+        raise InputError(f"the data have {x.shape[-1]} columns but the model was built for "
+                         f"dim={config.dim}; build the config from the data")
+    if config.likelihood == "bernoulli" and x.numel():
+        low, high = float(x.min()), float(x.max())
+        if low < 0 or high > 1:
+            raise InputError(
+                f"--likelihood bernoulli needs pixel values in [0, 1], but the data range over "
+                f"[{low:g}, {high:g}]; scale them to [0, 1] and --binarize them, or choose "
+                "--likelihood gaussian")
+
+
+def mlp(widths: tuple[int, ...]) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        if i:
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(fan_in, fan_out))
+    return nn.Sequential(*layers)
+
+
+class Decoder(nn.Module):
+    """z : (..., Q) → the parameters of p(x | z), each (..., D).
+
+    Bernoulli: logits. Gaussian: loc, and for ``variance="learned"`` also
+    σ = softplus(·) + min_scale from a second half of the output layer.
+    """
+
+    def __init__(self, config: DGLVMConfig):
+        super().__init__()
+        self.learned_scale = config.likelihood == "gaussian" and config.variance == "learned"
+        self.min_scale = config.min_scale
+        out = config.dim * (2 if self.learned_scale else 1)
+        self.net = mlp((config.latent_dim, *config.hidden, out))
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.net(z)
+        if not self.learned_scale:
+            return out, None
+        loc, raw_scale = out.chunk(2, dim=-1)
+        return loc, nn.functional.softplus(raw_scale) + self.min_scale
+
+
+def _reset(module: nn.Module) -> None:
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            layer.reset_parameters()
+
+
+def load_module(module: nn.Module, prefix: str, params: Params) -> Params:
+    """Copy ``prefix$$$name`` entries of ``params`` into ``module``; return the other entries."""
+    own = {k.split("$$$", 1)[1]: v for k, v in params.items() if k.startswith(prefix + "$$$")}
+    if own:
+        first = next(iter(own.values()))
+        module.to(device=first.device, dtype=first.dtype)  # keep the given precision
+        state = module.state_dict()
+        missing = sorted(set(state) - set(own))
+        if missing:
+            raise InputError(f"the given {prefix} parameters lack {', '.join(missing)}; they do "
+                             "not fit this config (check --hidden and --latent-dim)")
+        module.load_state_dict({k: v.detach().to(state[k]) for k, v in own.items()})
+    return {k: v for k, v in params.items() if not k.startswith(prefix + "$$$")}
+
+
+class DGLVM(nn.Module):
+    """The Pyro model ``model(x=None, *, num_data=None, subsample_size=None)``.
+
+    ``x : (N, D)``. The decoder is registered as ``pyro.module("decoder", ...)``; z lives in
+    ``pyro.plate("data", N, subsample_size=...)`` and may carry extra batch dimensions to the
+    left (particles at dim −2), which the decoder broadcasts over. Without ``params`` the
+    weights are drawn on the first call, so ``pyro.set_rng_seed`` just before fitting fixes
+    them; the module then moves to the data's device and dtype.
+    """
+
+    def __init__(self, config: DGLVMConfig, params: Params | None = None):
+        super().__init__()
+        self.config = config
+        self.decoder = Decoder(config)
+        rest = load_module(self.decoder, "decoder", params or {})
+        self.noise_scale_init = rest.get("noise_scale")
+        self._draw_weights = params is None
+        self._checked: torch.Tensor | None = None
+
+    def _prepare(self, x: torch.Tensor | None) -> None:
+        if self._draw_weights:
+            _reset(self.decoder)
+            self._draw_weights = False
+        if x is None:
+            return
+        if x is not self._checked:
+            check_data(self.config, x)
+            self._checked = x
+        weight = self.decoder.net[0].weight
+        if weight.device != x.device or weight.dtype != x.dtype:
+            self.decoder.to(device=x.device, dtype=x.dtype)
+
+    def likelihood(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """p(x | z) for z : (..., Q), with event shape (D,)."""
+        config = self.config
+        loc, scale = self.decoder(z)
+        if config.likelihood == "bernoulli":
+            # validate_args=False: grayscale values in [0, 1] give the cross-entropy objective
+            return dist.Bernoulli(logits=loc, validate_args=False).to_event(1)
+        if config.variance == "isotropic":
+            init = self.noise_scale_init
+            scale = pyro.param(
+                "noise_scale",
+                lambda: (torch.ones((), dtype=loc.dtype, device=loc.device) if init is None
+                         else init.detach().to(loc)),
+                constraint=constraints.positive).expand(loc.shape)
+        elif config.variance == "fixed":
+            scale = torch.full_like(loc, math.sqrt(config.fixed_variance))
+        return dist.Normal(loc, scale).to_event(1)
+
+    def forward(self, x: torch.Tensor | None = None, *, num_data: int | None = None,
+                subsample_size: int | None = None) -> torch.Tensor:
+        self._prepare(x)
+        if x is None and num_data is None:
+            raise InputError("give the data x or num_data, the number of rows to draw")
+        num_data = x.shape[0] if x is not None else num_data
+        weight = self.decoder.net[0].weight
+        pyro.module("decoder", self.decoder)
+        zeros = torch.zeros(self.config.latent_dim, dtype=weight.dtype, device=weight.device)
+        with pyro.plate("data", num_data, subsample_size=subsample_size,
+                        device=weight.device) as idx:
+            with poutine.scale(scale=self.config.beta):
+                z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))
+            return pyro.sample("x", self.likelihood(z), obs=None if x is None else x[idx])
+
+
+def make_model(config: DGLVMConfig, params: Params | None = None) -> DGLVM:
+    """The Pyro model for ``config``; ``params`` (keyed ``decoder$$$net.0.weight``, ...,
+    ``noise_scale``) are its initial values."""
+    return DGLVM(config, params)
+
+
+# --- closed forms that do exist: the KL term, sampling, densities on dequantized pixels ---------
+
+
+def gaussian_kl(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """KL(N(m, diag s²) ‖ N(0, I)) = ½[tr S + ‖m‖² − Q − log det S] with S = diag s².
+
+    ``loc, scale : (..., Q)`` → (...,) nats. TraceMeanField_ELBO uses this closed form in
+    place of a Monte Carlo estimate of E_q[log q(z) − log p(z)].
+    """
+    variance = scale.square()
+    return 0.5 * (variance + loc.square() - 1.0 - variance.log()).sum(-1)
+
+
+def decode(config: DGLVMConfig, params: Params, z: torch.Tensor) -> torch.Tensor:
+    """The decoder's mean E[x | z] for ``z : (..., Q)`` → (..., D): the Gaussian mean or the
+    Bernoulli probabilities."""
+    decoder = Decoder(config)
+    load_module(decoder, "decoder", params)
+    decoder.to(z)
+    with torch.no_grad():
+        loc, _ = decoder(z)
+    return torch.sigmoid(loc) if config.likelihood == "bernoulli" else loc
+
+
+def sample(config: DGLVMConfig, params: Params, num_data: int,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ancestral samples ``(x (N, D), z (N, Q))`` from the prior and the decoder."""
+    weight = params["decoder$$$net.0.weight"]
+    z = torch.randn(num_data, config.latent_dim, generator=generator, dtype=weight.dtype,
+                    device=weight.device)
+    decoder = Decoder(config)
+    load_module(decoder, "decoder", params)
+    decoder.to(weight)
+    with torch.no_grad():
+        loc, scale = decoder(z)
+        if config.likelihood == "bernoulli":
+            return torch.bernoulli(torch.sigmoid(loc), generator=generator), z
+        if config.variance == "isotropic":
+            scale = params["noise_scale"].to(loc).expand_as(loc)
+        elif config.variance == "fixed":
+            scale = torch.full_like(loc, math.sqrt(config.fixed_variance))
+        noise = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
+        return loc + scale * noise, z
+
+
+SYNTHETIC_CONFIG = DGLVMConfig(dim=16, latent_dim=2, hidden=(32,), variance="isotropic")
+
+
+def synthetic(num_data: int, generator: torch.Generator, dtype: torch.dtype = torch.float32):
+    """``(x (N, 16), None, true params)`` from a random 2-32-16 decoder with σ = 0.1."""
+    seed = int(torch.randint(2**31 - 1, (), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        decoder = Decoder(SYNTHETIC_CONFIG).to(dtype)
+    params = {f"decoder$$$net.{k}": v.detach() for k, v in
+              ((k.removeprefix("net."), v) for k, v in decoder.state_dict().items())}
+    params["noise_scale"] = torch.tensor(0.1, dtype=dtype)
+    x, _ = sample(SYNTHETIC_CONFIG, params, num_data, generator)
+    return x, None, params
+
+
+def dequantize(x: torch.Tensor, bin_width: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """x + bin_width · u with u ~ U[0, 1): quantized values spread over their bins.
+
+    ``bin_width`` is the quantization step in data units: 1 for digits (counts 0..16), 1/255
+    for 8-bit images scaled to [0, 1]. A density on these values is bounded, and
+    E_u log p(x + u·bin) ≤ log P(x's bin) − D log bin_width (Theis et al., 2016).
+    """
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return x + bin_width * noise
+
+
+def bits_per_dim(log_density: torch.Tensor | float, dim: int, bin_width: float = 1.0):
+    """−log₂ P(x) / D from a log-density (nats) of dequantized values: the bin probability is
+    at least density × bin_width^D, so bits/dim = −(log p + D log bin_width) / (D log 2).
+    Independent of the data's scale; lower is better."""
+    return -(log_density + dim * math.log(bin_width)) / (dim * math.log(2.0))
+
+
+def amortized_guide(model, config: DGLVMConfig):
+    """The encoder q_φ(z | x) = N(μ_φ(x), diag σ²_φ(x)): the VAE (:mod:`guides.dglvm`)."""
+    from guides.dglvm import AmortizedGuide  # guides import zoo, not the other way at import
+
+    return AmortizedGuide(model, config)
+
+
+def mean_field_guide(model, config: DGLVMConfig):
+    """Free N(m_n, diag s_n²) per datapoint (:mod:`guides.dglvm`); none for new rows."""
+    from guides.dglvm import MeanFieldGuide
+
+    return MeanFieldGuide(model, config)
+
+
+amortized_guide.per_datapoint = False
+mean_field_guide.per_datapoint = True
+
+
+SPEC = register(ModelSpec(
+    name="dglvm",
+    summary="deep Gaussian latent-variable model (VAE): z ~ N(0, I), x | z ~ MLP decoder",
+    config_class=DGLVMConfig,
+    make_model=make_model,
+    guides={"amortized": amortized_guide, "mean-field": mean_field_guide},
+    default_data="digits",
+    default_guide="amortized",
+    default_elbo={"amortized": "Trace_ELBO", "mean-field": "TraceMeanField_ELBO"},
+    log_marginal=None,
+    posterior=None,
+    sample=sample,
+    synthetic=synthetic,
+    local_sites=("z",),
+    svi_defaults={"lr": 1e-3, "batch_size": 128, "steps": 2400},
+    baselines={"ppca": lambda config: {"latent_dim": config.latent_dim}},  # the linear model
+    notes="no exact posterior: log p(x) by importance sampling (IWAE-K) with the encoder as "
+          "proposal; gaussian densities are in the data's units (bits/dim on dequantized data "
+          "in zoo.dglvm.bits_per_dim)",
+))
