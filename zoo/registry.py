@@ -93,6 +93,9 @@ class ModelSpec:
     global_sites: tuple[str, ...] = ()  # latent sites outside it (Bayesian variants)
     svi_defaults: Mapping[str, Any] = field(default_factory=dict)  # steps, lr, batch_size, ...
     notes: str = ""  # shown by `lvm-zoo list`, e.g. "no exact posterior: IWAE is the reference"
+    baselines: Mapping[str, Callable[..., dict]] = field(default_factory=dict)
+    # ^ other registered models that `compare` fits on the same split, with their options
+    #   derived from this model's config, e.g. {"ppca": lambda c: {"latent_dim": c.latent_dim}}
 
     @property
     def inference_methods(self) -> tuple[str, ...]:
@@ -120,7 +123,7 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 _ORIGINS: dict[str, str] = {}  # model name -> "path/to/file.py:NAME" for models from user files
 # Built-in model modules; importing one registers its spec.
-_BUILTIN_MODULES = ("zoo.gmm", "zoo.ppca", "zoo.dglvm")
+_BUILTIN_MODULES = ("zoo.gmm", "zoo.ppca", "zoo.dglvm", "zoo.mppca", "zoo.student_t_mixture")
 
 
 def register(spec: ModelSpec) -> ModelSpec:
