@@ -1,0 +1,168 @@
+"""EM for a Gaussian mixture: lvm-zoo against scikit-learn's GaussianMixture, in one run.
+
+Both start from the same parameters (k-means++ start of lvm-zoo, handed to scikit-learn as
+weights_init / means_init / precisions_init), run the same number of EM iterations with tol=0
+(plus the final E-step both do) on the same data and the same number of CPU threads, and must
+end at the same mean log-likelihood. The ratio of their wall times is the speed-up.
+
+    python benchmarks/gmm_em.py                     # N=200000, D=16, K=8, full, 30 iterations
+    python benchmarks/gmm_em.py --device cuda --num-data 1000000 --dim 64 --components 16 \
+        --dtype float32 --no-sklearn                # the GPU target: ms per iteration
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-data", type=int, default=200_000, help="N rows")
+    parser.add_argument("--dim", type=int, default=16, help="D features")
+    parser.add_argument("--components", type=int, default=8, help="K components")
+    parser.add_argument("--covariance-type", default="full", choices=("full", "diag", "spherical"))
+    parser.add_argument("--iterations", type=int, default=30, help="EM iterations (tol=0)")
+    parser.add_argument("--dtype", default="both", choices=("float32", "float64", "both"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for both")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time each implementation this many times, alternating, and keep "
+                             "each one's fastest (a fair ratio on a machine shared with others)")
+    parser.add_argument("--no-sklearn", action="store_true",
+                        help="skip scikit-learn (for sizes where it takes minutes)")
+    parser.add_argument("--omp-wait-policy", default="passive", choices=("passive", "active"),
+                        help="OMP_WAIT_POLICY for both: passive (default) parks idle OpenMP "
+                             "workers instead of spinning, which on a machine shared with other "
+                             "jobs keeps them from stealing the cores the busy threads need")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:  # thread pools read these when numpy and torch load
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = str(ARGS.threads)
+    os.environ["OMP_WAIT_POLICY"] = ARGS.omp_wait_policy.upper()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from inference.em import fit_em  # noqa: E402
+from zoo.gmm import SPEC, GMMConfig, initialize, sample  # noqa: E402
+
+
+def make_data(args, device) -> tuple[torch.Tensor, GMMConfig]:
+    """N draws (float64) from a random K-component mixture with well-spread means."""
+    generator = torch.Generator().manual_seed(args.seed)
+    k, d = args.components, args.dim
+    config = GMMConfig(dim=d, components=k, covariance_type="full")
+    factors = torch.randn(k, d, d, generator=generator, dtype=torch.float64) / d**0.5
+    covariance = factors @ factors.mT + 0.3 * torch.eye(d, dtype=torch.float64)
+    truth = {"weights": torch.full((k,), 1.0 / k, dtype=torch.float64),
+             "means": 2.5 * torch.randn(k, d, generator=generator, dtype=torch.float64),
+             "scale_tril": torch.linalg.cholesky(covariance)}
+    x, _ = sample(config, truth, args.num_data, generator)
+    return x.to(device), GMMConfig(dim=d, components=k, covariance_type=args.covariance_type)
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_ours(config, x, start, iterations):
+    """fit_em from ``start`` for ``iterations`` iterations; returns (seconds, result)."""
+    synchronize(x.device)
+    began = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tol=0 never "converges"
+        result = fit_em(SPEC, config, x, init=start, tol=0.0, max_iter=iterations)
+    synchronize(x.device)
+    return time.perf_counter() - began, result
+
+
+def run_sklearn(config, x, start, iterations, threads):
+    """scikit-learn's GaussianMixture from the same start; returns (seconds, mean log p(x))."""
+    from sklearn.mixture import GaussianMixture
+
+    data = x.cpu().numpy()
+    dtype = data.dtype
+    weights = start["weights"].cpu().double().numpy()
+    means = start["means"].cpu().double().numpy()
+    if config.covariance_type == "full":
+        covariance = (start["scale_tril"] @ start["scale_tril"].mT).cpu().double().numpy()
+        precisions = np.linalg.inv(covariance)
+    else:
+        precisions = 1.0 / start["scale"].cpu().double().numpy() ** 2
+    model = GaussianMixture(
+        config.components, covariance_type=config.covariance_type, tol=0.0,
+        reg_covar=config.reg_covar, max_iter=iterations, init_params="random_from_data",
+        weights_init=(weights / weights.sum()).astype(dtype), means_init=means.astype(dtype),
+        precisions_init=precisions.astype(dtype))
+    with threadpool_limits(threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        began = time.perf_counter()
+        model.fit(data)
+        seconds = time.perf_counter() - began
+        return seconds, float(model.score(data))
+
+
+def main(args) -> int:
+    torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    dtypes = ([torch.float32, torch.float64] if args.dtype == "both"
+              else [getattr(torch, args.dtype)])
+    x64, config = make_data(args, device)
+    start64 = initialize(config, x64, torch.Generator(device=device).manual_seed(args.seed))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"cpu, {args.threads} threads")
+    print(f"EM on N={args.num_data}, D={args.dim}, K={args.components}, "
+          f"{args.covariance_type} covariance, {args.iterations} iterations (+ final E-step), "
+          f"{where}, OMP_WAIT_POLICY={args.omp_wait_policy}, torch {torch.__version__}, "
+          f"best of {args.repeats}")
+    header = (f"{'dtype':<8} {'lvm-zoo s':>10} {'ms/iter':>8} {'sklearn s':>10} "
+              f"{'speed-up':>9} {'log p(x) lvm-zoo':>17} {'log p(x) sklearn':>17} {'|diff|':>9}")
+    print(header)
+    print("-" * len(header))
+    failed = False
+    for dtype in dtypes:
+        x = x64.to(dtype)
+        start = {name: value.to(dtype) for name, value in start64.items()}
+        ours = theirs = None
+        for _ in range(args.repeats):  # alternate, so that both see the same machine
+            run = run_ours(config, x, start, args.iterations)
+            ours = run if ours is None or run[0] < ours[0] else ours
+            if not args.no_sklearn:
+                run = run_sklearn(config, x, start, args.iterations, args.threads)
+                theirs = run if theirs is None or run[0] < theirs[0] else theirs
+        seconds, result = ours
+        final = result.history["log_likelihood"][-1]
+        per_iteration = 1e3 * seconds / args.iterations
+        name = str(dtype).removeprefix("torch.")
+        if theirs is None:
+            print(f"{name:<8} {seconds:>10.3f} {per_iteration:>8.2f} {'-':>10} {'-':>9} "
+                  f"{final:>17.8f} {'-':>17} {'-':>9}")
+            continue
+        sk_seconds, sk_final = theirs
+        difference = abs(final - sk_final)
+        tolerance = 1e-8 if dtype == torch.float64 else 1e-4
+        agree = difference <= tolerance * max(1.0, abs(sk_final))
+        failed |= not agree
+        print(f"{name:<8} {seconds:>10.3f} {per_iteration:>8.2f} {sk_seconds:>10.3f} "
+              f"{sk_seconds / seconds:>8.1f}x {final:>17.8f} {sk_final:>17.8f} "
+              f"{difference:>9.2e}" + ("" if agree else "  DISAGREE"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(ARGS))

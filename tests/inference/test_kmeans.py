@@ -1,0 +1,91 @@
+"""K-means (Lloyd) against scikit-learn's KMeans from the same initial centres."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_iris
+from sklearn.exceptions import ConvergenceWarning
+
+from inference.kmeans import kmeans
+from zoo import gmm
+from zoo.errors import InputError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: these tensors are tiny, and OpenMP barriers on a shared two-core machine
+    cost a hundred times the arithmetic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def datasets():
+    iris = torch.tensor(load_iris().data, dtype=torch.float64)
+    blobs, _, _ = gmm.synthetic(600, torch.Generator().manual_seed(3), torch.float64)
+    return {"iris": (iris, 3), "synthetic": (blobs, 3), "iris-k6": (iris, 6)}
+
+
+DATA = datasets()
+
+
+@pytest.mark.parametrize("name", DATA)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inertia_matches_sklearn_from_the_same_centres(name, seed):
+    x, k = DATA[name]
+    start, _ = gmm.kmeans_plus_plus(x, k, generator=torch.Generator().manual_seed(seed))
+    ours = kmeans(x, k, init=start, tol=0.0)
+    theirs = KMeans(k, init=start.numpy(), n_init=1, tol=0.0, algorithm="lloyd").fit(x.numpy())
+    np.testing.assert_allclose(ours.inertia, theirs.inertia_, rtol=1e-10)
+    np.testing.assert_allclose(ours.centers.numpy(), theirs.cluster_centers_, rtol=1e-10)
+    assert ours.n_iter == theirs.n_iter_
+    assert np.array_equal(ours.labels.numpy(), theirs.labels_)
+    assert ours.converged
+
+
+def test_labels_are_nearest_centres_and_inertia_is_their_squared_distance():
+    x, k = DATA["synthetic"]
+    result = kmeans(x, k, n_init=2)
+    distances = torch.cdist(x, result.centers) ** 2
+    assert torch.equal(result.labels, distances.argmin(1))
+    np.testing.assert_allclose(result.inertia, float(distances.min(1).values.sum()), rtol=1e-10)
+
+
+def test_restarts_keep_the_lowest_inertia():
+    x, _ = DATA["iris"]
+    singles = [kmeans(x, 6, seed=seed).inertia for seed in range(4)]
+    best = kmeans(x, 6, n_init=4, seed=0)
+    assert best.inertia <= singles[0] + 1e-9
+    assert kmeans(x, 6, init="random", seed=1).inertia > 0
+
+
+def test_an_empty_cluster_takes_the_farthest_point():
+    x, _ = DATA["iris"]
+    start = torch.cat([x[:2], torch.full((1, 4), 1e3, dtype=torch.float64)])  # far from all
+    result = kmeans(x, 3, init=start, tol=0.0)
+    assert torch.bincount(result.labels, minlength=3).min() > 0
+    assert np.isfinite(result.inertia)
+
+
+def test_bad_input_is_named():
+    x, _ = DATA["iris"]
+    with pytest.raises(InputError, match="components=151 exceeds the 150 datapoints"):
+        kmeans(x, 151)
+    with pytest.raises(InputError, match=r"expected \(3, 4\)"):
+        kmeans(x, 3, init=torch.zeros(2, 4, dtype=torch.float64))
+    with pytest.raises(InputError, match="k-means\\+\\+, random"):
+        kmeans(x, 3, init="forgy")
+    with pytest.warns(ConvergenceWarning, match="raise max_iter"):
+        kmeans(x, 6, init="random", max_iter=1, tol=0.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kmeans_on_cuda_equals_cpu():
+    x, k = DATA["synthetic"]
+    start, _ = gmm.kmeans_plus_plus(x, k, generator=torch.Generator().manual_seed(0))
+    cpu = kmeans(x, k, init=start, tol=0.0)
+    cuda = kmeans(x.cuda(), k, init=start.cuda(), tol=0.0)
+    np.testing.assert_allclose(cuda.inertia, cpu.inertia, rtol=1e-10)
