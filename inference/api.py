@@ -8,10 +8,7 @@ that ``--json`` prints: mean nats per datapoint throughout.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import time
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from inference import strategies
 from inference.evaluate import evaluate_fit
 from inference.figures import MODEL_FIGURES, load_model_figures, plot_curves
 from inference.results import FitResult
-from inference.runs import atomic_write, load_run, save_run, write_json
+from inference.runs import load_run, save_run
 from inference.svi import ELBOS
 from zoo import datasets
 from zoo.errors import InputError
@@ -98,6 +95,13 @@ def fit(spec: ModelSpec | str, *, inference: str | None = None, guide: str | Non
     run_dir = Path(out) if out else _default_run_dir(spec, dataset.name, inference, guide, seed)
     if inference == "svi":
         fit_options.update(checkpoint=run_dir / "checkpoint.pt", resume=resume)
+        num_data = x_train.shape[0]
+        default_batch = spec.svi_defaults.get("batch_size") or 0
+        if fit_options.get("batch_size") is None and default_batch > num_data:
+            fit_options["batch_size"] = num_data  # a default minibatch larger than small data
+        if fit_options.get("steps") is None and hasattr(config, "steps_for"):  # --epochs
+            fit_options["steps"] = config.steps_for(
+                num_data, fit_options.get("batch_size") or spec.svi_defaults.get("batch_size"))
         if dataset.binarize == "dynamic":
             fit_options["binarize"] = "dynamic"
     torch.manual_seed(seed)
@@ -162,64 +166,23 @@ def evaluate(run_dir: str | Path, *, data: str | None = None, data_root=None,
             "run_dir": str(run_dir)}
 
 
-def strategy_grid(spec: ModelSpec) -> list[tuple[str, str | None]]:
-    """Every applicable (inference, guide) pair: closed form and EM, then SVI per guide."""
-    grid = [(method, None) for method in spec.inference_methods if method != "svi"]
-    if "svi" in spec.inference_methods:
-        grid += [("svi", guide) for guide in spec.guides]
-    return grid
+def strategy_grid(spec: ModelSpec, elbos=None, **data) -> list:
+    """Every applicable strategy (:class:`inference.compare.Strategy`): the closed form and EM,
+    then SVI per guide under its default ELBO estimator and each of ``elbos`` (and
+    ``TraceEnum_ELBO`` for discrete latents, given ``config=`` and ``x=``)."""
+    from inference.compare import strategy_grid as grid  # compare builds on fit
+
+    return grid(spec, elbos, **data)
 
 
 def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = None,
-            data: str | None = None, data_root=None, download: bool = False,
-            test_fraction: float = 0.2, binarize: str | None = None, standardize: bool = False,
-            device: str = "auto", dtype: str = "float32", seed: int = 0,
-            progress: bool = False, **options) -> list[dict]:
-    """Run every applicable strategy on one train/test split, ``seeds`` seeds each; write
-    ``comparison.csv``, ``comparison.json``, ``curves.png`` and one run folder per fit."""
-    spec = get_model(spec) if isinstance(spec, str) else spec
-    if seeds < 1:
-        raise InputError(f"--seeds {seeds} must be at least 1")
-    loaded = load_data(spec, data=data, data_root=data_root, download=download,
-                       test_fraction=test_fraction, binarize=binarize, standardize=standardize,
-                       seed=seed, dtype=dtype, device=device)
-    dataset = loaded[0]
-    compare_dir = Path(out) if out else Path("runs") / f"compare-{spec.name}-{dataset.name}"
-    rows, curves = [], {}
-    for inference, guide in strategy_grid(spec):
-        for s in range(seed, seed + seeds):
-            name = inference if guide is None else f"{inference}-{guide}"
-            row = fit(spec, inference=inference, guide=guide, seed=s, loaded=loaded,
-                      out=compare_dir / f"{name}-seed{s}", progress=progress, figures=False,
-                      data=data, data_root=data_root, test_fraction=test_fraction,
-                      binarize=binarize, standardize=standardize, dtype=dtype, **options)
-            row["compare_dir"] = str(compare_dir)
-            rows.append(row)
-            history = _load_history(Path(row["run_dir"]))
-            if s == seed and history:
-                curves[name] = history
-    write_json(compare_dir / "comparison.json", rows)
-    _write_csv(compare_dir / "comparison.csv", rows)
-    optimum = next((r["train_log_likelihood"] for r in rows
-                    if r["inference"] in ("closed-form", "em")), None)
-    plot_curves(curves, compare_dir / "curves.png", optimum=optimum,
-                optimum_label="closed form / EM log p(x)",
-                title=f"{spec.name} on {dataset.name}: ELBO per SVI step, log p(x) per EM "
-                      "iteration")
-    return rows
+            **options) -> list[dict]:
+    """Run every applicable strategy on one train/test split, ``seeds`` seeds each; write the
+    comparison folder (tables, figures, InferenceData, report.html) and one run folder per
+    fit; returns one record per fit. See :func:`inference.compare.compare` for the options."""
+    from inference.compare import compare as run_comparison  # compare builds on fit
 
-
-def _load_history(run_dir: Path) -> list[float]:
-    history = json.loads((run_dir / "history.json").read_text())
-    return history.get("elbo") or history.get("log_likelihood") or []
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
+    return run_comparison(spec, seeds=seeds, out=out, **options)
 
 
 def _figures(spec: ModelSpec, dataset, config, result: FitResult, run_dir: Path) -> None:

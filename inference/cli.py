@@ -76,6 +76,21 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="every applicable strategy on one split")
     compare.add_argument("model", help="a registered model or FILE.py:NAME")
     compare.add_argument("--seeds", type=int, default=1, help="seeds per strategy (default 1)")
+    compare.add_argument("--reference", choices=("nuts",),
+                         help="nuts: NUTS draws of the chosen rows' latents at each fit's "
+                              "parameters, the reference posterior each guide is measured "
+                              "against (models with continuous latents)")
+    compare.add_argument("--elbos", type=lambda text: tuple(text.split(",")),
+                         help="comma-separated ELBO estimators to run with every guide, beside "
+                              "its default one, e.g. Trace_ELBO,TraceMeanField_ELBO")
+    compare.add_argument("--strategies", type=lambda text: tuple(text.split(",")),
+                         help="run only these cells of the grid, e.g. em,svi-exact (default: "
+                              "all; the names are the run folders' prefixes)")
+    compare.add_argument("--gap-rows", type=int, default=64,
+                         help="training rows of the amortization-gap split where q* is "
+                              "fitted per datapoint (0: skip it; a closed-form q* uses all)")
+    compare.add_argument("--draws", type=int, default=200,
+                         help="posterior draws per fit in the exported InferenceData")
     _data_options(compare)
     _fit_options(compare)
     _model_options(compare, spec)
@@ -90,6 +105,19 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
                           help="importance samples for models without an exact log p(x)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_evaluate)
+
+    check = commands.add_parser("check", help="run the model and each guide once under Pyro's "
+                                "validation and name what would break a fit")
+    check.add_argument("model", help="a registered model or FILE.py:NAME")
+    check.add_argument("--guides", type=lambda text: tuple(text.split(",")),
+                       help="comma-separated guides to check (default: all of the model's)")
+    check.add_argument("--rows", type=int, default=64,
+                       help="training rows to run on (default 64; the check also subsamples)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the split and the draws")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    _data_options(check)
+    _model_options(check, spec)
+    check.set_defaults(handler=_check)
     return parser
 
 
@@ -205,14 +233,44 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from inference.compare import format_table, summarize
+
     spec = get_model(args.model)
     rows = api.compare(spec, seeds=args.seeds, progress=not args.json and sys.stderr.isatty(),
-                       **_common(args), **_model_kwargs(args, spec))
-    _print_rows(rows, args.json, single=False)
-    if not args.json:
-        print(f"\nwritten: {rows[0]['compare_dir']}/ (comparison.csv, comparison.json, "
-              "curves.png, one run folder per fit)")
+                       reference=args.reference, elbos=args.elbos,
+                       strategies=args.strategies, gap_rows=args.gap_rows,
+                       draws=args.draws, **_common(args), **_model_kwargs(args, spec))
+    if args.json:
+        _print_rows(rows, True, single=False)
+        return 0
+    first = rows[0]
+    print(f"{first['model']} on {first['data']}: {first['n_train']} train / {first['n_test']} "
+          f"test rows; log-likelihood {first['log_likelihood_method']}; mean nats per "
+          f"datapoint, mean ± std over {args.seeds} seed(s)")
+    print(format_table(summarize(rows)))
+    print(f"\nwritten: {first['compare_dir']}/ (report.html, comparison.csv, comparison.json, "
+          "summary.csv, summary.json, *.png, one run folder per fit with posterior.nc)")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Exit status 2 and one line per problem (site, what, fix) when something would break a
+    fit; 0 and one "ok" line otherwise."""
+    from inference.check import check
+
+    spec = get_model(args.model)
+    report = check(spec, data=args.data, data_root=args.data_root, download=args.download,
+                   test_fraction=args.test_fraction, binarize=args.binarize,
+                   standardize=args.standardize, device=args.device, dtype=args.dtype,
+                   seed=args.seed, rows=args.rows, guides=args.guides,
+                   **_model_kwargs(args, spec))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for problem in report.problems:
+            print(problem.line())
+        print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 2
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -25,6 +25,8 @@ import torch
 from inference.results import FitResult
 from zoo.errors import InputError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the process's umask, for files made by atomic_write
 RUN_FILE, METRICS_FILE, PARAMS_FILE, HISTORY_FILE = (
     "run.json", "metrics.json", "params.pt", "history.json")
 
@@ -35,6 +37,7 @@ def atomic_write(path: str | Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide reports from other users
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()

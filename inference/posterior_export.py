@@ -1,0 +1,479 @@
+"""Every fit's posterior as ArviZ ``InferenceData``; ArviZ summaries, the forest plot, and NUTS
+as the reference posterior.
+
+What a fit believes about the latents of a few chosen training rows is drawn from its guide (or,
+for EM and the closed form, from the model's exact posterior ``spec.posterior`` at the fitted
+parameters) and stored with ArviZ's groups:
+
+    posterior        the local latent sites of the chosen rows, dims (chain, draw, row, <site>_dim)
+                     (and the global latent sites of a Bayesian variant, drawn once per draw)
+    log_likelihood   log p(x_n | z_n) per draw and training row (pointwise, nats)
+    observed_data    those training rows
+    sample_stats     the training curve: ``elbo`` per SVI step, or ``log_likelihood`` per EM
+                     iteration, dims (chain, step)
+
+:func:`save_inference_data` writes it as netCDF (``posterior.nc`` in the run folder, through
+h5netcdf, which ArviZ itself depends on). :func:`nuts_reference` draws the same latents with
+NUTS (``pyro.infer.MCMC``) on the chosen rows with the fit's parameters held fixed, and
+:func:`reference_distance` measures a fit's draws against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pyro.infer
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.subsample_messenger import _Subsample
+
+from inference.evaluate import fitted
+from inference.figures import plt, save_figure
+from inference.results import FitResult
+from zoo.errors import InputError
+from zoo.registry import ModelSpec
+
+with warnings.catch_warnings():  # ArviZ announces its refactor on import
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
+import xarray as xr  # noqa: E402  (ArviZ's own dependency)
+
+POSTERIOR_FILE = "posterior.nc"
+NUTS_FILE = "posterior-nuts.nc"
+DRAWS = 200  # posterior draws per fit
+CHOSEN_ROWS = 4  # training rows whose local latents are exported
+LOG_LIKELIHOOD_ROWS = 2000  # training rows of the pointwise log-likelihood, at most
+
+
+@dataclass
+class PosteriorDraws:
+    """Draws of one fit's posterior, as tensors on the CPU.
+
+    Attributes:
+        label: the strategy's name, e.g. ``"svi mean-field"`` or ``"em"``.
+        rows: ``(k,)`` indices (into the training rows) of the chosen datapoints.
+        local: site -> ``(S, k, *event_shape)`` draws of each local latent for the chosen rows.
+        globals: site -> ``(S, *shape)`` draws of each global latent (Bayesian variants).
+        discrete: the sites whose values are category indices.
+        log_likelihood: observed site -> ``(S, n)`` log p(x_n | z_n) of the first n training
+            rows, nats; empty when not computed.
+        observed: observed site -> ``(n, D)`` those rows.
+        diagnostics: for NUTS draws, the number of divergences and the acceptance rate.
+    """
+
+    label: str
+    rows: torch.Tensor
+    local: dict[str, torch.Tensor]
+    globals: dict[str, torch.Tensor] = field(default_factory=dict)
+    discrete: frozenset[str] = frozenset()
+    log_likelihood: dict[str, torch.Tensor] = field(default_factory=dict)
+    observed: dict[str, torch.Tensor] = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)  # NUTS: divergences, acceptance rate
+
+    @property
+    def num_draws(self) -> int:
+        return next(iter({**self.local, **self.globals}.values())).shape[0]
+
+
+def chosen_rows(num_rows: int, count: int = CHOSEN_ROWS, seed: int = 0) -> torch.Tensor:
+    """``count`` training-row indices drawn without replacement by ``seed``, sorted: the same
+    rows for every fit on one split."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_rows, generator=generator)[:min(count, num_rows)].sort().values
+
+
+def exact_posterior_guide(spec: ModelSpec, config, params):
+    """A guide that draws the model's (single) local site from ``spec.posterior``: the
+    posterior that EM and the closed form imply."""
+    if spec.posterior is None or len(spec.local_sites) != 1:
+        raise InputError(f"model '{spec.name}' has no exact posterior over one local site")
+    site = spec.local_sites[0]
+
+    def guide(x=None, *, num_data=None, subsample_size=None):
+        with pyro.plate("data", x.shape[0], subsample_size=subsample_size,
+                        device=x.device) as idx:
+            pyro.sample(site, spec.posterior(config, params, x[idx]))
+    return guide
+
+
+def traced(model, guide, x: torch.Tensor, rows: torch.Tensor, num_draws: int):
+    """``(guide_trace, model_trace)`` of ``num_draws`` particles (a plate at dim −2) for the
+    training rows ``rows`` (the data plate's subsample site is conditioned on them). A local
+    site the model marks for enumeration and the guide leaves alone is drawn from its exact
+    conditional (``infer_discrete``), as ``TraceEnum_ELBO`` sums it out."""
+    kwargs = {"num_data": x.shape[0], "subsample_size": rows.numel()}
+
+    def particles(fn):
+        def wrapped(*args, **kw):
+            with pyro.plate("particles", num_draws, dim=-2):
+                return fn(*args, **kw)
+        return wrapped
+
+    chosen = {"data": rows}
+    with torch.no_grad(), poutine.block():
+        guide_trace = poutine.trace(poutine.condition(particles(guide), chosen)).get_trace(
+            x, **kwargs)
+        model_fn = poutine.condition(particles(model), chosen)
+        if _leaves_enumerated_sites(model, guide_trace, x, kwargs, chosen):
+            model_fn = pyro.infer.infer_discrete(model_fn, first_available_dim=-3)
+        model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(
+            x, **kwargs)
+    return guide_trace, model_trace
+
+
+def _leaves_enumerated_sites(model, guide_trace, x, kwargs, chosen) -> bool:
+    trace = poutine.trace(poutine.condition(model, chosen)).get_trace(x, **kwargs)
+    return any(site["type"] == "sample" and not site["is_observed"]
+               and site["infer"].get("enumerate") and name not in guide_trace.nodes
+               for name, site in trace.nodes.items())
+
+
+def _in_data_plate(site) -> bool:
+    return any(frame.name == "data" for frame in site["cond_indep_stack"])
+
+
+def _latent_sites(trace):
+    """The latent sample sites of a trace (not the plates' subsample sites)."""
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]
+            and not isinstance(site["fn"], _Subsample)}
+
+
+def draw_posterior(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, *,
+                   rows: torch.Tensor, label: str, num_draws: int = DRAWS,
+                   log_likelihood_rows: int = LOG_LIKELIHOOD_ROWS,
+                   seed: int = 0) -> PosteriorDraws | None:
+    """Draws of the fit's posterior over the latents of the training rows ``rows`` (from its
+    guide, or from ``spec.posterior`` for a fit without one), and the pointwise
+    log-likelihood of the first ``log_likelihood_rows`` training rows; ``None`` when the fit
+    implies no posterior (no guide and no exact posterior)."""
+    guide = result.guide if result.guide in spec.guides else None
+    if guide is None and (spec.posterior is None or len(spec.local_sites) != 1):
+        return None
+    rows = rows.to(x.device)
+    devices = [x.device] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices), fitted(
+            spec, config, result.params, x, guide=guide,
+            guide_params=result.guide_params) as (model, guide_fn):
+        torch.manual_seed(seed)
+        guide_fn = guide_fn or exact_posterior_guide(spec, config, result.params)
+        _, model_trace = traced(model, guide_fn, x, rows, num_draws)
+        local, globals_, discrete = {}, {}, set()
+        for name, site in _latent_sites(model_trace).items():
+            value = site["value"].detach()
+            if site["fn"].has_enumerate_support:
+                discrete.add(name)
+            if _in_data_plate(site):
+                local[name] = value.expand(num_draws, *value.shape[1:]).cpu()
+            else:
+                globals_[name] = value.reshape(num_draws, *value.shape[2:]).cpu() if (
+                    value.dim() >= 2 and value.shape[1] == 1) else value.cpu()
+        log_likelihood: dict[str, list[torch.Tensor]] = {}
+        every = torch.arange(min(log_likelihood_rows, x.shape[0]), device=x.device)
+        chunk = max(1, 2**22 // (num_draws * max(1, x[0].numel())))
+        for block in every.split(chunk) if every.numel() else ():
+            _, trace = traced(model, guide_fn, x, block, num_draws)
+            trace.compute_log_prob()
+            for name, site in trace.nodes.items():
+                if site["type"] == "sample" and site["is_observed"] and _in_data_plate(site):
+                    value = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
+                    log_likelihood.setdefault(name, []).append(
+                        value.expand(num_draws, block.numel()).detach().cpu())
+        # the observed sites are the data rows themselves (x[idx] inside the data plate)
+        observed = {name: x[every].detach().cpu() for name in log_likelihood}
+    return PosteriorDraws(
+        label=label, rows=rows.cpu(), local=local, globals=globals_,
+        discrete=frozenset(discrete),
+        log_likelihood={k: torch.cat(v, dim=1) for k, v in log_likelihood.items()},
+        observed=observed)
+
+
+def to_inference_data(draws: PosteriorDraws, *, history: Mapping[str, list[float]] | None = None,
+                      attrs: Mapping | None = None) -> az.InferenceData:
+    """ArviZ ``InferenceData`` with posterior, log_likelihood, observed_data and (with a
+    ``history``) sample_stats groups; ``attrs`` (strategy, seed, ...) go on every group."""
+    attrs = {k: ("" if v is None else v if isinstance(v, (int, float, str)) else str(v))
+             for k, v in (attrs or {}).items()}
+    rows = draws.rows.numpy()
+    variables, coords = {}, {"chain": [0], "draw": np.arange(draws.num_draws), "row": rows}
+    for name, value in draws.local.items():
+        array = value.numpy()[None]
+        dims = ["chain", "draw", "row"] + [f"{name}_dim_{i}" for i in range(array.ndim - 3)]
+        variables[name] = (dims, array)
+    for name, value in draws.globals.items():
+        array = value.numpy()[None]
+        dims = ["chain", "draw"] + [f"{name}_dim_{i}" for i in range(array.ndim - 2)]
+        variables[name] = (dims, array)
+    groups = {"posterior": xr.Dataset(variables, coords=coords, attrs=attrs)}
+    if draws.log_likelihood:
+        groups["log_likelihood"] = xr.Dataset(
+            {name: (["chain", "draw", "obs"], value.numpy()[None])
+             for name, value in draws.log_likelihood.items()},
+            coords={"chain": [0], "draw": np.arange(draws.num_draws)}, attrs=attrs)
+        groups["observed_data"] = xr.Dataset(
+            {name: (["obs", f"{name}_dim_0"], value.numpy())
+             for name, value in draws.observed.items()}, attrs=attrs)
+    if history:
+        groups["sample_stats"] = xr.Dataset(
+            {name: (["chain", "step"], np.asarray(values, dtype=float)[None])
+             for name, values in history.items() if values}, coords={"chain": [0]},
+            attrs=attrs)
+    return az.InferenceData(**groups)
+
+
+def save_inference_data(idata: az.InferenceData, path: str | Path) -> Path:
+    """Write ``idata`` as netCDF (h5netcdf) to a temporary name, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        idata.to_netcdf(str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_inference_data(path: str | Path) -> az.InferenceData:
+    """Read back what :func:`save_inference_data` wrote (fully loaded; the file is closed)."""
+    idata = az.from_netcdf(str(path))
+    for group in idata.groups():
+        setattr(idata, group, getattr(idata, group).load())
+    return idata
+
+
+# ---------------------------------------------------------------------------------------------
+# NUTS as the reference posterior
+# ---------------------------------------------------------------------------------------------
+
+
+def nuts_reference(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, *,
+                   rows: torch.Tensor, num_samples: int = 300, warmup_steps: int = 300,
+                   seed: int = 0, label: str = "nuts") -> PosteriorDraws:
+    """NUTS draws of every continuous latent of the model on the training rows ``rows``, the
+    fit's parameters held fixed: the reference posterior p(z | x, θ̂) (and p(globals | x) for a
+    Bayesian variant) the fit's guide is judged against. Discrete latents are summed out by
+    enumeration. Raises :class:`InputError` when the model has no continuous latent."""
+    subset = x[rows.to(x.device)]
+    devices = [x.device] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices), fitted(
+            spec, config, result.params, subset) as (model, _):
+        torch.manual_seed(seed)
+        latents, continuous = nuts_sites(spec, model, subset)
+        kernel = pyro.infer.NUTS(pyro.infer.config_enumerate(model), max_plate_nesting=1,
+                                 jit_compile=False, ignore_jit_warnings=True)
+        mcmc = pyro.infer.MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps,
+                               num_chains=1, disable_progbar=True)
+        mcmc.run(subset)
+        samples = mcmc.get_samples()
+        diagnostics = mcmc.diagnostics()
+    local = {n: samples[n].detach().cpu() for n in continuous if _in_data_plate(latents[n])}
+    globals_ = {n: samples[n].detach().cpu() for n in continuous
+                if not _in_data_plate(latents[n])}
+    return PosteriorDraws(label=label, rows=rows.cpu(), local=local, globals=globals_,
+                          diagnostics={
+        "divergences": int(sum(len(v) for v in diagnostics.get("divergences", {}).values())),
+        "acceptance_rate": float(np.mean(list(diagnostics.get("acceptance rate",
+                                                              {0: math.nan}).values())))})
+
+
+def nuts_sites(spec: ModelSpec, model, x: torch.Tensor) -> tuple[dict, list[str]]:
+    """The model's latent sites on ``x`` and the continuous ones NUTS samples; raises
+    :class:`InputError` when there is none."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(model).get_trace(x)
+    latents = _latent_sites(trace)
+    continuous = [n for n, s in latents.items() if not s["fn"].has_enumerate_support]
+    if not continuous:
+        raise InputError(
+            f"--reference nuts: model '{spec.name}' has no continuous latent variable to "
+            f"sample (its latents {', '.join(latents) or '(none)'} are discrete and summed out "
+            "exactly; its parameters are point estimates, priors included), so its exact "
+            "posterior is already the reference; use --reference nuts with a model with "
+            "continuous latents (ppca, fa, dglvm)")
+    return latents, continuous
+
+
+def check_nuts_applies(spec: ModelSpec, config, x: torch.Tensor) -> None:
+    """Raise :class:`InputError` before any fit when NUTS would have nothing to sample."""
+    with pyro.get_param_store().scope():
+        nuts_sites(spec, spec.make_model(config), x[:2])
+
+
+def gaussian_wasserstein(a: torch.Tensor, b: torch.Tensor) -> float:
+    """2-Wasserstein distance between Gaussians with the means and covariances of the draws
+    ``a : (S, d)`` and ``b : (S', d)``: ‖m_a − m_b‖² + tr(C_a + C_b − 2 (C_b^½ C_a C_b^½)^½),
+    square-rooted."""
+    a, b = a.double().reshape(a.shape[0], -1), b.double().reshape(b.shape[0], -1)
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a = torch.atleast_2d(torch.cov(a.T))
+    cov_b = torch.atleast_2d(torch.cov(b.T))
+    root_b = _sqrtm(cov_b)
+    cross = _sqrtm(root_b @ cov_a @ root_b)
+    squared = (mean_a - mean_b).square().sum() + torch.trace(cov_a + cov_b - 2 * cross)
+    return float(squared.clamp_min(0).sqrt())
+
+
+def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
+    return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+
+
+def reference_distance(draws: PosteriorDraws, reference: PosteriorDraws) -> float:
+    """Mean over the chosen rows (and the global sites) of the Gaussian 2-Wasserstein distance
+    between a fit's draws and the reference draws of the same continuous latents."""
+    distances = []
+    for name, value in reference.local.items():
+        if name in draws.local:
+            for i in range(value.shape[1]):
+                distances.append(gaussian_wasserstein(draws.local[name][:, i], value[:, i]))
+    for name, value in reference.globals.items():
+        if name in draws.globals:
+            distances.append(gaussian_wasserstein(draws.globals[name], value))
+    if not distances:
+        raise InputError("the fit and the reference share no continuous latent to compare")
+    return float(np.mean(distances))
+
+
+# ---------------------------------------------------------------------------------------------
+# Aligning fits that differ by a symmetry, ArviZ summaries and the forest plot
+# ---------------------------------------------------------------------------------------------
+
+
+def procrustes_rotation(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The orthogonal ``R`` minimizing ‖source R − target‖ for ``(n, d)`` posterior means: a
+    model with a N(0, I) prior and a linear first layer is unchanged by z → z R, so fits are
+    compared in one coordinate system."""
+    left, _, right_t = torch.linalg.svd(source.double().T @ target.double())
+    return (left @ right_t).to(source.dtype)
+
+
+def aligned(draws: PosteriorDraws, rotations: Mapping[str, torch.Tensor] | None = None,
+            permutations: Mapping[str, torch.Tensor] | None = None) -> PosteriorDraws:
+    """A copy of ``draws`` with continuous local sites rotated (``z R``) and discrete ones
+    relabelled (``permutation[z]``)."""
+    local = dict(draws.local)
+    for name, rotation in (rotations or {}).items():
+        if name in local:
+            local[name] = local[name] @ rotation.to(local[name])
+    for name, permutation in (permutations or {}).items():
+        if name in local:
+            local[name] = permutation.to(local[name].device)[local[name]]
+    return dataclasses.replace(draws, local=local)
+
+
+def summary(idata: az.InferenceData, var_names: list[str] | None = None):
+    """ArviZ's summary (mean, sd, HDI; with ``kind="stats"``: a single chain has no R-hat) of
+    the posterior group, as a pandas DataFrame."""
+    return az.summary(idata, var_names=var_names, kind="stats", round_to=4)
+
+
+def plot_forest(idatas: Mapping[str, az.InferenceData], path: str | Path, *, site: str,
+                rows: list[int], max_dims: int = 4, title: str = "") -> Path:
+    """``az.plot_forest`` of the site's posterior for the given rows, one colour per fit,
+    side by side (94% HDI and interquartile range)."""
+    first = next(iter(idatas.values())).posterior[site]
+    coords = {"row": rows}
+    extra = [d for d in first.dims if d not in ("chain", "draw", "row")]
+    if extra:
+        coords[extra[0]] = list(range(min(max_dims, first.sizes[extra[0]])))
+    lines = len(rows) * (len(coords[extra[0]]) if extra else 1)
+    height = 1.0 + 0.22 * lines * len(idatas)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = az.plot_forest(list(idatas.values()), model_names=list(idatas), var_names=[site],
+                              coords=coords, combined=True, hdi_prob=0.94,
+                              colors=_paired_colours(list(idatas)),
+                              figsize=(7.5, min(max(height, 3.0), 24.0)))
+    ax = np.ravel(axes)[0]
+    legend = ax.get_legend()
+    if legend is not None:  # beside the axis, in the order of the intervals
+        handles = list(legend.legend_handles)
+        labels = [text.get_text() for text in legend.get_texts()]
+        legend.remove()
+        ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0))
+    if title:  # in place of ArviZ's "94.0% HDI" heading
+        ax.set_title(f"{title}\n(94% HDI, interquartile range, mean)", fontsize=10)
+    return save_figure(ax.figure, path)
+
+
+def _paired_colours(labels: list[str]) -> list:
+    """One hue per fit; a fit's NUTS reference (the label after it, "nuts (...)") gets the
+    light shade of the same hue."""
+    palette = plt.get_cmap("tab20").colors
+    colours, hue = [], -1
+    for label in labels:
+        if not label.startswith("nuts ("):
+            hue += 1
+            colours.append(palette[(2 * hue) % 20])
+        else:
+            colours.append(palette[(2 * hue + 1) % 20])
+    return colours
+
+
+def plot_posteriors(draws: Mapping[str, PosteriorDraws], path: str | Path, *, site: str,
+                    max_rows: int = 4, title: str = "") -> Path:
+    """Posterior comparison for the chosen rows, one panel per row: for a continuous site,
+    the 2-σ ellipse of each fit in the first two latent dimensions (a mean-field guide's is
+    axis-aligned); for a discrete site, q(z = k) of each fit as grouped bars."""
+    first = next(iter(draws.values()))
+    count = min(max_rows, first.rows.numel())
+    fig, axes = plt.subplots(1, count, figsize=(3.4 * count, 3.4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    discrete = site in first.discrete
+    for i, ax in enumerate(axes[0]):
+        for j, (label, d) in enumerate(draws.items()):
+            value = d.local[site][:, i]
+            colour = colours[j % len(colours)]
+            if discrete:
+                categories = int(max(v.local[site].max() for v in draws.values())) + 1
+                probs = torch.bincount(value.long().flatten(), minlength=categories).double()
+                probs = probs / probs.sum()
+                width = 0.8 / len(draws)
+                ax.bar(np.arange(categories) + (j - (len(draws) - 1) / 2) * width,
+                       probs.numpy(), width=width, color=colour, label=label)
+                ax.set_xticks(np.arange(categories))
+                ax.set_xlabel(f"{site}: component (labels matched)")
+                ax.set_ylabel("q(z = k | x)" if i == 0 else "")
+                ax.set_ylim(0, 1.05)
+            else:
+                value = value.reshape(value.shape[0], -1).double()
+                _ellipse(ax, value[:, : min(2, value.shape[1])], colour, label, j)
+                ax.set_xlabel(f"{site}[0] (aligned)")
+                ax.set_ylabel(f"{site}[1]" if value.shape[1] > 1 else "")
+                if value.shape[1] == 1:
+                    ax.set_yticks([])
+                    ax.set_ylim(-1, len(draws))
+        ax.set_title(f"training row {int(first.rows[i])}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _ellipse(ax, value: torch.Tensor, colour, label: str, index: int) -> None:
+    """The 2-σ ellipse of ``value : (S, 2)``; for one dimension, mean ± 2σ at height index."""
+    mean = value.mean(0)
+    if value.shape[1] == 1:
+        std = value[:, 0].std()
+        ax.errorbar([float(mean[0])], [index], xerr=[2 * float(std)], fmt="o", color=colour,
+                    label=label, capsize=3)
+        return
+    cov = torch.cov(value.T)
+    values, vectors = torch.linalg.eigh(cov)
+    angle = torch.linspace(0, 2 * math.pi, 100, dtype=value.dtype)
+    circle = torch.stack([angle.cos(), angle.sin()], 1)
+    curve = mean + 2 * (circle * values.clamp_min(0).sqrt()) @ vectors.T
+    ax.plot(curve[:, 0].numpy(), curve[:, 1].numpy(), color=colour, lw=1.4, label=label)
+    ax.plot([float(mean[0])], [float(mean[1])], "o", color=colour, ms=3)

@@ -1,0 +1,147 @@
+"""``report.html``: one self-contained page per comparison.
+
+The page embeds the summary table (mean ± standard deviation over seeds), the per-fit table,
+every figure (PNG as a base64 ``data:`` URI, so the file opens offline, from anywhere, with no
+server, no CDN and no script) and the ArviZ summaries of each fit's posterior draws.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping
+from pathlib import Path
+
+from inference.compare import footnote, format_mean_std, table
+from inference.runs import atomic_write
+
+REPORT_FILE = "report.html"
+FIGURE_CAPTIONS = {
+    "curves": "Training curves of every strategy on one axis (first seed): the ELBO per SVI "
+              "step, log p(x) per EM iteration; the dashed line is the closed-form / EM "
+              "optimum of log p(x) on the training rows.",
+    "yardstick": "Train and test log p(x) and the ELBO per strategy (mean ± standard deviation "
+                 "over seeds), and the gap log p(x) − ELBO split into the approximation gap "
+                 "and, for amortized guides, the amortization gap.",
+    "posterior": "Posterior comparison for chosen training rows (first seed): each fit's "
+                 "q(z | x), in the anchor fit's coordinates.",
+    "forest": "ArviZ forest plot of the same posteriors side by side (94% HDI, interquartile "
+              "range and mean).",
+}
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1100px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; } .note { font-size: 0.85em; color: #555; }
+details { margin: 0.5em 0; } summary { cursor: pointer; } .scroll { overflow-x: auto; }
+"""
+
+
+def write_report(compare_dir: str | Path, *, spec, dataset, config, records: list[dict],
+                 summary: list[dict], figures: Mapping[str, Path],
+                 summaries: Mapping[str, object] | None = None,
+                 nuts: Mapping[str, dict] | None = None) -> Path:
+    """Write ``compare_dir/report.html``; returns its path."""
+    path = Path(compare_dir) / REPORT_FILE
+    text = render(spec=spec, dataset=dataset, config=config, records=records, summary=summary,
+                  figures=figures, summaries=summaries or {}, nuts=nuts or {})
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
+def render(*, spec, dataset, config, records, summary, figures, summaries, nuts) -> str:
+    first = records[0]
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>lvm-zoo compare {esc(spec.name)} on {esc(dataset.name)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Comparison of inference strategies: {esc(spec.name)} on {esc(dataset.name)}</h1>",
+        f"<p>{esc(spec.summary)}. {esc(str(first['n_train']))} training and "
+        f"{esc(str(first['n_test']))} test rows, one split for every fit; "
+        f"{max(row['seeds'] for row in summary)} seed(s) per strategy. Log-likelihood: "
+        f"<b>{esc(first['log_likelihood_method'])}</b>; every number is in mean nats per "
+        "datapoint.</p>",
+        f"<p class='note'>Config: {esc(_config_text(config))}</p>",
+        "<h2>Summary: mean ± standard deviation over seeds</h2>",
+        _html_table(table(summary), table_id="summary"),
+        f"<p class='note'>{esc(footnote(summary))}</p>" if footnote(summary) else "",
+        "<p class='note'>gap = log p(x) − ELBO on the training rows (exact where the model has "
+        "a closed-form posterior, else Monte Carlo); approximation gap = log p(x) − ELBO of the "
+        "best per-datapoint member of the guide's family; amortization gap = ELBO of that "
+        "optimum − ELBO of the encoder (amortized guides, on a subset of training rows). ARI "
+        "and matched |Δθ| compare mixtures with the anchor fit up to relabelling.</p>",
+    ]
+    for name, figure in figures.items():
+        parts.append(f"<h2>{esc(name.capitalize())}</h2>")
+        parts.append(_figure(Path(figure), FIGURE_CAPTIONS.get(name, "")))
+    parts.append("<h2>Every fit</h2>")
+    parts.append(_html_table(_record_cells(records), table_id="fits"))
+    if summaries:
+        parts.append("<h2>ArviZ summaries of the exported posteriors (first seed)</h2>")
+        parts.append("<p class='note'>Draws of the local latents of the chosen training rows, "
+                     "from each fit's guide (EM and closed form: the exact posterior at the "
+                     "fitted parameters); stored as ArviZ InferenceData in each run folder "
+                     "(posterior.nc).</p>")
+        for label, frame in summaries.items():
+            notes = nuts.get(label)
+            extra = (f" — divergences {notes['divergences']}, acceptance rate "
+                     f"{notes['acceptance_rate']:.2f}" if notes else "")
+            parts.append(f"<details><summary>{esc(label)}{esc(extra)}</summary>"
+                         f"{frame.to_html(border=0)}</details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _config_text(config) -> str:
+    fields = getattr(config, "__dataclass_fields__", {})
+    return ", ".join(f"{name}={getattr(config, name)!r}" for name in fields)
+
+
+def _figure(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(path.stem)}\">"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _html_table(cells: list[list[str]], *, table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row in cells[1:])
+    return (f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+RECORD_COLUMNS = (("strategy", "strategy", None), ("seed", "seed", None),
+                  ("ELBO estimator", "elbo_estimator", None),
+                  ("train log p(x)", "train_log_likelihood", 4),
+                  ("test log p(x)", "test_log_likelihood", 4), ("ELBO", "elbo", 4),
+                  ("ELBO method", "elbo_method", None), ("gap", "gap", 4),
+                  ("approx. gap", "approximation_gap", 4),
+                  ("amort. gap", "amortization_gap", 4), ("ARI", "ari", 3),
+                  ("dist. to NUTS", "reference_distance", 3), ("seconds", "seconds", 2),
+                  ("steps", "steps", None), ("converged", "converged", None),
+                  ("run folder", "run_dir", None))
+
+
+def _record_cells(records: list[dict]) -> list[list[str]]:
+    columns = [c for c in RECORD_COLUMNS if any(r.get(c[1]) is not None for r in records)]
+    cells = [[c[0] for c in columns]]
+    for record in records:
+        row = []
+        for _, key, digits in columns:
+            value = record.get(key)
+            if value is None:
+                row.append("-")
+            elif digits is not None:
+                row.append(format_mean_std({f"{key}_mean": value}, key, digits))
+            elif key == "run_dir":
+                row.append(Path(value).name)
+            else:
+                row.append(str(value))
+        cells.append(row)
+    return cells
