@@ -181,6 +181,9 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     for fit in fits:
         _export(fit)
     records = [fit.record for fit in fits]
+    records += _baselines(spec, config, loaded, compare_dir, seed, progress,
+                          data=data, data_root=data_root, test_fraction=test_fraction,
+                          binarize=binarize, standardize=standardize, dtype=dtype)
     summary = summarize(records)
     write_json(compare_dir / "comparison.json", records)
     write_csv(compare_dir / "comparison.csv", records)
@@ -193,6 +196,24 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
         write_report(compare_dir, spec=spec, dataset=dataset, config=config, records=records,
                      summary=summary, figures=figures,
                      summaries=_arviz_summaries(fits, seed), nuts=_nuts_notes(fits))
+    return records
+
+
+def _baselines(spec: ModelSpec, config, loaded, compare_dir: Path, seed: int, progress: bool,
+               **data) -> list[dict]:
+    """The other models ``spec.baselines`` names (PPCA beside the deep model), fitted on the
+    same split by their closed form and EM, with options derived from ``config``."""
+    records = []
+    for name, derive in spec.baselines.items():
+        other = get_model(name)
+        for inference in (m for m in other.inference_methods if m != "svi"):
+            if progress:
+                print(f"compare: baseline {name} {inference}", file=sys.stderr, flush=True)
+            record = api.fit(other, inference=inference, seed=seed, loaded=loaded,
+                             out=compare_dir / f"baseline-{name}-{inference}-seed{seed}",
+                             figures=False, **data, **derive(config))
+            record.update(strategy=f"{name} {inference}", compare_dir=str(compare_dir))
+            records.append(record)
     return records
 
 

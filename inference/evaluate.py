@@ -94,8 +94,8 @@ def _log_weights(model, guide, x, rows, num_samples):
         model_trace = poutine.trace(poutine.replay(
             poutine.condition(particles(model), rows_fixed), trace=guide_trace)
         ).get_trace(x, **kwargs)
-    return (_site_log_prob(model_trace, num_samples, rows.numel())
-            - _site_log_prob(guide_trace, num_samples, rows.numel()))
+        return (_site_log_prob(model_trace, num_samples, rows.numel())
+                - _site_log_prob(guide_trace, num_samples, rows.numel()))
 
 
 def _site_log_prob(trace, num_samples, num_rows) -> torch.Tensor:

@@ -173,4 +173,9 @@ def _import_user_file(path: Path) -> None:
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[module_name]
+        raise InputError(f"model file '{path}' failed to import ({type(error).__name__}: "
+                         f"{error}); run `python {path}` to see where, and fix it") from error
