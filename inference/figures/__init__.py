@@ -13,12 +13,9 @@ import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # headless machines fall back to Agg by themselves
 
-matplotlib.use("Agg")  # files only; no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-from inference.runs import atomic_write  # noqa: E402
+from inference.runs import atomic_write
 
 MODEL_FIGURES: dict[str, Callable[..., list[Path]]] = {}
 
