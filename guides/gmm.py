@@ -41,6 +41,8 @@ class AssignmentGuide:
     Subclasses say how the logits of ``q(z_n)`` for the rows ``index`` are computed.
     """
 
+    per_datapoint = False  # whether it holds free parameters for each training row
+
     def __init__(self, model: GaussianMixtureModel, config: GMMConfig):
         if not isinstance(model, GaussianMixtureModel):
             raise InputError(f"{type(self).__name__} guides a Gaussian mixture; got a model of "
@@ -97,6 +99,8 @@ class ExactGuide(AssignmentGuide):
 class MeanFieldGuide(AssignmentGuide):
     """Free per-datapoint categoricals, the ``pyro.param`` ``assignment_logits : (N, K)``,
     started at the exact posterior of the model's initial parameters."""
+
+    per_datapoint = True
 
     def logits(self, x, index):
         logits = pyro.param("assignment_logits",

@@ -16,14 +16,17 @@ names (K components, D dimensions):
 Beside the Pyro model sit its closed forms, the oracles everything else is checked against: the
 exact ``log_marginal`` (Cholesky and logsumexp, float32-safe), the ``responsibilities``
 p(z | x), the ``m_step`` given responsibilities, ancestral ``sample``, and k-means++ / Lloyd
-starts. EM's E-step (:func:`e_step`) is the hot path: one pass over row blocks that whitens all
-K components with a single GEMM, takes the logsumexp and accumulates the sufficient statistics,
-never materializing N x K x D x D. Log-likelihoods are in nats (per datapoint where averaged).
+starts. EM's E-step (:func:`e_step`) is the hot path. For data it sees again and again it keeps
+their quadratic features, so that an iteration is two GEMMs and a logsumexp, wherever their
+rounding error is provably negligible; otherwise one pass over row blocks whitens all K
+components with a single GEMM, takes the logsumexp and accumulates the sufficient statistics.
+Neither materializes N x K x D x D. Log-likelihoods are in nats (per datapoint where averaged).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -283,7 +286,8 @@ def elbo(config: GMMConfig, params: Params, x: torch.Tensor,
 class MixtureStatistics(NamedTuple):
     """Posterior-weighted sufficient statistics of the data, about per-component centres.
 
-    With ``r_nk`` the responsibilities and ``c_k`` the centres (the previous means in EM):
+    With ``r_nk`` the responsibilities and ``c_k`` the centres (the previous means, or the
+    data's mean, as the E-step found convenient):
     ``counts = Σ_n r_nk`` (K,), ``first = Σ_n r_nk (x_n - c_k)`` (K, D), ``second =
     Σ_n r_nk (x_n - c_k)(x_n - c_k)ᵀ`` (K, D, D) for full covariances, or its diagonal (K, D).
     Moments about a nearby centre, not about the origin, keep float32 free of cancellation.
@@ -377,14 +381,140 @@ def m_step(config: GMMConfig, x: torch.Tensor, resp: torch.Tensor) -> Params:
 
 def e_step(config: GMMConfig, params: Params,
            x: torch.Tensor) -> tuple[MixtureStatistics, torch.Tensor]:
-    """EM's E-step, fused with the statistics the M-step needs: one pass over ``x : (N, D)``.
+    """EM's E-step, fused with the statistics the M-step needs.
 
-    Returns the statistics about the current means and the mean ``log p(x)`` at ``params``
-    (nats per datapoint, a 0-dim tensor). Per cache-sized row block: one batched GEMM whitens
-    the rows against all K components, a logsumexp over components normalizes, and one batched
-    GEMM sums the responsibility-weighted moments of the whitened rows, which are mapped back
-    with ``L_k`` at the end. Four large operations per block and no small GEMM: on a busy
-    machine every multi-threaded operation waits for a core.
+    Returns the posterior-weighted statistics of ``x : (N, D)`` (see :class:`MixtureStatistics`)
+    and the mean ``log p(x)`` at ``params`` (nats per datapoint, a 0-dim tensor).
+
+    Two exact routes. EM calls this with the same ``x`` every iteration, so where its quadratic
+    features fit in memory (:data:`FEATURE_VALUES`) and their rounding error is provably below
+    :data:`QUADRATIC_ERROR` nats, the features are built once and each iteration is two GEMMs and
+    a logsumexp (:func:`_e_step_quadratic`). Otherwise every row block is whitened against the
+    components (:func:`_e_step_whitened`), which is float32-safe at any offset or conditioning.
+    """
+    _check_data(config, x)
+    features = _quadratic_features(config, x)
+    if features is not None:
+        weights, bound = _quadratic_weights(config, params, features)
+        if bound <= QUADRATIC_ERROR:
+            return _e_step_quadratic(config, params, x, features, weights)
+    return _e_step_whitened(config, params, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The E-step on quadratic features, for data seen again and again
+# ---------------------------------------------------------------------------------------------
+
+# Most values of quadratic features kept between EM iterations (256 MB of float32).
+FEATURE_VALUES = 2**26
+# Largest worst-case rounding error of a log-density through the quadratic features, in nats;
+# beyond it (float32 data far from their mean, or nearly singular covariances) E-steps whiten.
+QUADRATIC_ERROR = 1e-3
+
+
+class _Features(NamedTuple):
+    """``φ(x - m)ᵀ``, shape ``(F, N)``: the products ``c_i c_j`` (i ≤ j; only ``c_i²`` for
+    diagonal covariances), then ``c``, then 1, for the rows centred on their mean ``m``."""
+
+    data: weakref.ref  # the tensor they belong to
+    version: int  # its in-place version counter when they were built
+    full: bool
+    values: torch.Tensor  # (F, N)
+    center: torch.Tensor  # (D,) m
+    radius: float  # max_n |x_n - m|²
+
+
+_FEATURES: list[_Features] = []  # at most one entry: the data of the EM run in progress
+
+
+def _quadratic_features(config: GMMConfig, x: torch.Tensor) -> _Features | None:
+    full = config.covariance_type == "full"
+    n, d = x.shape
+    quadratic = d * (d + 1) // 2 if full else d
+    if n * (quadratic + d + 1) > FEATURE_VALUES:
+        return None
+    if _FEATURES:
+        cached = _FEATURES[0]
+        if cached.data() is x and cached.version == x._version and cached.full == full:
+            return cached
+    center = x.mean(0)
+    rows = (x - center).T.contiguous()  # (D, N): gathering whole rows is a copy of memory
+    if full:
+        first, second = torch.triu_indices(d, d, device=x.device)
+        products = rows[first] * rows[second]
+    else:
+        products = rows.square()
+    values = torch.cat([products, rows, rows.new_ones(1, n)])
+    features = _Features(weakref.ref(x), x._version, full, values, center,
+                         float(rows.square().sum(0).max()))
+    _FEATURES[:] = [features]
+    weakref.finalize(x, _FEATURES.clear)  # free them with the data
+    return features
+
+
+def _quadratic_weights(config: GMMConfig, params: Params,
+                       features: _Features) -> tuple[torch.Tensor, float]:
+    """``W : (K, F)`` with ``W φ(c) = log λ_k N(x | μ_k, S_k)`` and an estimate of its largest
+    rounding error, in nats: ``eps * max(|c|², |δ|²) * max_k |Λ_k|_F`` with ``c = x - m``,
+    ``δ = μ - m``, which bounds ``eps Σ_ij |Λ_ij c_i c_j|``, the size of the terms that cancel.
+
+    ``-½ (c - δ)ᵀ Λ (c - δ) = -½ cᵀΛc + cᵀΛδ - ½ δᵀΛδ``, and ``cᵀΛc`` counts each ``c_i c_j``
+    with i < j twice."""
+    parts = _components(config, params, features.center)
+    means = params["means"]
+    k, d = means.shape
+    delta = means - features.center
+    if config.covariance_type == "full":
+        precision_factor = parts.whiten[:, :d, :d]  # P_k = L_k^{-T}: Λ_k = P_k P_kᵀ
+        precision = precision_factor @ precision_factor.transpose(-1, -2)
+        first, second = torch.triu_indices(d, d, device=means.device)
+        quadratic = -0.5 * precision[:, first, second] * (2.0 - (first == second).to(means.dtype))
+        linear = (precision @ delta[:, :, None])[..., 0]
+        norm = torch.linalg.matrix_norm(precision)  # Frobenius
+    else:
+        inverse_variance = parts.whiten[:, 0, :].square().expand(k, d)
+        quadratic = -0.5 * inverse_variance
+        linear = inverse_variance * delta
+        norm = torch.linalg.vector_norm(inverse_variance, dim=-1)
+    constant = parts.log_const[:, 0] - 0.5 * (linear * delta).sum(-1)
+    weights = torch.cat([quadratic, linear, constant[:, None]], 1)
+    scale = max(features.radius, float(delta.square().sum(-1).max()))
+    bound = torch.finfo(means.dtype).eps * scale * float(norm.max())
+    return weights, bound
+
+
+def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
+                      features: _Features, weights: torch.Tensor):
+    """Two GEMMs over the features: ``W φ`` gives every log joint, and ``R φᵀ`` every
+    responsibility-weighted sum of ``c_i c_j``, ``c`` and 1, i.e. all statistics about ``m``."""
+    k, d = config.components, config.dim
+    log_px, resp = _normalize(weights @ features.values)  # (K, N), component-major
+    sums = resp @ features.values.T  # (K, F)
+    quadratic = sums.shape[1] - d - 1
+    first, counts = sums[:, quadratic:-1], sums[:, -1]
+    if config.covariance_type == "full":
+        rows, columns = torch.triu_indices(d, d, device=x.device)
+        second = sums.new_zeros(k, d, d)
+        second[:, rows, columns] = sums[:, :quadratic]
+        second[:, columns, rows] = sums[:, :quadratic]
+    else:
+        second = sums[:, :quadratic]
+    center = features.center.expand(k, d)
+    return MixtureStatistics(counts, first, second, center, x.shape[0]), log_px.mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# The E-step by whitened row blocks, float32-safe
+# ---------------------------------------------------------------------------------------------
+
+
+def _e_step_whitened(config: GMMConfig, params: Params,
+                     x: torch.Tensor) -> tuple[MixtureStatistics, torch.Tensor]:
+    """One pass over ``x`` in cache-sized row blocks. Per block: one batched GEMM whitens the
+    rows against all K components, a logsumexp over components normalizes, and one batched GEMM
+    sums the responsibility-weighted moments of the whitened rows, which are mapped back with
+    ``L_k`` at the end. Four large operations per block and no small GEMM: on a busy machine
+    every multi-threaded operation waits for a core.
     """
     k, d = config.components, config.dim
     full = config.covariance_type == "full"

@@ -149,6 +149,8 @@ def test_guides_validate_their_arguments(faithful):
     with pytest.raises(InputError, match="subsample_size=500 must be between 1 and the 272"):
         ExactGuide(model, CONFIG)(faithful, subsample_size=500)
     assert set(GUIDES) == set(SPEC.guides)
+    for name, guide_class in GUIDES.items():  # the registry's factories say the same
+        assert SPEC.guides[name].per_datapoint == guide_class.per_datapoint
 
 
 def test_svi_restarts_keep_the_best_final_elbo(faithful):

@@ -251,18 +251,53 @@ def test_fused_e_step_gives_the_m_step_of_the_responsibilities(iris, covariance_
                                float(gmm.log_marginal(config, params, iris).mean()), rtol=1e-12)
 
 
-def test_e_step_over_many_row_blocks_equals_one_block(monkeypatch):
-    config = gmm.GMMConfig(dim=3, components=4)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_both_e_step_routes_give_the_same_m_step(monkeypatch, covariance_type):
+    """Quadratic features (EM's fast route) against whitened row blocks, many and one."""
+    config = gmm.GMMConfig(dim=3, components=4, covariance_type=covariance_type)
     generator = torch.Generator().manual_seed(10)
     params = random_params(config, generator)
     x, _ = gmm.sample(config, params, 3000, generator)
-    whole, whole_ll = gmm.e_step(config, params, x)
+    x = x + 5.0  # away from the origin: the routes centre differently
+    features = gmm._quadratic_features(config, x)
+    assert gmm._quadratic_weights(config, params, features)[1] <= gmm.QUADRATIC_ERROR
+    routes = {"quadratic": gmm.e_step(config, params, x),
+              "whitened": gmm._e_step_whitened(config, params, x)}
     monkeypatch.setitem(gmm.BLOCK_VALUES, "cpu", 1)  # 256-row blocks
-    blocks, blocks_ll = gmm.e_step(config, params, x)
-    for a, b in zip(whole, blocks, strict=True):
-        if isinstance(a, torch.Tensor):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(float(whole_ll), float(blocks_ll), rtol=1e-12)
+    monkeypatch.setattr(gmm, "FEATURE_VALUES", 0)  # no features: e_step whitens
+    routes["blocks"] = gmm.e_step(config, params, x)
+    reference = gmm.m_step(config, x, gmm.responsibilities(config, params, x))
+    log_likelihood = float(gmm.log_marginal(config, params, x).mean())
+    for statistics, mean_log_likelihood in routes.values():
+        np.testing.assert_allclose(float(mean_log_likelihood), log_likelihood, rtol=1e-12)
+        fitted = gmm.maximize(config, x, statistics)
+        for name, value in reference.items():
+            np.testing.assert_allclose(fitted[name].numpy(), value.numpy(), rtol=1e-9)
+
+
+def test_quadratic_features_follow_the_data_and_step_aside_when_imprecise():
+    config = gmm.GMMConfig(dim=2, components=2)
+    generator = torch.Generator().manual_seed(14)
+    params = random_params(config, generator)
+    x, _ = gmm.sample(config, params, 500, generator)
+    first = gmm._quadratic_features(config, x)
+    assert gmm._quadratic_features(config, x) is first  # kept between EM iterations
+    x.mul_(2.0)  # changed in place: new features, right answers
+    assert gmm._quadratic_features(config, x) is not first
+    _, mean_log_likelihood = gmm.e_step(config, params, x)
+    np.testing.assert_allclose(float(mean_log_likelihood),
+                               float(gmm.log_marginal(config, params, x).mean()), rtol=1e-12)
+    # float32 rows 1e4 from their mean, unit covariances: the quadratic form would lose
+    # eps * 1e8 = 12 nats, so the E-step whitens instead and stays right
+    far = torch.cat([x[:250] - 1e4, x[250:] + 1e4]).float()
+    start = {"weights": params["weights"].float(),
+             "means": torch.tensor([[-1e4, -1e4], [1e4, 1e4]]),
+             "scale_tril": torch.eye(2).expand(2, 2, 2).clone()}
+    features = gmm._quadratic_features(config, far)
+    assert gmm._quadratic_weights(config, start, features)[1] > gmm.QUADRATIC_ERROR
+    _, single = gmm.e_step(config, start, far)
+    exact = gmm.log_marginal(config, {k: v.double() for k, v in start.items()}, far.double())
+    assert abs(float(single) - float(exact.mean())) < 1e-3
 
 
 # --- sampling, synthetic data, starts ------------------------------------------------------------
