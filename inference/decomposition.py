@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import pyro
 import torch
 from pyro import poutine
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
+from inference.evaluate import fitted
 from inference.results import FitResult
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, Params
@@ -79,13 +79,11 @@ def _decompose_fit(spec, config, result, x, guide):
     if guide not in spec.guides:
         raise InputError(f"model '{spec.name}' has no guide '{guide}'; choose one of: "
                          + ", ".join(spec.guides))
-    store = pyro.get_param_store()
-    with store.scope():
-        for name, value in {**result.params, **result.guide_params}.items():
-            store[name] = value.detach().clone()  # the model and guide read these values
-        model = spec.make_model(config, result.params)
-        return elbo_decomposition(spec, config, result.params, x,
-                                  spec.guides[guide](model, config))
+    # `fitted` registers the guide's parameters (networks included) and then writes the fit's
+    # values into them, so an encoder is judged with its trained weights, not fresh ones.
+    with fitted(spec, config, result.params, x, guide=guide,
+                guide_params=result.guide_params) as (_, guide_fn):
+        return elbo_decomposition(spec, config, result.params, x, guide_fn)
 
 
 def guide_distribution(guide, x: torch.Tensor, site: str = "z") -> Distribution:

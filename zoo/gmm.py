@@ -448,8 +448,12 @@ def _quadratic_features(config: GMMConfig, x: torch.Tensor) -> _Features | None:
     features = _Features(weakref.ref(x), x._version, full, values, center,
                          float(rows.square().sum(0).max()))
     _FEATURES[:] = [features]
-    weakref.finalize(x, _FEATURES.clear)  # free them with the data
+    weakref.finalize(x, _forget_dead_features)  # free them with the data
     return features
+
+
+def _forget_dead_features() -> None:
+    _FEATURES[:] = [features for features in _FEATURES if features.data() is not None]
 
 
 def _quadratic_weights(config: GMMConfig, params: Params,
