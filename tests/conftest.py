@@ -1,4 +1,4 @@
-"""Every test starts from an empty Pyro param store with validation on, in float64-safe mode."""
+"""Every test starts from an empty Pyro param store, validation on, one torch thread."""
 
 from pathlib import Path
 
@@ -7,6 +7,16 @@ import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the tests' tensors are small, and on a 2-core machine waking a second
+    thread for each tiny operation costs more than the arithmetic (up to 100x under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

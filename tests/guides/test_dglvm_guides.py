@@ -15,15 +15,6 @@ from zoo.dglvm import DGLVM, DGLVMConfig, make_model
 from zoo.errors import InputError
 from zoo.registry import get_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CONFIG = DGLVMConfig(dim=6, latent_dim=2, hidden=(8,))
 
 

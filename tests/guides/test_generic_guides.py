@@ -74,14 +74,10 @@ declare("bayes", model, config=Config, local_sites=("z",), global_sites=("mu",))
 
 
 @pytest.fixture(autouse=True)
-def _single_thread_and_clean_registry():
-    """One thread (two shared cores: thread pools only wait on each other), and the test
-    models leave the registry as they found it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _clean_registry():
+    """The test models leave the registry as they found it."""
     registry = zoo.registry.models()  # the built-ins loaded first, so they stay
     yield
-    torch.set_num_threads(threads)
     zoo.registry._REGISTRY.clear()
     zoo.registry._REGISTRY.update(registry)
 

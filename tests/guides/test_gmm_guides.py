@@ -24,16 +24,6 @@ SPEC = gmm.SPEC
 CONFIG = gmm.GMMConfig(dim=2, components=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: these tensors are tiny, and OpenMP barriers on a shared two-core machine
-    cost a hundred times the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def faithful() -> torch.Tensor:
     """Old Faithful (272 eruptions x 2), standardized, float64."""

@@ -19,15 +19,6 @@ SPEC = get_model("ppca")
 DIM, LATENT, NUM_DATA = 6, 2, 100
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one thread avoids milliseconds of thread wake-ups per call on shared cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def problem():
     """100 points from a PPCA with D=6, q=2 (principal scales 3 and 1, sigma^2 = 0.25), its

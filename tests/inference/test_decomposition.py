@@ -17,14 +17,6 @@ from zoo.errors import InputError
 from zoo.registry import get_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def problem(name: str, num_data: int = 40):
     spec = get_model(name)
     x, _, truth = spec.synthetic(num_data, torch.Generator().manual_seed(0), torch.float64)

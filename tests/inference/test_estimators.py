@@ -17,14 +17,6 @@ from zoo.dglvm import DGLVMConfig, gaussian_kl, make_model
 from zoo.registry import get_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits_fit():
     """A Bernoulli model with a briefly trained encoder on digits / 16 (a few seconds)."""

@@ -20,16 +20,6 @@ SPEC = gmm.SPEC
 ITERATIONS = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: these tensors are tiny, and OpenMP barriers on a shared two-core machine
-    cost a hundred times the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def datasets():
     iris = torch.tensor(load_iris().data, dtype=torch.float64)
     synthetic, _, _ = gmm.synthetic(400, torch.Generator().manual_seed(1), torch.float64)

@@ -3,7 +3,6 @@
 import warnings
 
 import numpy as np
-import pytest
 import torch
 from matplotlib.image import imread
 
@@ -12,16 +11,6 @@ from inference.figures import MODEL_FIGURES
 from inference.figures.gmm import em_snapshots, marginal_2d, plot_training_curves
 from zoo import gmm
 from zoo.datasets import load_dataset
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: these tensors are tiny, and OpenMP barriers on a shared two-core machine
-    cost a hundred times the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_em_snapshots_replay_the_fit_from_its_recorded_start():

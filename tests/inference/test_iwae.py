@@ -19,14 +19,6 @@ from zoo.registry import get_model
 D, Q, SIGMA = 8, 2, 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def linear_gaussian(generator, *, beta: float = 1.0, scale_factor: float = 1.0,
                     loc_shift: float = 0.0):
     """PPCA parameters in the decoder's representation, and an encoder at the exact posterior

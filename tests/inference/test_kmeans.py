@@ -12,16 +12,6 @@ from zoo import gmm
 from zoo.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: these tensors are tiny, and OpenMP barriers on a shared two-core machine
-    cost a hundred times the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def datasets():
     iris = torch.tensor(load_iris().data, dtype=torch.float64)
     blobs, _, _ = gmm.synthetic(600, torch.Generator().manual_seed(3), torch.float64)

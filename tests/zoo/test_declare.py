@@ -53,12 +53,9 @@ declare("my-factor", factor_model, config=Config, local_sites=("z",),
 
 
 @pytest.fixture(autouse=True)
-def _single_thread_and_clean_registry():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _clean_registry():
     registry = zoo.registry.models()
     yield
-    torch.set_num_threads(threads)
     zoo.registry._REGISTRY.clear()
     zoo.registry._REGISTRY.update(registry)
 

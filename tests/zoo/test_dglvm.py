@@ -28,15 +28,6 @@ from zoo.errors import InputError
 from zoo.registry import get_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks on shared cores run fastest, and deterministically, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_config(**options) -> DGLVMConfig:
     return DGLVMConfig(**{"dim": 6, "latent_dim": 2, "hidden": (8,), **options})
 

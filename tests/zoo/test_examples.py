@@ -14,15 +14,6 @@ from inference.em import fit_em
 from zoo import get_model
 from zoo.datasets import load_dataset
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- mixture of PPCAs ---------------------------------------------------------------------------
 
 

@@ -21,16 +21,6 @@ from zoo.registry import get_model
 COVARIANCE_TYPES = gmm.COVARIANCE_TYPES
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: these tensors are tiny, and OpenMP barriers on a shared two-core machine
-    cost a hundred times the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def iris() -> torch.Tensor:
     return torch.tensor(load_iris().data, dtype=torch.float64)

@@ -17,16 +17,6 @@ from zoo.errors import InputError
 from zoo.registry import get_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # q x q LAPACK calls are microseconds on one thread; on two shared cores, waking the second
-    # thread can cost milliseconds per call
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits() -> torch.Tensor:
     return torch.from_numpy(load_digits().data).double()  # (1797, 64), raw pixel counts 0..16
