@@ -59,6 +59,7 @@ from inference import strategies
 from inference.decomposition import elbo_decomposition, guide_distribution
 from inference.em import fit_em
 from inference.evaluate import fitted
+from inference.figures import present, save_figure
 from inference.figures.gmm import plot_em_contours, plot_training_curves
 from zoo import datasets, gmm
 from zoo.registry import get_model
@@ -74,26 +75,9 @@ torch.set_default_dtype(torch.float64)  # identities to 1e-12
 warnings.filterwarnings("ignore", category=ConvergenceWarning)
 
 
-def present(path: Path) -> Path:
-    """Name a saved figure; in a notebook, also display it."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-
-        if get_ipython() is not None:
-            display(Image(filename=str(path)))
-    except ImportError:
-        pass
-    print(f"figure: {path}")
-    return path
-
-
 def show(fig, name: str) -> Path:
-    """Save ``fig`` as OUT/name.png and present it."""
-    path = OUT / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return present(path)
+    """Save ``fig`` as OUT/name.png and present it (in a notebook, display it)."""
+    return present(save_figure(fig, OUT / f"{name}.png", dpi=110))
 
 
 # %% [markdown]

@@ -56,6 +56,7 @@ from scipy.linalg import subspace_angles
 from inference.decomposition import elbo_decomposition
 from inference.em import fit_em
 from inference.evaluate import fitted, pointwise_log_weights
+from inference.figures import present, save_figure
 from inference.figures.ppca import (
     canonical,
     latent_means_figure,
@@ -75,26 +76,9 @@ numbers: dict = {"smoke": SMOKE}  # every number the text promises; saved to num
 torch.set_default_dtype(torch.float64)  # closed forms to 1e-10, so that equalities show
 
 
-def present(path: Path) -> Path:
-    """Name a saved figure; in a notebook, also display it."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-
-        if get_ipython() is not None:
-            display(Image(filename=str(path)))
-    except ImportError:
-        pass
-    print(f"figure: {path}")
-    return path
-
-
 def show(fig, name: str) -> Path:
-    """Save ``fig`` as OUT/name.png and present it."""
-    path = OUT / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return present(path)
+    """Save ``fig`` as OUT/name.png and present it (in a notebook, display it)."""
+    return present(save_figure(fig, OUT / f"{name}.png", dpi=110))
 
 
 # %% [markdown]

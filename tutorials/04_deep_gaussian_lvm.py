@@ -60,6 +60,7 @@ import torch
 from inference import strategies
 from inference.estimators import gradient_variance
 from inference.evaluate import fitted, iwae, pointwise_log_weights
+from inference.figures import present, save_figure
 from inference.figures.dglvm import (
     elbo_curves,
     latent_manifold,
@@ -81,26 +82,9 @@ STARTED = time.perf_counter()
 numbers: dict = {"smoke": SMOKE, "mnist": MNIST}  # the promised numbers, saved to numbers.json
 
 
-def present(path: Path) -> Path:
-    """Name a saved figure; in a notebook, also display it."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-
-        if get_ipython() is not None:
-            display(Image(filename=str(path)))
-    except ImportError:
-        pass
-    print(f"figure: {path}")
-    return path
-
-
 def show(fig, name: str) -> Path:
-    """Save ``fig`` as OUT/name.png and present it."""
-    path = OUT / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return present(path)
+    """Save ``fig`` as OUT/name.png and present it (in a notebook, display it)."""
+    return present(save_figure(fig, OUT / f"{name}.png", dpi=110))
 
 
 # %% [markdown]

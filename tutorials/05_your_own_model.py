@@ -46,6 +46,7 @@ from pathlib import Path
 
 from inference import api
 from inference.check import check
+from inference.figures import present
 from zoo.registry import get_model
 
 SMOKE = os.environ.get("LVM_ZOO_SMOKE", "0") not in ("", "0")
@@ -57,20 +58,6 @@ numbers: dict = {"smoke": SMOKE}  # every number the text promises; saved to num
 # the command line: the `lvm-zoo` next to this Python, else `python -m zoo`
 LVM_ZOO = ([str(Path(sys.executable).with_name("lvm-zoo"))]
            if Path(sys.executable).with_name("lvm-zoo").exists() else [sys.executable, "-m", "zoo"])
-
-
-def present(path: Path) -> Path:
-    """Name a saved figure; in a notebook, also display it."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-
-        if get_ipython() is not None:
-            display(Image(filename=str(path)))
-    except ImportError:
-        pass
-    print(f"figure: {path}")
-    return path
 
 
 def lvm_zoo(*arguments: str) -> subprocess.CompletedProcess:

@@ -50,6 +50,7 @@ from sklearn.exceptions import ConvergenceWarning
 from inference.api import choose_device
 from inference.em import fit_em
 from inference.evaluate import fitted
+from inference.figures import present, save_figure
 from inference.svi import fit_svi
 from zoo import gmm
 from zoo.registry import get_model
@@ -63,26 +64,9 @@ numbers: dict = {"smoke": SMOKE}  # every number the text promises; saved to num
 warnings.filterwarnings("ignore", category=ConvergenceWarning)  # we run EM for fixed iterations
 
 
-def present(path: Path) -> Path:
-    """Name a saved figure; in a notebook, also display it."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-
-        if get_ipython() is not None:
-            display(Image(filename=str(path)))
-    except ImportError:
-        pass
-    print(f"figure: {path}")
-    return path
-
-
 def show(fig, name: str) -> Path:
-    """Save ``fig`` as OUT/name.png and present it."""
-    path = OUT / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return present(path)
+    """Save ``fig`` as OUT/name.png and present it (in a notebook, display it)."""
+    return present(save_figure(fig, OUT / f"{name}.png", dpi=110))
 
 
 # %% [markdown]

@@ -43,6 +43,21 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     return Path(path)
 
 
+def present(path: str | Path) -> Path:
+    """Name a saved figure on stdout and, inside a notebook, display it (tutorials use this,
+    so that a script and its jupytext notebook show the same pictures)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+
+        if get_ipython() is not None:
+            display(Image(filename=str(path)))
+    except ImportError:
+        pass
+    print(f"figure: {path}")
+    return Path(path)
+
+
 def plot_curves(curves: dict[str, list[float]], path: str | Path, *, optimum: float | None = None,
                 optimum_label: str = "exact optimum", ylabel: str = "nats per datapoint",
                 title: str = "") -> Path:
