@@ -18,7 +18,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from zoo.errors import InputError
-from zoo.gmm import kmeans_plus_plus, lloyd
+from zoo.gmm import check_components, kmeans_plus_plus, lloyd
 
 INITS = ("k-means++", "random")
 
@@ -56,11 +56,7 @@ def kmeans(
         raise InputError(f"x must be a floating (N, D) tensor; got shape {tuple(x.shape)} of "
                          f"{x.dtype}")
     num_data = x.shape[0]
-    if k < 1:
-        raise InputError(f"components={k} must be at least 1")
-    if k > num_data:
-        raise InputError(f"components={k} exceeds the {num_data} datapoints; use at most "
-                         f"{num_data}")
+    check_components(k, num_data)
     if n_init < 1 or max_iter < 1 or tol < 0:
         raise InputError(f"n_init={n_init} and max_iter={max_iter} must be at least 1 and "
                          f"tol={tol} at least 0")

@@ -92,9 +92,17 @@ class GMMConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise InputError(f"{name}={value} must be a finite positive number")
-        if num_data is not None and self.components > num_data:
-            raise InputError(f"components={self.components} exceeds the {num_data} datapoints; "
-                             f"use at most {num_data}")
+        if num_data is not None:
+            check_components(self.components, num_data)
+
+
+def check_components(k: int, num_data: int) -> None:
+    """A mixture (or K-means) needs 1 <= k <= N components."""
+    if k < 1:
+        raise InputError(f"components={k} must be at least 1")
+    if k > num_data:
+        raise InputError(f"components={k} exceeds the {num_data} datapoints; use at most "
+                         f"{num_data}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,11 +629,7 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, *, generator: torch.Generator | No
     the nearest centre so far. Returns ``(centers : (k, D), indices : (k,))``.
     """
     num_data = x.shape[0]
-    if k < 1:
-        raise InputError(f"components={k} must be at least 1")
-    if k > num_data:
-        raise InputError(f"components={k} exceeds the {num_data} datapoints; use at most "
-                         f"{num_data}")
+    check_components(k, num_data)
     trials = local_trials or 2 + int(math.log(k))
     x_squared = x.square().sum(1)
     first = torch.randint(num_data, (1,), generator=generator, device=x.device)
