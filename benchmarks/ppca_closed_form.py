@@ -44,9 +44,9 @@ import time  # noqa: E402
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from inference.catalog import get_model  # noqa: E402
 from inference.em import fit_em  # noqa: E402
 from zoo import ppca  # noqa: E402
-from zoo.registry import get_model  # noqa: E402
 
 
 def make_data(args) -> torch.Tensor:

@@ -37,13 +37,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from inference.catalog import get_model  # noqa: E402
 from inference.evaluate import fitted, iwae, pointwise_log_weights  # noqa: E402
 from inference.figures.dglvm import dglvm_figures  # noqa: E402
 from inference.results import FitResult  # noqa: E402
 from inference.svi import fit_svi  # noqa: E402
 from zoo.datasets import load_dataset  # noqa: E402
 from zoo.dglvm import bits_per_dim, dequantize  # noqa: E402
-from zoo.registry import get_model  # noqa: E402
 
 PRESETS = {
     "pyro": {"hidden": (400,), "latent_dim": 50, "binarize": None, "batch_size": 256,

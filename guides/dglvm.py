@@ -25,6 +25,7 @@ from pyro import poutine
 from torch import nn
 from torch.distributions import constraints
 
+from guides.registry import register
 from zoo.dglvm import DGLVMConfig, check_data, mlp
 from zoo.errors import InputError
 
@@ -142,3 +143,7 @@ class MeanFieldGuide(nn.Module):
             with poutine.scale(scale=self.config.beta):
                 return pyro.sample("z", _posterior_site(loc[idx], scale[idx],
                                                         self.reparameterized))
+
+
+register("dglvm", "amortized", AmortizedGuide, default=True)
+register("dglvm", "mean-field", MeanFieldGuide, elbo="TraceMeanField_ELBO")

@@ -25,6 +25,7 @@ from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.runtime import _PYRO_STACK
 from torch import nn
 
+from guides.registry import register
 from zoo.errors import InputError
 from zoo.gmm import GaussianMixtureModel, GMMConfig, log_responsibilities
 from zoo.registry import Params
@@ -189,3 +190,6 @@ GUIDES = {
     "amortized": AmortizedGuide,
     "enumerate": EnumerateGuide,
 }
+for _name, _guide in GUIDES.items():
+    register("gmm", _name, _guide, default=_name == "exact",
+             elbo="TraceEnum_ELBO" if _name == "enumerate" else "Trace_ELBO")

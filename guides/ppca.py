@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
+from guides.registry import register
 from zoo.errors import InputError
 from zoo.ppca import LinearGaussianModel, PPCAConfig, posterior
 
@@ -34,6 +35,7 @@ def _needs_data(x, name: str) -> torch.Tensor:
 class ExactGuide:
     """The exact posterior from the model's current parameters (read from the param store
     without making ``pyro.param`` sites, so they stay the model's parameters)."""
+    per_datapoint = False  # free parameters for each training row
 
     def __init__(self, model: LinearGaussianModel, config: PPCAConfig):
         self.model, self.config = model, config
@@ -48,6 +50,7 @@ class ExactGuide:
 class MeanFieldGuide:
     """A free diagonal Gaussian per datapoint; indexed by the data plate's subsample indices,
     so it only applies to the rows it was fitted on. Starts at the prior N(0, I)."""
+    per_datapoint = True  # free parameters for each training row
 
     def __init__(self, model: LinearGaussianModel, config: PPCAConfig):
         self.config = config
@@ -69,6 +72,7 @@ class AmortizedGuide:
     in x), and one learned Cholesky factor ``z_scale_tril (q, q)`` shared by all rows (the
     exact posterior covariance does not depend on x). The encoder is registered as
     ``pyro.module("encoder")`` inside the guide and built on the first call, in x's dtype."""
+    per_datapoint = False  # free parameters for each training row
 
     def __init__(self, model: LinearGaussianModel, config: PPCAConfig):
         self.config = config
@@ -114,3 +118,11 @@ class AmortizedMLPGuide(AmortizedGuide):
     def _distribution(self, encoder: nn.Module, batch: torch.Tensor):
         mean, raw_scale = encoder(batch).chunk(2, dim=-1)
         return dist.Normal(mean, nn.functional.softplus(raw_scale) + 1e-6).to_event(1)
+
+
+_ELBOS = {ExactGuide: "Trace_ELBO", MeanFieldGuide: "TraceMeanField_ELBO",
+          AmortizedGuide: "Trace_ELBO", AmortizedMLPGuide: "TraceMeanField_ELBO"}
+for _model in ("ppca", "fa"):  # factor analysis shares the linear-Gaussian guides
+    for _name, _guide in (("exact", ExactGuide), ("mean-field", MeanFieldGuide),
+                          ("amortized", AmortizedGuide), ("amortized-mlp", AmortizedMLPGuide)):
+        register(_model, _name, _guide, elbo=_ELBOS[_guide], default=_name == "exact")

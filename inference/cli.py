@@ -17,12 +17,20 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from collections.abc import Sequence
+from pathlib import Path
 
-from inference import api
-from inference.svi import ELBOS, TrainingDiverged
+from inference import api, strategies
+from inference.catalog import get_model
+from inference.compare.harness import grid_option_names
+from inference.compare.tables import format_table, summarize
+from inference.data import DEVICES, DTYPES, DataRequest
+from inference.fitting import default_run_dir, prepare
+from inference.runs import check_writable
+from inference.svi import TrainingDiverged
 from zoo.errors import InputError
-from zoo.registry import ModelSpec, get_model
+from zoo.registry import ModelSpec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,10 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _model_in(argv: list[str]) -> ModelSpec | None:
-    """The model named after ``fit``/``compare``, so that its own flags can be added."""
-    if len(argv) >= 2 and argv[0] in ("fit", "compare", "check") and not argv[1].startswith("-"):
-        return get_model(argv[1])
-    return None
+    """The model named after ``fit``/``compare``/``check`` (wherever it stands among the
+    other flags), so that its own flags can be added."""
+    if not argv or argv[0] not in ("fit", "compare", "check"):
+        return None
+    known, _ = build_parser(None).parse_known_args(argv)
+    model = getattr(known, "model", None)
+    return get_model(model) if model else None
 
 
 def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
@@ -61,11 +72,11 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print one JSON object")
     listing.set_defaults(handler=_list)
 
+    names = tuple(strategies.strategies())
     fit = commands.add_parser("fit", help="fit one model with one strategy")
     fit.add_argument("model", help="a registered model (see `lvm-zoo list`) or FILE.py:NAME")
-    fit.add_argument("--inference", choices=("closed-form", "em", "svi"),
-                     help="strategy (default: the model's first)")
-    fit.add_argument("--guide", help="guide for --inference svi (see `lvm-zoo list`)")
+    fit.add_argument("--inference", choices=names, help="strategy (default: the model's first)")
+    fit.add_argument("--guide", help="guide for strategies that take one (see `lvm-zoo list`)")
     _data_options(fit)
     _fit_options(fit)
     _model_options(fit, spec)
@@ -80,10 +91,8 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
                          help="nuts: NUTS draws of the chosen rows' latents at each fit's "
                               "parameters, the reference posterior each guide is measured "
                               "against (models with continuous latents)")
-    compare.add_argument("--elbos", type=lambda text: tuple(text.split(",")),
-                         help="comma-separated ELBO estimators to run with every guide, beside "
-                              "its default one, e.g. Trace_ELBO,TraceMeanField_ELBO")
-    compare.add_argument("--strategies", type=lambda text: tuple(text.split(",")),
+    compare.add_argument("--strategies", dest="strategies_chosen",
+                         type=lambda text: tuple(text.split(",")),
                          help="run only these cells of the grid, e.g. em,svi-exact (default: "
                               "all; the names are the run folders' prefixes)")
     compare.add_argument("--gap-rows", type=int, default=64,
@@ -91,6 +100,10 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
                               "fitted per datapoint (0: skip it; a closed-form q* uses all)")
     compare.add_argument("--draws", type=int, default=200,
                          help="posterior draws per fit in the exported InferenceData")
+    grid = compare.add_argument_group("grid")
+    for strategy in strategies.strategies().values():
+        if strategy.GridOptions is not None:
+            _dataclass_flags(grid, strategy.GridOptions, set())
     _data_options(compare)
     _fit_options(compare)
     _model_options(compare, spec)
@@ -98,9 +111,11 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="recompute a run's metrics from its files")
     evaluate.add_argument("run_dir", help="the --out folder of a `lvm-zoo fit` run")
+    evaluate.add_argument("--model", help="FILE.py for a run of a model from a user file (a run "
+                          "folder never names code to run)")
     evaluate.add_argument("--data", help="evaluate on another dataset of the same dimension")
     evaluate.add_argument("--data-root", help="folder with the dataset files")
-    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    evaluate.add_argument("--device", default="auto", choices=DEVICES)
     evaluate.add_argument("--iwae-samples", type=int, default=None,
                           help="importance samples for models without an exact log p(x)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -121,6 +136,10 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
     return parser
 
 
+DATA_FLAGS = ("data", "data_root", "download", "test_fraction", "binarize", "standardize",
+              "dtype", "device")
+
+
 def _data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data", help="dataset name or a .csv/.npy/.npz file "
@@ -135,29 +154,57 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
                        help="binarize images for Bernoulli likelihoods")
     group.add_argument("--standardize", action="store_true",
                        help="z-score every column with the training mean and deviation")
-    group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    group.add_argument("--device", default="auto", choices=DEVICES,
                        help="auto picks CUDA when present")
-    group.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    group.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
+
+
+def _request(args: argparse.Namespace) -> DataRequest:
+    values = {k: getattr(args, k) for k in DATA_FLAGS}
+    return DataRequest(name=values.pop("data"), root=values.pop("data_root"), seed=args.seed,
+                       **values)
 
 
 def _fit_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fitting")
     group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--steps", type=int, help="SVI steps")
-    group.add_argument("--lr", type=float, help="SVI learning rate (Adam)")
-    group.add_argument("--batch-size", type=int, help="SVI minibatch rows (default: all)")
-    group.add_argument("--elbo", choices=tuple(ELBOS), help="ELBO estimator for SVI")
-    group.add_argument("--num-particles", type=int, help="ELBO particles per step")
-    group.add_argument("--restarts", type=int, default=1,
-                       help="SVI restarts from data-based inits; the best ELBO is kept")
-    group.add_argument("--n-init", type=int, help="EM restarts; the best likelihood is kept")
-    group.add_argument("--max-iter", type=int, help="EM iterations at most")
-    group.add_argument("--tol", type=float, help="EM tolerance, nats per datapoint")
-    group.add_argument("--init", help="EM initialization (model-specific, e.g. kmeans++)")
     group.add_argument("--iwae-samples", type=int, default=None,
                        help="importance samples K for models without an exact log p(x)")
     group.add_argument("--out", help="run directory (default: runs/<model>-<strategy>-...)")
     group.add_argument("--json", action="store_true", help="print JSON only (no progress bar)")
+    seen: set[str] = set()
+    for strategy in strategies.strategies().values():
+        fields = [f for f in dataclasses.fields(strategy.Options) if f.name not in seen]
+        if fields:
+            _dataclass_flags(parser.add_argument_group(f"--inference {strategy.name}"),
+                             strategy.Options, seen)
+
+
+def _strategy_options(args: argparse.Namespace) -> dict:
+    names = set(strategies.option_owners()) | grid_option_names()
+    return {k: getattr(args, k) for k in names
+            if getattr(args, k, None) is not None}
+
+
+def _dataclass_flags(group, options_class: type, seen: set[str]) -> None:
+    """One flag per field of a strategy's options dataclass (``None`` defaults)."""
+    hints = typing.get_type_hints(options_class)
+    for f in dataclasses.fields(options_class):
+        if f.name in seen or not f.metadata.get("cli", True):
+            continue
+        seen.add(f.name)
+        kinds = [k for k in typing.get_args(hints[f.name]) or (hints[f.name],)
+                 if k is not type(None)]
+        kind = typing.get_origin(kinds[0]) or kinds[0]
+        if kind is bool:
+            group.add_argument(strategies.flag(f.name), dest=f.name, default=None,
+                               action=argparse.BooleanOptionalAction,
+                               help=f.metadata.get("help"))
+            continue
+        parse = (lambda text: tuple(text.split(","))) if kind is tuple else kind
+        group.add_argument(strategies.flag(f.name), dest=f.name, type=parse, default=None,
+                           choices=None if kind is tuple else f.metadata.get("choices"),
+                           help=f.metadata.get("help"))
 
 
 def _model_options(parser: argparse.ArgumentParser, spec: ModelSpec | None) -> None:
@@ -195,13 +242,6 @@ def _model_kwargs(args: argparse.Namespace, spec: ModelSpec) -> dict:
             if f.metadata.get("cli", True) and getattr(args, f.name, None) is not None}
 
 
-def _common(args: argparse.Namespace) -> dict:
-    keys = ("data", "data_root", "download", "test_fraction", "binarize", "standardize",
-            "device", "dtype", "seed", "steps", "lr", "batch_size", "elbo", "num_particles",
-            "restarts", "n_init", "max_iter", "tol", "init", "iwae_samples", "out")
-    return {k: getattr(args, k) for k in keys}
-
-
 def _list(args: argparse.Namespace) -> int:
     catalogue = api.catalogue()
     if args.json:
@@ -214,9 +254,10 @@ def _list(args: argparse.Namespace) -> int:
               f"{', '.join(entry['guides']) or '-'}; default data: {entry['default_data']}")
         if entry["notes"]:
             print(f"  {'':<10} {entry['notes']}")
-    print("\nInference methods")
-    for name, text in catalogue["inference"].items():
-        print(f"  {name:<12} {text}")
+    print("\nInference methods (--inference)")
+    for name, entry in catalogue["inference"].items():
+        flags = ", ".join(strategies.flag(o) for o in entry["options"]) or "no options"
+        print(f"  {name:<12} {entry['summary']}; {flags}")
     print("\nELBO estimators (--elbo): " + ", ".join(catalogue["elbo_estimators"]))
     print("\nDatasets: " + ", ".join(catalogue["datasets"])
           + ", synthetic-<model>, or a .csv/.npy/.npz file (rows are observations)")
@@ -224,22 +265,31 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    spec = get_model(args.model)
-    row = api.fit(spec, inference=args.inference, guide=args.guide, resume=args.resume,
-                  progress=not args.json and sys.stderr.isatty(),
-                  **_common(args), **_model_kwargs(args, spec))
-    _print_rows([row], args.json, single=True)
+    options = {**_strategy_options(args), **_model_kwargs(args, get_model(args.model))}
+    spec, strategy, _, _ = prepare(args.model, inference=args.inference, guide=args.guide,
+                                   **options)  # every option checked before data or work
+    request = _request(args)
+    run_dir = Path(args.out) if args.out else default_run_dir(
+        spec.name, strategy.name, args.guide or (spec.default_guide if strategy.uses_guide
+                                                 else None),
+        request.name or spec.default_data, args.seed)
+    check_writable(run_dir)  # a folder that cannot be written fails now, not after training
+    fitted = api.fit(spec, inference=strategy.name, guide=args.guide, data=request,
+                     seed=args.seed, iwae_samples=args.iwae_samples,
+                     checkpoint=run_dir / "checkpoint.pt", resume=args.resume,
+                     progress=not args.json and sys.stderr.isatty(), **options)
+    api.save(fitted, run_dir)
+    _print_rows([fitted.record], args.json, single=True)
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from inference.compare import format_table, summarize
-
     spec = get_model(args.model)
     rows = api.compare(spec, seeds=args.seeds, progress=not args.json and sys.stderr.isatty(),
-                       reference=args.reference, elbos=args.elbos,
-                       strategies=args.strategies, gap_rows=args.gap_rows,
-                       draws=args.draws, **_common(args), **_model_kwargs(args, spec))
+                       reference=args.reference, strategies_chosen=args.strategies_chosen,
+                       gap_rows=args.gap_rows, draws=args.draws, data=_request(args),
+                       seed=args.seed, out=args.out, iwae_samples=args.iwae_samples,
+                       **_strategy_options(args), **_model_kwargs(args, spec))
     if args.json:
         _print_rows(rows, True, single=False)
         return 0
@@ -274,8 +324,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    row = api.evaluate(args.run_dir, data=args.data, data_root=args.data_root,
-                       device=args.device, iwae_samples=args.iwae_samples)
+    data = None if args.data is None and args.data_root is None else DataRequest(
+        name=args.data, root=args.data_root)
+    row = api.evaluate(args.run_dir, data=data, model=args.model, device=args.device,
+                       iwae_samples=args.iwae_samples)
     _print_rows([row], args.json, single=True)
     return 0
 

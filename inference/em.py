@@ -41,8 +41,8 @@ def fit_em(
     ``steps + 1`` entries and its last is the returned parameters' log-likelihood.
     """
     if spec.em is None:
-        raise InputError(f"model '{spec.name}' has no EM steps; use --inference "
-                         + " or ".join(m for m in spec.inference_methods if m != "em"))
+        raise InputError(f"model '{spec.name}' has no EM steps; `lvm-zoo list` shows the "
+                         "inference methods that apply to it")
     if n_init < 1:
         raise InputError(f"n_init={n_init} must be at least 1")
     if max_iter < 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from functools import partial
 
 import pyro
 import torch
@@ -53,13 +54,14 @@ def fitted(spec: ModelSpec, config, params: Params, x: torch.Tensor, *,
 
 def pointwise_log_weights(model, guide, x: torch.Tensor, num_samples: int, *,
                           indices: torch.Tensor | None = None,
-                          max_elements: int = 2**25) -> torch.Tensor:
+                          max_elements: int = 2**25, grad: bool = False) -> torch.Tensor:
     """Log importance weights log p(x_n, z) − log q(z | x_n), shape ``(num_samples, N)``.
 
     ``z`` is drawn from ``guide``; particles are vectorized in a plate outside the data plate
     and processed in chunks of at most ``max_elements`` = particles × rows × D numbers. Rows
     are chosen through the data plate (``indices``, default all of ``x``), so per-datapoint
-    guides see their own parameters.
+    guides see their own parameters. ``grad=True`` keeps the graph (the reparameterized ELBO
+    of a guide being fitted is ``pointwise_log_weights(..., grad=True).mean()``).
     """
     num_data = x.shape[0]
     indices = torch.arange(num_data, device=x.device) if indices is None else indices
@@ -72,23 +74,45 @@ def pointwise_log_weights(model, guide, x: torch.Tensor, num_samples: int, *,
         remaining = num_samples
         while remaining > 0:
             k = min(remaining, particles_per_chunk if rows.numel() == 1 else num_samples)
-            parts.append(_log_weights(model, guide, x, rows, k))
+            parts.append(_log_weights(model, guide, x, rows, k, grad))
             remaining -= k
         out.append(torch.cat(parts, dim=0))
     return torch.cat(out, dim=1)
 
 
-def _log_weights(model, guide, x, rows, num_samples):
+@contextmanager
+def own_random_stream(seed: int, device: torch.device | None = None):
+    """Draws inside come from a stream seeded by ``seed`` (on the CPU and on ``device``), and
+    the caller's random state is as it was afterwards: Monte Carlo figures reproduce exactly."""
+    devices = [device] if device is not None and torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def vectorized(fn, num_particles: int):
+    """``fn`` run with ``num_particles`` independent draws at once, in a plate at dim −2
+    (outside the data plate)."""
+    def wrapped(*args, **kwargs):
+        with pyro.plate("particles", num_particles, dim=-2):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+def guide_site(guide_fn, x: torch.Tensor, site: str):
+    """The distribution the guide puts on ``site`` for the rows ``x`` (``None``: it leaves
+    the site to the model, e.g. to enumeration)."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(guide_fn).get_trace(x, num_data=x.shape[0])
+    return trace.nodes[site]["fn"] if site in trace.nodes else None
+
+
+def _log_weights(model, guide, x, rows, num_samples, grad=False):
     kwargs = {"num_data": x.shape[0], "subsample_size": rows.numel()}
     rows_fixed = {"data": rows}  # the data plate's subsample site, fixed to these rows
+    particles = partial(vectorized, num_particles=num_samples)
 
-    def particles(fn):
-        def wrapped(*args, **kw):
-            with pyro.plate("particles", num_samples, dim=-2):
-                return fn(*args, **kw)
-        return wrapped
-
-    with torch.no_grad(), poutine.block():
+    with torch.set_grad_enabled(grad), poutine.block():
         guide_trace = poutine.trace(
             poutine.condition(particles(guide), rows_fixed)).get_trace(x, **kwargs)
         model_trace = poutine.trace(poutine.replay(
@@ -124,9 +148,7 @@ def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tens
     and ``gap`` = log p(x) − ELBO on the training rows. Monte Carlo draws use their own
     random stream seeded by ``seed``, so the same files give the same numbers.
     """
-    devices = [x_train.device] if x_train.is_cuda else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with own_random_stream(seed, x_train.device):
         return _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples)
 
 

@@ -5,7 +5,7 @@ one-hot on the nearest mean and EM becomes Lloyd's algorithm: assign each row to
 centre, move every centre to its rows' mean. This module runs it the way scikit-learn's
 ``KMeans(algorithm="lloyd")`` does (k-means++ or random starts, ``n_init`` restarts keeping the
 lowest inertia, a tolerance relative to the data's variance), on the numerics of
-:mod:`zoo.gmm` (one GEMM per assignment, vectorized, the same code on CPU and CUDA).
+:mod:`zoo.gmm_init` (one GEMM per assignment, vectorized, the same code on CPU and CUDA).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from zoo.errors import InputError
-from zoo.gmm import check_components, kmeans_plus_plus, lloyd
+from zoo.gmm_config import check_components
+from zoo.gmm_init import kmeans_plus_plus, lloyd
 
 INITS = ("k-means++", "random")
 

@@ -25,6 +25,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.subsample_messenger import _Subsample
 
-from inference.evaluate import fitted
+from inference.evaluate import fitted, own_random_stream, vectorized
 from inference.figures import plt, save_figure
 from inference.results import FitResult
 from zoo.errors import InputError
@@ -110,13 +111,7 @@ def traced(model, guide, x: torch.Tensor, rows: torch.Tensor, num_draws: int):
     site the model marks for enumeration and the guide leaves alone is drawn from its exact
     conditional (``infer_discrete``), as ``TraceEnum_ELBO`` sums it out."""
     kwargs = {"num_data": x.shape[0], "subsample_size": rows.numel()}
-
-    def particles(fn):
-        def wrapped(*args, **kw):
-            with pyro.plate("particles", num_draws, dim=-2):
-                return fn(*args, **kw)
-        return wrapped
-
+    particles = partial(vectorized, num_particles=num_draws)
     chosen = {"data": rows}
     with torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(poutine.condition(particles(guide), chosen)).get_trace(
@@ -159,11 +154,9 @@ def draw_posterior(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, 
     if guide is None and (spec.posterior is None or len(spec.local_sites) != 1):
         return None
     rows = rows.to(x.device)
-    devices = [x.device] if x.is_cuda else []
-    with torch.random.fork_rng(devices=devices), fitted(
+    with own_random_stream(seed, x.device), fitted(
             spec, config, result.params, x, guide=guide,
             guide_params=result.guide_params) as (model, guide_fn):
-        torch.manual_seed(seed)
         guide_fn = guide_fn or exact_posterior_guide(spec, config, result.params)
         _, model_trace = traced(model, guide_fn, x, rows, num_draws)
         local, globals_, discrete = {}, {}, set()
@@ -263,10 +256,8 @@ def nuts_reference(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, 
     Bayesian variant) the fit's guide is judged against. Discrete latents are summed out by
     enumeration. Raises :class:`InputError` when the model has no continuous latent."""
     subset = x[rows.to(x.device)]
-    devices = [x.device] if x.is_cuda else []
-    with torch.random.fork_rng(devices=devices), fitted(
+    with own_random_stream(seed, x.device), fitted(
             spec, config, result.params, subset) as (model, _):
-        torch.manual_seed(seed)
         latents, continuous = nuts_sites(spec, model, subset)
         kernel = pyro.infer.NUTS(pyro.infer.config_enumerate(model), max_plate_nesting=1,
                                  jit_compile=False, ignore_jit_warnings=True)

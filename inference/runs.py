@@ -59,8 +59,35 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load what :func:`save_checkpoint` wrote; never unpickles arbitrary objects."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load what :func:`save_checkpoint` wrote; never unpickles arbitrary objects. A file that
+    is truncated, unreadable or not a tensor file is an :class:`InputError`."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, Exception) as error:
+        raise InputError(f"'{path}' cannot be read as a tensor file ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}); it is "
+                         "truncated, unreadable or not written by lvm-zoo: fit again into a new "
+                         "--out folder") from None
+    if not isinstance(state, dict):
+        raise InputError(f"'{path}' holds a {type(state).__name__}, not lvm-zoo's dict of "
+                         "tensors; fit again into a new --out folder")
+    return state
+
+
+def check_writable(run_dir: str | Path) -> Path:
+    """Make sure a run folder can be written (create it) before any work is done: not a file,
+    not under a file, not read-only. Returns the path."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--out {run_dir} is an existing file, not a folder; choose a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-check-")
+        probe.close()
+    except OSError as error:
+        raise InputError(f"--out {run_dir} cannot be written ({error.strerror or error}); "
+                         "choose a folder you can write to") from None
+    return run_dir
 
 
 def save_run(run_dir: str | Path, record: dict, result: FitResult, metrics: dict) -> Path:
@@ -84,11 +111,37 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict, dict, dict]:
     if missing:
         raise InputError(f"'{run_dir}' is not a run directory (no {', '.join(missing)}); give "
                          "the --out folder of a `lvm-zoo fit` run")
-    record = json.loads((run_dir / RUN_FILE).read_text())
+    record = read_json(run_dir / RUN_FILE, dict)
+    missing = [k for k in ("model", "inference", "guide", "seed", "config", "data")
+               if k not in record]
+    if missing:
+        raise InputError(f"{run_dir / RUN_FILE} lacks {', '.join(missing)}; it is partial or "
+                         "not written by lvm-zoo: fit again")
     tensors = load_checkpoint(run_dir / PARAMS_FILE)
+    for key in ("params", "guide_params"):
+        values = tensors.get(key)
+        if not isinstance(values, dict) or not all(isinstance(v, torch.Tensor)
+                                                   for v in values.values()):
+            raise InputError(f"{run_dir / PARAMS_FILE} has no dict of tensors '{key}'; fit again")
+        bad = [n for n, v in values.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise InputError(f"{run_dir / PARAMS_FILE} holds NaN or infinite values in "
+                             f"{', '.join(bad)}; the fit diverged or the file is damaged")
     metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = read_json(metrics_path, dict) if metrics_path.is_file() else {}
     return record, tensors["params"], tensors["guide_params"], metrics
+
+
+def read_json(path: Path, kind: type = dict):
+    """A JSON file's content, which must be a ``kind``; anything else is an InputError."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path} cannot be read as JSON ({type(error).__name__}: {error}); it "
+                         "is truncated, unreadable or not written by lvm-zoo") from None
+    if not isinstance(value, kind):
+        raise InputError(f"{path} holds a JSON {type(value).__name__}, not a {kind.__name__}")
+    return value
 
 
 def _json_default(obj):

@@ -37,6 +37,11 @@ ELBOS: dict[str, Callable[..., pyro.infer.ELBO]] = {
 }
 
 
+STOP_TOL = 1e-4  # nats per datapoint per window: the stopping rule's default
+STOP_WINDOW = 100  # steps per window
+CHECKPOINT_SECONDS = 60.0  # a long fit with a checkpoint path saves at least this often
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
 
@@ -82,7 +87,10 @@ def fit_svi(
     binarize: str | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     resume: bool = False,
+    stop_tol: float = STOP_TOL,
+    stop_window: int = STOP_WINDOW,
     progress: bool = False,
     model_name: str = "",
     guide_name: str = "",
@@ -95,6 +103,11 @@ def fit_svi(
     Bernoulli binarization of ``x`` (grayscale in [0, 1]) every epoch. With ``checkpoint`` set,
     the state is written there atomically every ``checkpoint_every`` steps and at the end;
     ``resume=True`` continues from it. A non-finite loss raises :class:`TrainingDiverged`.
+
+    The stopping rule (:class:`StoppingRule`): the ELBO history is cut into windows of
+    ``stop_window`` steps; when the mean of a window exceeds the previous window's mean by
+    less than ``stop_tol`` nats per datapoint, three windows in a row, the fit has converged
+    and stops (``converged=True``). ``steps`` is the cap; ``stop_tol=0`` runs every step.
     """
     num_data = x.shape[0]
     if steps < 1:
@@ -108,6 +121,7 @@ def fit_svi(
     kwargs = {"num_data": num_data, "subsample_size": batch}
     history: list[float] = []
     start_step = 0
+    rule = StoppingRule(stop_tol, stop_window)
     pyro.set_rng_seed(seed)
     validate = is_validation_enabled()
     with pyro.get_param_store().scope():
@@ -124,7 +138,8 @@ def fit_svi(
         if resume and checkpoint is not None and Path(checkpoint).exists():
             start_step, history = _restore(checkpoint, names, unconstrained, optimizer)
             data = _binarized(x, binarize)
-        start = time.perf_counter()
+        start = last_save = time.perf_counter()
+        step = start_step - 1
         bar = tqdm(range(start_step, steps), desc=f"SVI {model_name} {guide_name}".rstrip(),
                    disable=not progress, leave=False)
         for step in bar:
@@ -147,19 +162,51 @@ def fit_svi(
             history.append(-value / num_data)
             if step % 25 == 0:
                 bar.set_postfix(elbo=f"{history[-1]:.4f}")
-            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            if checkpoint is not None and _due(step + 1, checkpoint_every, last_save,
+                                               checkpoint_seconds):
                 _save(checkpoint, step + 1, history, names, unconstrained, optimizer)
+                last_save = time.perf_counter()
+            if rule.converged(history):
+                break
+        bar.close()
         seconds = time.perf_counter() - start
+        taken = step + 1
         if checkpoint is not None:
-            _save(checkpoint, steps, history, names, unconstrained, optimizer)
+            _save(checkpoint, taken, history, names, unconstrained, optimizer)
         params = {n: store[n].detach().clone() for n in model_names}
         guide_params = {n: store[n].detach().clone() for n in guide_names}
     return FitResult(
         model=model_name, inference="svi", guide=guide_name or None, params=params,
-        guide_params=guide_params, history={"elbo": history}, seconds=seconds, steps=steps,
-        converged=True, device=str(x.device), seed=seed,
+        guide_params=guide_params, history={"elbo": history}, seconds=seconds, steps=taken,
+        converged=rule.converged(history), device=str(x.device), seed=seed,
         info={"elbo_estimator": loss.__class__.__name__, "lr": lr, "batch_size": batch_size,
-              "num_particles": num_particles})
+              "num_particles": num_particles, "max_steps": steps, "stop_tol": stop_tol,
+              "stop_window": stop_window})
+
+
+class StoppingRule:
+    """Converged when the mean ELBO of each of the last ``patience`` windows of ``window``
+    steps exceeds the window before it by less than ``tol`` nats per datapoint. Window means
+    smooth the step-to-step Monte Carlo noise; needing several flat windows in a row keeps one
+    noisy window from stopping a fit that still climbs. ``tol=0`` never stops."""
+
+    def __init__(self, tol: float = 1e-4, window: int = 100, patience: int = 3):
+        self.tol, self.window, self.patience = tol, window, patience
+
+    def converged(self, history: list[float]) -> bool:
+        needed = self.window * (self.patience + 1)
+        if self.tol <= 0 or len(history) < needed or len(history) % self.window:
+            return False
+        recent = torch.tensor(history[-needed:], dtype=torch.float64)
+        means = recent.view(self.patience + 1, self.window).mean(1)
+        return bool(((means[1:] - means[:-1]) < self.tol).all())
+
+
+def _due(step: int, every: int, last: float, seconds: float) -> bool:
+    """A checkpoint every ``every`` steps when set, else every ``seconds`` of training."""
+    if every:
+        return step % every == 0
+    return seconds > 0 and time.perf_counter() - last >= seconds
 
 
 def _binarized(x: torch.Tensor, binarize: str | None) -> torch.Tensor:

@@ -49,12 +49,12 @@ import torch
 from scipy import stats
 from sklearn.mixture import GaussianMixture
 
+from inference.catalog import get_model
 from inference.em import fit_em
 from inference.figures import present, save_figure
 from inference.figures.gmm import plot_em_contours
 from inference.kmeans import kmeans
 from zoo import datasets, gmm
-from zoo.registry import get_model
 
 SMOKE = os.environ.get("LVM_ZOO_SMOKE", "0") not in ("", "0")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()

@@ -56,13 +56,13 @@ from scipy.optimize import linprog
 from sklearn.exceptions import ConvergenceWarning
 
 from inference import strategies
+from inference.catalog import get_model
 from inference.decomposition import elbo_decomposition, guide_distribution
 from inference.em import fit_em
 from inference.evaluate import fitted
 from inference.figures import present, save_figure
 from inference.figures.gmm import plot_em_contours, plot_training_curves
 from zoo import datasets, gmm
-from zoo.registry import get_model
 
 SMOKE = os.environ.get("LVM_ZOO_SMOKE", "0") not in ("", "0")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()

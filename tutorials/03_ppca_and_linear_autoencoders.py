@@ -53,6 +53,7 @@ import pyro.distributions as dist
 import torch
 from scipy.linalg import subspace_angles
 
+from inference.catalog import get_model
 from inference.decomposition import elbo_decomposition
 from inference.em import fit_em
 from inference.evaluate import fitted, pointwise_log_weights
@@ -64,7 +65,6 @@ from inference.figures.ppca import (
     spectrum_figure,
 )
 from zoo import datasets, ppca
-from zoo.registry import get_model
 
 SMOKE = os.environ.get("LVM_ZOO_SMOKE", "0") not in ("", "0")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()

@@ -58,6 +58,7 @@ import pyro.distributions as dist
 import torch
 
 from inference import strategies
+from inference.catalog import get_model
 from inference.estimators import gradient_variance
 from inference.evaluate import fitted, iwae, pointwise_log_weights
 from inference.figures import present, save_figure
@@ -71,7 +72,6 @@ from inference.figures.dglvm import (
 from zoo import datasets, ppca
 from zoo.dglvm import bits_per_dim, decode, dequantize, gaussian_kl
 from zoo.errors import InputError
-from zoo.registry import get_model
 
 SMOKE = os.environ.get("LVM_ZOO_SMOKE", "0") not in ("", "0")
 MNIST = "--mnist" in sys.argv or os.environ.get("LVM_ZOO_MNIST", "0") not in ("", "0")

@@ -45,9 +45,9 @@ import time
 from pathlib import Path
 
 from inference import api
+from inference.catalog import get_model
 from inference.check import check
 from inference.figures import present
-from zoo.registry import get_model
 
 SMOKE = os.environ.get("LVM_ZOO_SMOKE", "0") not in ("", "0")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()

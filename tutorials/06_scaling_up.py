@@ -48,12 +48,12 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from inference.api import choose_device
+from inference.catalog import get_model
 from inference.em import fit_em
 from inference.evaluate import fitted
 from inference.figures import present, save_figure
 from inference.svi import fit_svi
 from zoo import gmm
-from zoo.registry import get_model
 
 SMOKE = os.environ.get("LVM_ZOO_SMOKE", "0") not in ("", "0")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()

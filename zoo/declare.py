@@ -22,8 +22,8 @@ and then ``lvm-zoo fit my_model.py:my-model``, ``lvm-zoo compare my_model.py:my-
 the built-in models use; ``zoo/mppca.py`` and ``zoo/student_t_mixture.py`` are declared this
 way. Without ``guides`` the model gets the generic guides of :mod:`guides.generic`
 (``auto-normal``, ``amortized``, ``flow``; ``auto-lowrank`` and ``auto-mvn`` when it has global
-latent sites). That is the one place where ``zoo`` reaches into ``guides``, at declaration time,
-as ``zoo/ppca.py`` does when it builds a guide.
+latent sites), which :mod:`inference.catalog` attaches from the sites recorded here: the zoo
+never imports the guides.
 
 The model is traced once from its prior at declaration (``x=None``, three rows, the config's
 defaults, with its own random stream and param store), only to find which latent sites are
@@ -183,28 +183,19 @@ def declare(
     def make_model(config: Any, params: Params | None = None) -> DeclaredModel:
         return DeclaredModel(model, config, params, sites)
 
-    elbos = dict(default_elbo or {})
-    if guides is None:
-        from guides.generic import generic_guides  # zoo reaches guides only here, at declaration
-
-        guides, generic_elbos = generic_guides(sites)
-        elbos = {**generic_elbos, **elbos}
-    unknown = sorted(set(elbos) - set(guides))
-    if unknown:
-        raise InputError(f"declare('{name}'): default_elbo names guides {', '.join(unknown)}, "
-                         f"which the model does not have; its guides are: {', '.join(guides)}")
-    if default_guide is not None and default_guide not in guides:
-        raise InputError(f"declare('{name}'): default_guide '{default_guide}' is not one of its "
-                         f"guides: {', '.join(guides)}")
+    # Without guides of its own the model gets the generic guides, attached by
+    # ``inference.catalog`` from ``sites`` (the zoo does not import the guides).
+    if guides is not None:
+        check_guide_defaults(name, guides, default_guide, default_elbo or {})
     return register(ModelSpec(
         name=name,
         summary=summary or _first_line(model.__doc__) or f"user model {name}",
         config_class=config_class,
         make_model=make_model,
-        guides=dict(guides),
+        guides=dict(guides or {}),
         default_data=default_data,
         default_guide=default_guide,
-        default_elbo=elbos,
+        default_elbo=dict(default_elbo or {}),
         init_params=init_params,
         log_marginal=log_marginal,
         posterior=posterior,
@@ -214,12 +205,26 @@ def declare(
         synthetic=synthetic,
         local_sites=sites.local,
         global_sites=sites.global_,
+        declared_sites=sites,
         svi_defaults=dict(svi_defaults or {}),
         notes=notes,
     ))
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def check_guide_defaults(name: str, guides: Mapping[str, Callable], default_guide: str | None,
+                          default_elbo: Mapping[str, str]) -> None:
+    """``default_guide`` and ``default_elbo`` name guides the model has (the catalog checks the
+    same for a model that gets the generic guides)."""
+    unknown = sorted(set(default_elbo) - set(guides))
+    if unknown:
+        raise InputError(f"declare('{name}'): default_elbo names guides {', '.join(unknown)}, "
+                         f"which the model does not have; its guides are: {', '.join(guides)}")
+    if default_guide is not None and default_guide not in guides:
+        raise InputError(f"declare('{name}'): default_guide '{default_guide}' is not one of its "
+                         f"guides: {', '.join(guides)}")
 
 
 def _takes_config(function: Callable) -> bool:

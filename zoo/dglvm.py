@@ -357,33 +357,12 @@ def bits_per_dim(log_density: torch.Tensor | float, dim: int, bin_width: float =
     return -(log_density + dim * math.log(bin_width)) / (dim * math.log(2.0))
 
 
-def amortized_guide(model, config: DGLVMConfig):
-    """The encoder q_φ(z | x) = N(μ_φ(x), diag σ²_φ(x)): the VAE (:mod:`guides.dglvm`)."""
-    from guides.dglvm import AmortizedGuide  # guides import zoo, not the other way at import
-
-    return AmortizedGuide(model, config)
-
-
-def mean_field_guide(model, config: DGLVMConfig):
-    """Free N(m_n, diag s_n²) per datapoint (:mod:`guides.dglvm`); none for new rows."""
-    from guides.dglvm import MeanFieldGuide
-
-    return MeanFieldGuide(model, config)
-
-
-amortized_guide.per_datapoint = False
-mean_field_guide.per_datapoint = True
-
-
 SPEC = register(ModelSpec(
     name="dglvm",
     summary="deep Gaussian latent-variable model (VAE): z ~ N(0, I), x | z ~ MLP decoder",
     config_class=DGLVMConfig,
     make_model=make_model,
-    guides={"amortized": amortized_guide, "mean-field": mean_field_guide},
     default_data="digits",
-    default_guide="amortized",
-    default_elbo={"amortized": "Trace_ELBO", "mean-field": "TraceMeanField_ELBO"},
     log_marginal=None,
     posterior=None,
     sample=sample,

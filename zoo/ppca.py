@@ -26,7 +26,6 @@ log p(W) as a ``pyro.factor``; EM's history is the penalized mean log p(x) + log
 
 from __future__ import annotations
 
-import importlib
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -487,25 +486,9 @@ def _synthetic(noise: str):
 # --- registration ---------------------------------------------------------------------------
 
 
-def _guide(name: str, per_datapoint: bool | None = None):
-    """A guide factory that imports ``guides.ppca`` when called (guides import zoo, not back);
-    ``per_datapoint`` tells the comparison whether the guide has parameters per row."""
-    def factory(model, config):
-        return getattr(importlib.import_module("guides.ppca"), name)(model, config)
-    factory.__name__ = name
-    if per_datapoint is not None:
-        factory.per_datapoint = per_datapoint
-    return factory
-
-
-GUIDES = {"exact": _guide("ExactGuide"), "mean-field": _guide("MeanFieldGuide", True),
-          "amortized": _guide("AmortizedGuide", False),
-          "amortized-mlp": _guide("AmortizedMLPGuide", False)}
-_ELBOS = {"exact": "Trace_ELBO", "mean-field": "TraceMeanField_ELBO",
-          "amortized": "Trace_ELBO", "amortized-mlp": "TraceMeanField_ELBO"}
 _EM = EMSteps(init=em_init, e_step=e_step, m_step=m_step, init_methods=("random",))
 _COMMON = dict(
-    make_model=make_model, guides=GUIDES, default_guide="exact", default_elbo=_ELBOS,
+    make_model=make_model,
     init_params=em_init, log_marginal=log_marginal, posterior=posterior, sample=sample,
     em=_EM, local_sites=("z",), svi_defaults={"steps": 3000, "lr": 0.03})
 

@@ -77,7 +77,9 @@ class ModelSpec:
     config_class: type
     make_model: Callable[..., PyroModel]  # (config, params: Params | None) -> model
     guides: Mapping[str, Callable[..., PyroModel]] = field(default_factory=dict)
-    # ^ guide name -> factory (model, config) -> guide with the model's signature
+    # ^ the guides a user declared with the model: name -> factory (model, config) -> guide.
+    #   Built-in families leave it empty; their guides register themselves in ``guides/`` and
+    #   ``inference.catalog`` joins them to the spec (the zoo never imports the guides).
     default_data: str = "old-faithful"
     default_guide: str | None = None
     default_elbo: Mapping[str, str] = field(default_factory=dict)  # guide -> ELBO estimator name
@@ -87,26 +89,18 @@ class ModelSpec:
     sample: Callable[..., Any] | None = None  # (config, params, n, generator) -> (x, z)
     em: EMSteps | None = None
     closed_form: Callable[..., Params] | None = None  # (config, x) -> maximum-likelihood Params
+    from_assignments: Callable[..., Params] | None = None
+    # ^ (config, x, labels (N,) int64) -> Params: the M-step on hard assignments (K-means)
     synthetic: Callable[..., tuple] | None = None
     # ^ (num_data, generator, dtype) -> (x (N, D), labels (N,) | None, true Params)
     local_sites: tuple[str, ...] = ()  # latent sites inside the data plate
     global_sites: tuple[str, ...] = ()  # latent sites outside it (Bayesian variants)
+    declared_sites: Any = None  # zoo.declare.LatentSites of a declared model: its generic guides
     svi_defaults: Mapping[str, Any] = field(default_factory=dict)  # steps, lr, batch_size, ...
     notes: str = ""  # shown by `lvm-zoo list`, e.g. "no exact posterior: IWAE is the reference"
     baselines: Mapping[str, Callable[..., dict]] = field(default_factory=dict)
     # ^ other registered models that `compare` fits on the same split, with their options
     #   derived from this model's config, e.g. {"ppca": lambda c: {"latent_dim": c.latent_dim}}
-
-    @property
-    def inference_methods(self) -> tuple[str, ...]:
-        methods = []
-        if self.closed_form is not None:
-            methods.append("closed-form")
-        if self.em is not None:
-            methods.append("em")
-        if self.guides:
-            methods.append("svi")
-        return tuple(methods)
 
     def make_config(self, dim: int, **options: Any) -> Any:
         """Build the config from command-line style options; ``None`` means 'use the default'."""

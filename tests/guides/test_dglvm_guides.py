@@ -9,11 +9,11 @@ import torch
 from pyro import poutine
 
 from guides.dglvm import AmortizedGuide, MeanFieldGuide
+from inference.catalog import get_model
 from inference.evaluate import evaluate_fit
 from inference.strategies import fit
 from zoo.dglvm import DGLVM, DGLVMConfig, make_model
 from zoo.errors import InputError
-from zoo.registry import get_model
 
 CONFIG = DGLVMConfig(dim=6, latent_dim=2, hidden=(8,))
 

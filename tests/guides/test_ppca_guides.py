@@ -11,9 +11,9 @@ import torch
 from pyro import poutine
 
 from guides.ppca import AmortizedGuide, AmortizedMLPGuide, ExactGuide, MeanFieldGuide
+from inference.catalog import get_model
 from inference.decomposition import elbo_decomposition
 from inference.strategies import fit
-from zoo.registry import get_model
 
 SPEC = get_model("ppca")
 DIM, LATENT, NUM_DATA = 6, 2, 100

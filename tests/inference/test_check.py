@@ -7,9 +7,9 @@ import textwrap
 import pytest
 
 import zoo.registry
+from inference.catalog import models
 from inference.check import check
 from inference.cli import main
-from zoo.registry import models
 
 HEADER = '''
 from dataclasses import dataclass, field

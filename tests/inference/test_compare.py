@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from inference import api
+from inference.catalog import get_model, models
 from inference.cli import main
 from inference.compare import (
     Strategy,
@@ -22,7 +23,6 @@ from inference.compare import (
 from inference.runs import load_run
 from tests.toy import TOY
 from zoo.errors import InputError
-from zoo.registry import get_model, models
 
 FAST = {"gap_rows": 16, "draws": 20, "report": False}
 

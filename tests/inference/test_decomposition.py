@@ -11,10 +11,10 @@ import pyro.infer
 import pytest
 import torch
 
+from inference.catalog import get_model
 from inference.decomposition import decompose_fit, elbo_decomposition, guide_distribution
 from inference.strategies import fit
 from zoo.errors import InputError
-from zoo.registry import get_model
 
 
 def problem(name: str, num_data: int = 40):

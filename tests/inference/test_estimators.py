@@ -10,11 +10,11 @@ from pyro import poutine
 from sklearn.datasets import load_digits
 
 from guides.dglvm import AmortizedGuide
+from inference.catalog import get_model
 from inference.estimators import ESTIMATORS, amortization_gap, gradient_variance
 from inference.strategies import fit
 from inference.svi import make_elbo
 from zoo.dglvm import DGLVMConfig, gaussian_kl, make_model
-from zoo.registry import get_model
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.nn.functional import softplus
 
+from inference.catalog import get_model
 from inference.evaluate import fitted, iwae, pointwise_log_weights
 from zoo.dglvm import DGLVMConfig
-from zoo.registry import get_model
 
 D, Q, SIGMA = 8, 2, 0.5
 

@@ -7,9 +7,9 @@ import torch
 
 from inference import api
 from inference import posterior_export as export
+from inference.catalog import get_model
 from inference.strategies import fit
 from zoo.errors import InputError
-from zoo.registry import get_model
 
 DRAWS = 400
 

@@ -4,11 +4,11 @@ import pyro
 import pytest
 import torch
 
+from inference.catalog import get_model
 from inference.evaluate import evaluate_fit, fitted, iwae, pointwise_log_weights
 from inference.strategies import fit
 from inference.svi import TrainingDiverged, fit_svi
 from tests.toy import TOY
-from zoo.registry import get_model
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,9 @@ wrong or damaged file fails loudly instead of making the numbers below look wron
 
 import gzip
 import hashlib
+import io
+import os
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -332,7 +335,35 @@ def bad_files(tmp_path: Path) -> Path:
     np.save(tmp_path / "objects.npy", np.array([[{}], [{}]], dtype=object), allow_pickle=True)
     np.savez(tmp_path / "two.npz", first=np.ones((2, 2)), second=np.ones((2, 2)))
     np.save(tmp_path / "one_row.npy", np.ones((1, 2)))
+    # A header promising 2**40 x 8 float64 (64 TiB) over 16 bytes: must be refused, not allocated.
+    (tmp_path / "huge.npy").write_bytes(npy_header((2**40, 8)) + bytes(16))
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.writestr("x.npy", npy_header((2**40, 8)) + bytes(16))
+        archive.writestr("y.npy", npy_header((2**40,), "<i8") + bytes(8))
+    with zipfile.ZipFile(tmp_path / "raw_member.npz", "w") as archive:
+        archive.writestr("x", b"not an array")
+    np.savez(tmp_path / "objects.npz", x=np.array([[{}], [{}]], dtype=object))
+    np.save(tmp_path / "truncated.npy", np.ones((10, 3)))
+    whole = (tmp_path / "truncated.npy").read_bytes()
+    (tmp_path / "truncated.npy").write_bytes(whole[:-8])
+    (tmp_path / "zero_bytes.npy").write_bytes(b"")
+    (tmp_path / "zero_bytes.csv").write_bytes(b"")
+    (tmp_path / "zero_bytes.npz").write_bytes(b"")
+    (tmp_path / "csv_as.npy").write_text("1,2\n3,4\n")  # a CSV saved under the wrong suffix
+    (tmp_path / "latin1.csv").write_bytes("caf\xe9,x\n1,2\n".encode("latin-1"))
+    (tmp_path / "nan.csv").write_text("a,b\n1,2\n3,nan\n-inf,4\n")
+    (tmp_path / "overflow.csv").write_text("a,b\n1,2\n1e300,4\n-3e39,5\n")
+    (tmp_path / "folder.npy").mkdir()
     return tmp_path
+
+
+def npy_header(shape: tuple, descr: str = "<f8") -> bytes:
+    """The magic string and version 1.0 header of an .npy file claiming ``shape``."""
+    stream = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        stream, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
+    return stream.getvalue()
 
 
 # (arguments of load_dataset with "{tmp}" for the bad_files folder, a regex the error matches)
@@ -355,8 +386,53 @@ BAD_INPUTS = [
     pytest.param({"name": "{tmp}/empty.npy"}, r"empty\.npy' is empty", id="empty-array"),
     pytest.param({"name": "{tmp}/text.npy"}, r"text\.npy' holds values of type <U1",
                  id="strings"),
-    pytest.param({"name": "{tmp}/objects.npy"}, r"objects\.npy' cannot be read",
+    pytest.param({"name": "{tmp}/objects.npy"},
+                 r"objects\.npy' cannot be read safely: it holds Python objects \(dtype object\)",
                  id="pickled-objects"),
+    pytest.param({"name": "{tmp}/objects.npz"},
+                 r"objects\.npz' \(array 'x'\) cannot be read safely: it holds Python objects",
+                 id="pickled-objects-in-npz"),
+    pytest.param({"name": "{tmp}/huge.npy"},
+                 r"huge\.npy' is truncated or damaged: its header promises a float64 array of "
+                 r"shape \(1099511627776, 8\) \(70,368,744,177,664 bytes\), but only 16 bytes "
+                 r"follow the header; save it again with numpy\.save",
+                 id="npy-header-claims-64-TiB"),
+    pytest.param({"name": "{tmp}/huge.npz"},
+                 r"huge\.npz' \(array 'x'\) is truncated or damaged: .* shape "
+                 r"\(1099511627776, 8\).* only 16 bytes .*numpy\.savez",
+                 id="npz-member-header-claims-64-TiB"),
+    pytest.param({"name": "{tmp}/truncated.npy"},
+                 r"truncated\.npy' is truncated or damaged: .* shape \(10, 3\) \(240 bytes\), "
+                 r"but only 232 bytes",
+                 id="truncated-npy"),
+    pytest.param({"name": "{tmp}/raw_member.npz"},
+                 r"raw_member\.npz' \(array 'x'\) is not a \.npy array .*magic string",
+                 id="npz-member-not-an-array"),
+    pytest.param({"name": "{tmp}/csv_as.npy"}, r"csv_as\.npy' is not a \.npy array.*numpy\.save",
+                 id="npy-without-magic"),
+    pytest.param({"name": "{tmp}/zero_bytes.npy"},
+                 r"zero_bytes\.npy' is empty \(0 bytes\).*numpy\.save\(path, data\)",
+                 id="empty-npy-file"),
+    pytest.param({"name": "{tmp}/zero_bytes.npz"}, r"zero_bytes\.npz' is empty \(0 bytes\)",
+                 id="empty-npz-file"),
+    pytest.param({"name": "{tmp}/zero_bytes.csv"}, r"zero_bytes\.csv' is empty \(0 bytes\)",
+                 id="empty-csv-file"),
+    pytest.param({"name": "{tmp}/folder.npy"}, r"folder\.npy' is a folder; check the path",
+                 id="folder-not-file"),
+    pytest.param({"name": "{tmp}/words.csv/inner.npy"},
+                 r"inner\.npy' does not exist: '.*words\.csv' is a file, not a folder",
+                 id="parent-is-a-file"),
+    pytest.param({"name": "{tmp}/latin1.csv"},
+                 r"latin1\.csv' is not UTF-8 text: byte 0xe9 on line 1, column 4 .*save it as "
+                 r"UTF-8",
+                 id="csv-not-utf8"),
+    pytest.param({"name": "{tmp}/nan.csv"},
+                 r"nan\.csv' holds 2 NaN or infinite values \(the first in row 1",
+                 id="csv-nan-and-inf"),
+    pytest.param({"name": "{tmp}/overflow.csv"},
+                 r"overflow\.csv' holds 2 values whose magnitude exceeds float32's range "
+                 r"\(±3\.403e\+38; the largest is 1e\+300, the first in row 1.*--dtype float64",
+                 id="beyond-float32"),
     pytest.param({"name": "{tmp}/two.npz"}, r"two\.npz' holds the arrays 'first', 'second'",
                  id="ambiguous-npz"),
     pytest.param({"name": "{tmp}/data.txt"}, r"data\.txt' has an unsupported type.*\.csv/\.npy",
@@ -394,6 +470,35 @@ def test_bad_input_raises_an_input_error_naming_it(
     arguments = dict(arguments, name=arguments["name"].format(tmp=bad_files))
     with pytest.raises(InputError, match=message):
         load_dataset(**arguments)
+
+
+def test_values_beyond_float32_load_as_float64(bad_files: Path) -> None:
+    dataset = load_dataset(bad_files / "overflow.csv", test_fraction=0, dtype=torch.float64)
+    assert dataset.train[:, 0].tolist() == [1.0, 1e300, -3e39]
+
+
+def test_an_unreadable_file_is_refused(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "locked.npy"
+    np.save(path, np.ones((3, 2)))
+    path.chmod(0)
+    if os.geteuid() == 0:
+        # Root reads a mode-000 file anyway; make open() fail as it does for anyone else.
+        import zoo.datasets.files
+
+        def refuse(file, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(file))
+
+        monkeypatch.setattr(zoo.datasets.files, "open", refuse, raising=False)
+    with pytest.raises(InputError, match=r"locked\.npy' cannot be opened \(Permission denied\); "
+                                         r"check that it is a file you may read"):
+        load_dataset(path)
+
+
+def test_arrays_of_images_keep_their_shape_in_the_metadata(tmp_path: Path) -> None:
+    np.save(tmp_path / "rgb.npy", np.zeros((2, 4, 3, 3), dtype=np.uint8))
+    dataset = load_dataset(tmp_path / "rgb.npy", test_fraction=0)
+    assert dataset.train.shape == (2, 36) and dataset.obs_shape == (4, 3, 3) and dataset.is_image
+    assert "4x3x3 images" in dataset.describe()
 
 
 # --- binarization and standardization --------------------------------------------------------

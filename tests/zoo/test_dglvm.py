@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
 from guides.dglvm import AmortizedGuide
+from inference.catalog import get_model
 from inference.evaluate import evaluate_fit
 from inference.runs import load_checkpoint
 from inference.strategies import fit
@@ -25,7 +26,6 @@ from zoo.dglvm import (
     synthetic,
 )
 from zoo.errors import InputError
-from zoo.registry import get_model
 
 
 def small_config(**options) -> DGLVMConfig:

@@ -14,9 +14,9 @@ from sklearn.datasets import load_iris
 from sklearn.mixture import GaussianMixture
 from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
-from zoo import gmm
+from inference.catalog import get_model
+from zoo import gmm, gmm_em
 from zoo.errors import InputError
-from zoo.registry import get_model
 
 COVARIANCE_TYPES = gmm.COVARIANCE_TYPES
 
@@ -254,7 +254,7 @@ def test_both_e_step_routes_give_the_same_m_step(monkeypatch, covariance_type):
     routes = {"quadratic": gmm.e_step(config, params, x),
               "whitened": gmm._e_step_whitened(config, params, x)}
     monkeypatch.setitem(gmm.BLOCK_VALUES, "cpu", 1)  # 256-row blocks
-    monkeypatch.setattr(gmm, "FEATURE_VALUES", 0)  # no features: e_step whitens
+    monkeypatch.setattr(gmm_em, "FEATURE_VALUES", 0)  # no features: e_step whitens
     routes["blocks"] = gmm.e_step(config, params, x)
     reference = gmm.m_step(config, x, gmm.responsibilities(config, params, x))
     log_likelihood = float(gmm.log_marginal(config, params, x).mean())

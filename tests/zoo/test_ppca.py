@@ -10,11 +10,11 @@ from scipy.linalg import subspace_angles
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA, FactorAnalysis
 
+from inference.catalog import get_model
 from inference.em import fit_em
 from inference.strategies import fit
 from zoo import ppca
 from zoo.errors import InputError
-from zoo.registry import get_model
 
 
 @pytest.fixture(scope="module")

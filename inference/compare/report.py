@@ -12,7 +12,7 @@ import html
 from collections.abc import Mapping
 from pathlib import Path
 
-from inference.compare import footnote, format_mean_std, table
+from inference.compare.tables import footnote, format_mean_std, table
 from inference.runs import atomic_write
 
 REPORT_FILE = "report.html"

@@ -1,0 +1,57 @@
+"""Where a model meets its guides: the one module that joins ``zoo`` and ``guides``.
+
+The zoo's registry knows what a model IS; the guide registry (:mod:`guides.registry`) knows
+which guides approximate whose posterior. :func:`get_model` and :func:`models` return the
+model's spec with its guides filled in (``spec.guides``, ``spec.default_guide``,
+``spec.default_elbo``), from three sources in this order:
+
+1. the guides a user declared with the model (``zoo.declare(..., guides=...)``);
+2. for a declared model without guides of its own, the generic guides of
+   :mod:`guides.generic`, built from the latent sites it declared;
+3. the guides registered for the family's name from ``guides/`` (built-ins, or a test or user
+   file that adds one to a built-in model).
+
+Everything in ``inference`` that needs guides asks here, never ``zoo.registry`` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from guides import registry as guide_registry
+from guides.generic import generic_guides
+from zoo import registry
+from zoo.declare import check_guide_defaults
+from zoo.registry import ModelSpec
+
+_JOINED = "_lvm_zoo_joined"  # marks a spec that already carries its guides
+
+
+def join(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with its guides attached (a joined spec is returned as it is)."""
+    if getattr(spec, _JOINED, False):
+        return spec
+    factories = dict(spec.guides)
+    elbos = dict(spec.default_elbo)
+    if not factories and spec.declared_sites is not None:
+        factories, generic_elbos = generic_guides(spec.declared_sites)
+        elbos = {**generic_elbos, **elbos}
+        check_guide_defaults(spec.name, factories, spec.default_guide, spec.default_elbo)
+    for name, entry in guide_registry.registered(spec.name).items():
+        factories[name] = entry.factory
+        elbos.setdefault(name, entry.elbo)
+    default = spec.default_guide or guide_registry.default_for(spec.name)
+    joined = dataclasses.replace(spec, guides=factories, default_elbo=elbos,
+                                 default_guide=default)
+    object.__setattr__(joined, _JOINED, True)
+    return joined
+
+
+def get_model(name: str | ModelSpec) -> ModelSpec:
+    """A model by registry name or ``path/to/file.py:NAME``, with its guides."""
+    return join(name if isinstance(name, ModelSpec) else registry.get_model(name))
+
+
+def models() -> dict[str, ModelSpec]:
+    """Every registered model, with its guides, built-ins first."""
+    return {name: join(spec) for name, spec in registry.models().items()}

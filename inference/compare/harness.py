@@ -1,0 +1,268 @@
+"""The comparison harness: every applicable strategy on one split, judged by one yardstick.
+
+``compare(spec)`` runs the grid (each registered strategy's cells: closed form, EM, K-means,
+then SVI with each guide and its ELBO estimator) over ``seeds`` seeds on ONE train/test split.
+Every fit goes through :func:`inference.fitting.fit`, in memory, so each is isolated (its own
+param-store scope and seed). On top of the fit's record each row gets the exact ELBO and gap
+and the gap split (:mod:`.gaps`), the label-switching measures for mixtures (:mod:`.labels`),
+and with ``reference="nuts"`` the distance of the fit's posterior draws to NUTS draws at its
+parameters. Each fit's run folder is written once, at the end, with its ``posterior.nc``.
+
+The comparison folder (default ``runs/compare-<model>-<data>-<time>``) then holds
+``comparison.json`` / ``.csv`` (one row per fit), ``summary.json`` / ``.csv`` (one row per
+strategy: mean and standard deviation over seeds), the figures and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.distributions import Categorical
+
+from inference import posterior_export as export
+from inference import strategies
+from inference.catalog import get_model
+from inference.compare.figures import comparison_figures
+from inference.compare.fits import Fit, anchor_of
+from inference.compare.gaps import GAP_ROWS, judge_fit
+from inference.compare.labels import label_switching_measures
+from inference.compare.report import write_report
+from inference.compare.tables import summarize, write_csv
+from inference.data import DataRequest, load
+from inference.fitting import fit, make_config, prepare, save, split_options
+from inference.runs import check_writable, write_json
+from inference.strategies import Cell
+from zoo.errors import InputError
+from zoo.registry import ModelSpec
+
+REFERENCES = ("nuts",)
+
+
+def strategy_grid(spec: ModelSpec, config=None, x: torch.Tensor | None = None,
+                  **grid_options) -> list[Cell]:
+    """Every cell of ``spec``'s grid, strategy by strategy in registry order. ``grid_options``
+    are the strategies' ``GridOptions`` fields (SVI's ``elbos``)."""
+    cells = []
+    for name in strategies.applicable(spec):
+        strategy = strategies.strategies()[name]
+        options = None
+        if strategy.GridOptions is not None:
+            names = {f for f in strategy.GridOptions.__dataclass_fields__}
+            options = strategies.make_options(
+                strategy.GridOptions, {k: v for k, v in grid_options.items() if k in names},
+                owner=f"compare --inference {name}")
+        cells += strategy.cells(spec, config, x, options)
+    return cells
+
+
+def grid_option_names() -> set[str]:
+    return {f for s in strategies.strategies().values() if s.GridOptions is not None
+            for f in s.GridOptions.__dataclass_fields__}
+
+
+def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = None,
+            data: DataRequest | str | None = None, seed: int = 0,
+            strategies_chosen: Sequence[str] | None = None, reference: str | None = None,
+            gap_rows: int = GAP_ROWS, draws: int = export.DRAWS, report: bool = True,
+            progress: bool = False, iwae_samples: int | None = None,
+            **options) -> list[dict]:
+    """Run every applicable strategy on one train/test split (drawn by ``seed``), ``seeds``
+    seeds each (``seed``, ``seed + 1``, ...), judge each fit, write the comparison folder;
+    returns one record per fit.
+
+    ``options`` are the model's config fields, the strategies' options (each cell takes those
+    of its own strategy) and the strategies' grid options (``elbos``); ``strategies_chosen``
+    keeps only the named cells (by slug: ``"em"``, ``"svi-exact"``); ``reference="nuts"``
+    adds NUTS as the reference posterior; ``gap_rows`` (0: none) sizes the amortization-gap
+    subset; ``draws`` is the number of posterior draws exported per fit.
+    """
+    spec = get_model(spec)
+    grid_names = grid_option_names()
+    grid_options = {k: v for k, v in options.items() if k in grid_names}
+    options = {k: v for k, v in options.items() if k not in grid_names}
+    _check_options(seeds=seeds, reference=reference, gap_rows=gap_rows, draws=draws,
+                   grid_options=grid_options, options=options)
+    model_options, fit_options = split_options(spec, options)
+    loaded = load(DataRequest.coerce(data, seed=seed) if not isinstance(data, DataRequest)
+                  else data, spec)
+    config = make_config(spec, loaded, model_options)
+    x_train = loaded.train
+    if reference == "nuts":
+        export.check_nuts_applies(spec, config, x_train)
+    cells = _chosen(strategy_grid(spec, config, x_train, **grid_options), strategies_chosen)
+    plans = [(cell, _cell_options(cell, fit_options)) for cell in cells]
+    for cell, cell_options in plans:  # every cell's options are checked before any fit
+        prepare(spec, inference=cell.strategy, guide=cell.guide, **cell_options)
+    compare_dir = check_writable(Path(out) if out else Path("runs") / (
+        f"compare-{spec.name}-{Path(loaded.dataset.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    fits: list[Fit] = []
+    for cell, cell_options in plans:
+        for s in range(seed, seed + seeds):
+            if progress:
+                print(f"compare: {cell.label}, seed {s}", file=sys.stderr, flush=True)
+            fitted = fit(spec, inference=cell.strategy, guide=cell.guide, seed=s, loaded=loaded,
+                         progress=progress, iwae_samples=iwae_samples, **model_options,
+                         **cell_options)
+            item = Fit(cell, s, fitted, baseline=strategies.strategies()[cell.strategy].baseline)
+            item.add(strategy=cell.label,
+                     elbo_estimator=fitted.result.info.get("elbo_estimator"),
+                     compare_dir=str(compare_dir))
+            item.add(**judge_fit(spec, config, fitted.result, x_train, fitted.metrics,
+                                 gap_rows=gap_rows, seed=s))
+            fits.append(item)
+    rows_chosen = _chosen_rows(spec, config, fits, x_train, seed)
+    for item in fits:
+        item.draws = export.draw_posterior(spec, config, item.result, x_train, rows=rows_chosen,
+                                           label=item.cell.label, num_draws=draws,
+                                           seed=item.seed)
+    _label_switching(spec, config, fits, x_train)
+    if reference == "nuts":
+        _nuts_reference(spec, config, fits, x_train, rows_chosen, seed)
+    for item in fits:
+        save(item.fitted, compare_dir / f"{item.cell.slug}-seed{item.seed}", figures=False)
+        _export(item)
+    records = [item.record for item in fits]
+    records += _baselines(spec, config, loaded, compare_dir, seed, progress)
+    summary = summarize(records)
+    write_json(compare_dir / "comparison.json", records)
+    write_csv(compare_dir / "comparison.csv", records)
+    write_json(compare_dir / "summary.json", summary)
+    write_csv(compare_dir / "summary.csv", summary)
+    figures = comparison_figures(spec, loaded.dataset, config, fits, summary, x_train,
+                                 compare_dir, seed)
+    if report:
+        write_report(compare_dir, spec=spec, dataset=loaded.dataset, config=config,
+                     records=records, summary=summary, figures=figures,
+                     summaries=_arviz_summaries(fits, seed), nuts=_nuts_notes(fits))
+    return records
+
+
+def _cell_options(cell: Cell, options: dict) -> dict:
+    """The options of ``cell``'s own strategy among ``options``, with the cell's overrides."""
+    names = set(strategies.strategies()[cell.strategy].Options.__dataclass_fields__)
+    return {**{k: v for k, v in options.items() if k in names}, **dict(cell.overrides)}
+
+
+def _baselines(spec: ModelSpec, config, loaded, compare_dir: Path, seed: int,
+               progress: bool) -> list[dict]:
+    """The other models ``spec.baselines`` names (PPCA beside the deep model), fitted on the
+    same split by their baseline strategies (closed form, EM), options derived from ``config``."""
+    records = []
+    for name, derive in spec.baselines.items():
+        other = get_model(name)
+        for inference in strategies.applicable(other):
+            if not strategies.strategies()[inference].baseline:
+                continue
+            if progress:
+                print(f"compare: baseline {name} {inference}", file=sys.stderr, flush=True)
+            fitted = fit(other, inference=inference, seed=seed, loaded=loaded, **derive(config))
+            fitted.extra.update(strategy=f"{name} {inference}", compare_dir=str(compare_dir))
+            save(fitted, compare_dir / f"baseline-{name}-{inference}-seed{seed}", figures=False)
+            records.append(fitted.record)
+    return records
+
+
+def _chosen(grid: list[Cell], names: Sequence[str] | None) -> list[Cell]:
+    if not names:
+        return grid
+    slugs = {c.slug: c for c in grid}
+    unknown = [n for n in names if n not in slugs]
+    if unknown:
+        raise InputError(f"--strategies {','.join(unknown)}: not in this model's grid; choose "
+                         "from: " + ", ".join(slugs))
+    return [slugs[n] for n in dict.fromkeys(names)]
+
+
+def _check_options(*, seeds, reference, gap_rows, draws, grid_options, options) -> None:
+    if not isinstance(seeds, int) or seeds < 1:
+        raise InputError(f"--seeds {seeds} must be at least 1")
+    if reference is not None and reference not in REFERENCES:
+        raise InputError(f"--reference {reference} is unknown; choose one of: "
+                         + ", ".join(REFERENCES))
+    if gap_rows < 0:
+        raise InputError(f"--gap-rows {gap_rows} must be at least 0 (0 skips the split)")
+    if draws < 2:
+        raise InputError(f"--draws {draws} must be at least 2")
+    for name, value in grid_options.items():
+        if value and options.get(name.rstrip("s")):  # --elbos beside --elbo
+            raise InputError(f"--{name.rstrip('s')} fixes one value for every cell and "
+                             f"--{name} adds cells; give one of them")
+
+
+def _chosen_rows(spec, config, fits: list[Fit], x: torch.Tensor, seed: int) -> torch.Tensor:
+    """The training rows whose latents are exported: drawn at random by ``seed``; for a
+    categorical posterior, half of them are the rows the first baseline is least sure about
+    (largest entropy), where fits can differ at all."""
+    rows = export.chosen_rows(x.shape[0], seed=seed)
+    baseline = next((f for f in fits if f.baseline), None)
+    if baseline is None or spec.posterior is None:
+        return rows
+    with torch.no_grad():
+        posterior = spec.posterior(config, baseline.result.params, x)
+    if not isinstance(posterior, Categorical):
+        return rows
+    ambiguous = posterior.entropy().argsort(descending=True)[: rows.numel() // 2].cpu()
+    others = [r for r in rows.tolist() if r not in set(ambiguous.tolist())]
+    chosen = ambiguous.tolist() + others[: rows.numel() - ambiguous.numel()]
+    return torch.tensor(sorted(chosen))
+
+
+def _label_switching(spec, config, fits: list[Fit], x: torch.Tensor) -> None:
+    anchor = anchor_of(fits)
+    for item in fits:
+        measures = None if anchor is None else label_switching_measures(
+            spec, config, item.result.params, anchor.result.params, x)
+        item.add(ari=None if measures is None else measures["ari"],
+                 matched_param_error=None if measures is None
+                 else measures["matched_param_error"])
+        item.permutation = None if measures is None else measures["permutation"]
+
+
+def _nuts_reference(spec, config, fits: list[Fit], x, rows, seed) -> None:
+    """NUTS at each fit's parameters (first seed of each strategy), on the chosen rows."""
+    for item in fits:
+        item.add(reference_distance=None)
+        if item.seed != seed or item.draws is None:
+            continue
+        item.reference = export.nuts_reference(spec, config, item.result, x, rows=rows,
+                                               seed=seed, label=f"nuts ({item.cell.label})")
+        item.add(reference_distance=export.reference_distance(item.draws, item.reference))
+
+
+def _export(item: Fit) -> None:
+    """posterior.nc (and nuts.nc) into the fit's run folder."""
+    run_dir = item.fitted.run_dir
+    record = item.record
+    attrs = {"model": record["model"], "strategy": item.cell.label,
+             "inference": item.cell.strategy, "guide": item.cell.guide,
+             "elbo_estimator": record.get("elbo_estimator"), "seed": item.seed,
+             "data": record["data"]}
+    item.add(posterior_file=None)
+    if item.draws is not None:
+        item.idata = export.to_inference_data(item.draws, history=item.result.history,
+                                              attrs=attrs)
+        item.add(posterior_file=str(export.save_inference_data(
+            item.idata, run_dir / export.POSTERIOR_FILE)))
+    if item.reference is not None:
+        item.reference_idata = export.to_inference_data(
+            item.reference, attrs={**attrs, "reference": "nuts", **item.reference.diagnostics})
+        export.save_inference_data(item.reference_idata, run_dir / export.NUTS_FILE)
+
+
+def _arviz_summaries(fits: list[Fit], seed: int) -> dict:
+    """ArviZ summary tables (pandas) of the first seed's fits, keyed by strategy label."""
+    tables = {}
+    for item in fits:
+        if item.seed == seed and item.idata is not None:
+            tables[item.cell.label] = export.summary(item.idata)
+            if item.reference_idata is not None:
+                tables[item.reference.label] = export.summary(item.reference_idata)
+    return tables
+
+
+def _nuts_notes(fits: list[Fit]) -> dict:
+    return {f.reference.label: f.reference.diagnostics for f in fits if f.reference is not None}

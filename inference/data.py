@@ -1,0 +1,100 @@
+"""What data a fit runs on: one frozen :class:`DataRequest`, loaded once onto one device.
+
+The request names the dataset (a registered name or a file), where its files live, the
+held-out share, the preprocessing, the dtype and the device. ``load(request, spec)`` returns
+:class:`LoadedData`: the dataset's metadata and the train/test tensors already moved to the
+device. The command line builds the request from its data flags; the Python API takes one, or
+a dataset name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zoo import datasets
+from zoo.errors import InputError
+from zoo.registry import ModelSpec
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """The data of one fit. ``name=None`` means the model's default dataset; ``seed`` draws the
+    train/test split (datasets without an official one); ``device="auto"`` is CUDA when present."""
+
+    name: str | None = None  # dataset name, or a .csv/.npy/.npz file
+    root: str | None = None  # folder with mnist/, fashion-mnist/, frey-face/
+    download: bool = False  # fetch MNIST / Fashion-MNIST through torchvision if missing
+    test_fraction: float = 0.2  # held-out share for datasets without an official split
+    binarize: str | None = None  # "static" or "dynamic" (images, Bernoulli likelihoods)
+    standardize: bool = False  # z-score columns with the training mean and deviation
+    dtype: str = "float32"
+    device: str = "auto"
+    seed: int = 0  # the split's seed
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise InputError(f"--dtype {self.dtype} is not supported; use float32 or float64")
+        if not isinstance(self.device, str) or not (self.device in DEVICES
+                                                    or self.device.startswith("cuda:")):
+            raise InputError(f"--device {self.device!r} is unknown; use auto, cpu or cuda")
+        if isinstance(self.root, Path):
+            object.__setattr__(self, "root", str(self.root))
+
+    def to_dict(self) -> dict:
+        """What run.json stores (with the file's absolute path, so that a run can be evaluated
+        from another folder)."""
+        record = dataclasses.asdict(self)
+        if record["name"] and Path(record["name"]).suffix in datasets.USER_FILE_SUFFIXES:
+            record["name"] = str(Path(record["name"]).resolve())
+        if record["root"]:
+            record["root"] = str(Path(record["root"]).resolve())
+        return record
+
+    @classmethod
+    def coerce(cls, data: DataRequest | str | None, **changes) -> DataRequest:
+        """A request from a request, a dataset name or ``None`` (the model's default)."""
+        if isinstance(data, DataRequest):
+            return dataclasses.replace(data, **changes) if changes else data
+        if data is not None and not isinstance(data, str | Path):
+            raise InputError(f"data={data!r} must be a dataset name, a file path or a "
+                             "DataRequest")
+        return cls(name=None if data is None else str(data), **changes)
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """A request's dataset with its tensors on ``device``: ``train (N, D)``, ``test (M, D)``."""
+
+    request: DataRequest
+    dataset: datasets.Dataset
+    train: torch.Tensor
+    test: torch.Tensor
+    device: torch.device
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA device is available here; use --device cpu "
+                         "or auto")
+    return torch.device(name)
+
+
+def load(request: DataRequest, spec: ModelSpec) -> LoadedData:
+    """Load ``request`` (``spec`` gives the default dataset) and move it to its device once."""
+    target = choose_device(request.device)
+    dataset = datasets.load_dataset(
+        request.name or spec.default_data, root=request.root,
+        test_fraction=request.test_fraction, seed=request.seed, dtype=DTYPES[request.dtype],
+        binarize=request.binarize, download=request.download, standardize=request.standardize)
+    return LoadedData(request, dataset, dataset.train.to(target), dataset.test.to(target),
+                      target)

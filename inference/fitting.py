@@ -1,0 +1,229 @@
+"""One fit, in memory: choose the strategy, fit, judge; saving is a separate step.
+
+:func:`fit` returns a :class:`Fitted` (the spec, config, data, the strategy's options, the
+:class:`~inference.results.FitResult` and the yardstick's metrics) and writes nothing;
+:func:`save` writes its run directory; :func:`evaluate_run` recomputes a saved run's metrics
+from its files alone. The command line, the Python API and the comparison all fit through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from inference import strategies
+from inference.catalog import get_model
+from inference.data import DTYPES, DataRequest, LoadedData, load
+from inference.evaluate import evaluate_fit
+from inference.figures import MODEL_FIGURES, load_model_figures, plot_curves
+from inference.results import FitResult
+from inference.runs import check_writable, load_run, save_run
+from inference.strategies import FitContext, Strategy
+from zoo.errors import InputError
+from zoo.registry import ModelSpec, model_reference
+
+DEFAULT_IWAE_SAMPLES = 1000
+
+
+@dataclass
+class Fitted:
+    """A fitted model and its judgement, in memory (nothing written yet)."""
+
+    spec: ModelSpec
+    config: object
+    data: LoadedData
+    strategy: Strategy
+    options: object  # the strategy's Options
+    result: FitResult
+    metrics: dict
+    seed: int = 0
+    iwae_samples: int = DEFAULT_IWAE_SAMPLES
+    extra: dict = field(default_factory=dict)  # more record fields (the comparison's)
+    run_dir: Path | None = None  # set by :func:`save`
+
+    @property
+    def record(self) -> dict:
+        """The JSON record (``lvm-zoo fit --json``): mean nats per datapoint throughout."""
+        result, data = self.result, self.data
+        return {"model": self.spec.name, "guide": result.guide, "inference": result.inference,
+                "data": data.dataset.name, "n_train": int(data.train.shape[0]),
+                "n_test": int(data.test.shape[0]), **self.metrics, "seconds": result.seconds,
+                "steps": result.steps, "converged": result.converged, "device": result.device,
+                "seed": self.seed, **self.extra,
+                "run_dir": None if self.run_dir is None else str(self.run_dir)}
+
+    def run_record(self) -> dict:
+        """What ``run.json`` holds: enough to find the model, the data and the options again."""
+        return {"model": self.spec.name, "model_ref": model_reference(self.spec),
+                "config": dataclasses.asdict(self.config), "inference": self.strategy.name,
+                "guide": self.result.guide, "seed": self.seed, "info": self.result.info,
+                "data": {**self.data.request.to_dict(), "dataset": self.data.dataset.name,
+                         "source": self.data.dataset.source},
+                "options": {k: v for k, v in vars(self.options).items() if v is not None},
+                "iwae_samples": self.iwae_samples}
+
+
+def split_options(spec: ModelSpec, options: dict) -> tuple[dict, dict]:
+    """``options`` -> (the model's config fields, the rest)."""
+    names = {f.name for f in dataclasses.fields(spec.config_class)}
+    return ({k: v for k, v in options.items() if k in names},
+            {k: v for k, v in options.items() if k not in names})
+
+
+def make_config(spec: ModelSpec, loaded: LoadedData, model_options: dict):
+    config = spec.make_config(dim=loaded.dataset.dim, **model_options)
+    config.validate(loaded.train.shape[0])
+    return config
+
+
+def prepare(spec: ModelSpec | str, *, inference: str | None = None, guide: str | None = None,
+            **options) -> tuple[ModelSpec, Strategy, object, dict]:
+    """Everything about a fit that can be checked before data are loaded: the spec, the
+    strategy, its validated options, and the model's own options."""
+    spec = get_model(spec)
+    strategy = strategies.get(inference, spec)
+    if guide is not None and not strategy.uses_guide:
+        raise InputError(f"--guide applies to strategies that take a guide, not "
+                         f"--inference {strategy.name}")
+    if guide is not None and guide not in spec.guides:
+        raise InputError(f"model '{spec.name}' has no guide '{guide}'; choose one of: "
+                         + ", ".join(spec.guides))
+    model_options, fit_options = split_options(spec, options)
+    chosen = strategies.make_options(strategy.Options, fit_options,
+                                     owner=f"--inference {strategy.name}")
+    return spec, strategy, chosen, model_options
+
+
+def fit(spec: ModelSpec | str, *, inference: str | None = None, guide: str | None = None,
+        data: DataRequest | str | None = None, seed: int = 0,
+        iwae_samples: int | None = None, progress: bool = False,
+        checkpoint: str | Path | None = None, resume: bool = False,
+        loaded: LoadedData | None = None, **options) -> Fitted:
+    """Fit one model with one strategy and judge it, in memory.
+
+    ``options`` are the model's config fields (``components=3``) and the strategy's options
+    (``steps``, ``lr``, ``n_init``, ...); a name neither takes is an error. ``data`` is a
+    :class:`DataRequest` or a dataset name (default: the model's); ``loaded`` reuses data
+    already loaded. ``checkpoint`` is where a long SVI fit saves its state.
+    """
+    spec, strategy, chosen, model_options = prepare(spec, inference=inference, guide=guide,
+                                                    **options)
+    if resume and (checkpoint is None or not Path(checkpoint).is_file()):
+        raise InputError(f"--resume: there is no checkpoint at {checkpoint}; fit without "
+                         "--resume, or give the --out folder of the run to continue")
+    if iwae_samples is not None and (not isinstance(iwae_samples, int) or iwae_samples < 1):
+        raise InputError(f"--iwae-samples {iwae_samples} must be a positive integer")
+    loaded = loaded or load(DataRequest.coerce(data, seed=seed) if not isinstance(
+        data, DataRequest) else data, spec)
+    config = make_config(spec, loaded, model_options)
+    context = FitContext(seed=seed, progress=progress,
+                         checkpoint=None if checkpoint is None else Path(checkpoint),
+                         resume=resume, binarize=loaded.dataset.binarize)
+    torch.manual_seed(seed)
+    result = strategy.fit(spec, config, loaded.train, chosen, guide=guide, context=context)
+    samples = iwae_samples or DEFAULT_IWAE_SAMPLES
+    metrics = evaluate_fit(spec, config, result, loaded.train, loaded.test, seed=seed,
+                           num_samples=samples)
+    return Fitted(spec, config, loaded, strategy, chosen, result, metrics, seed, samples)
+
+
+def default_run_dir(model: str, inference: str, guide: str | None, data: str,
+                    seed: int) -> Path:
+    """``runs/<model>-<strategy>-<guide>-<data>-seed<S>-<time>``."""
+    name = "-".join(p for p in (model, inference, guide, Path(data).stem, f"seed{seed}") if p)
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def save(fitted: Fitted, out: str | Path | None = None, *, figures: bool = True) -> Path:
+    """Write ``fitted``'s run directory (``out``, default ``runs/<model>-<strategy>-...``):
+    run.json, metrics.json, params.pt, history.json and, with ``figures``, its figures."""
+    run_dir = Path(out) if out is not None else default_run_dir(
+        fitted.spec.name, fitted.result.inference, fitted.result.guide,
+        fitted.data.dataset.name, fitted.seed)
+    check_writable(run_dir)
+    fitted.run_dir = run_dir
+    save_run(run_dir, fitted.run_record(), fitted.result, fitted.record)
+    if figures:
+        _figures(fitted, run_dir)
+    return run_dir
+
+
+def _figures(fitted: Fitted, run_dir: Path) -> None:
+    load_model_figures()
+    spec, result = fitted.spec, fitted.result
+    key = "elbo" if "elbo" in result.history else "log_likelihood"
+    if len(result.history.get(key) or ()) > 1:
+        label = "ELBO per step" if key == "elbo" else "log p(x) per iteration"
+        plot_curves({f"{result.inference} {result.guide or ''}".strip(): result.history[key]},
+                    run_dir / "curves.png",
+                    title=f"{spec.name} on {fitted.data.dataset.name}: {label}")
+    if spec.name in MODEL_FIGURES:
+        MODEL_FIGURES[spec.name](fitted.data.dataset, fitted.config, result, run_dir)
+
+
+def evaluate_run(run_dir: str | Path, *, data: DataRequest | str | None = None,
+                 model: str | None = None, device: str = "auto",
+                 iwae_samples: int | None = None) -> dict:
+    """Recompute a run's metrics from its files alone. Nothing in the folder is imported or
+    unpickled: a run of a model from a user file needs that file named (``model=FILE.py``
+    or ``FILE.py:NAME``). ``data`` evaluates on another dataset of the same dimension."""
+    run, params, guide_params, saved = load_run(run_dir)
+    spec = get_model(_model_reference(run, model, run_dir))
+    source = run["data"]
+    stored = DataRequest(**{k: source.get(k, f.default) for k, f in
+                            DataRequest.__dataclass_fields__.items()
+                            if k not in ("device",)}, device=device)
+    request = (stored if data is None else dataclasses.replace(
+        DataRequest.coerce(data), seed=stored.seed, test_fraction=stored.test_fraction,
+        binarize=stored.binarize, standardize=stored.standardize, dtype=stored.dtype,
+        device=device))
+    loaded = load(request, spec)
+    try:
+        config = spec.config_class(**{k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in run["config"].items()})
+    except (TypeError, ValueError) as error:
+        raise InputError(f"run.json in '{run_dir}' holds a config that model '{spec.name}' "
+                         f"does not take ({error}); was it written by another version?"
+                         ) from None
+    if loaded.dataset.dim != config.dim:
+        raise InputError(f"dataset '{loaded.dataset.name}' has dimension {loaded.dataset.dim} "
+                         f"but the run was fitted on dimension {config.dim}; evaluate on data "
+                         "of that dimension")
+    dtype = DTYPES[request.dtype]
+    result = FitResult(
+        model=spec.name, inference=run["inference"], guide=run["guide"],
+        params={k: v.to(loaded.device, dtype) for k, v in params.items()},
+        guide_params={k: v.to(loaded.device, dtype) for k, v in guide_params.items()},
+        seed=run["seed"], device=str(loaded.device))
+    samples = iwae_samples or run.get("iwae_samples", DEFAULT_IWAE_SAMPLES)
+    metrics = evaluate_fit(spec, config, result, loaded.train, loaded.test, seed=run["seed"],
+                           num_samples=samples)
+    return {"model": spec.name, "guide": run["guide"], "inference": run["inference"],
+            "data": loaded.dataset.name, "n_train": int(loaded.train.shape[0]),
+            "n_test": int(loaded.test.shape[0]), **metrics,
+            "seconds": saved.get("seconds"), "steps": saved.get("steps"),
+            "converged": saved.get("converged"), "device": str(loaded.device),
+            "seed": run["seed"], "run_dir": str(run_dir)}
+
+
+def _model_reference(run: dict, model: str | None, run_dir) -> str:
+    """The registry name, or the user's file: a run folder never says which code to run."""
+    reference = str(run.get("model_ref", run["model"]))
+    name = run["model"]
+    from_file = ":" in reference and reference.split(":", 1)[0].endswith(".py")
+    if model is None:
+        if from_file:
+            path = reference.rsplit(":", 1)[0]
+            raise InputError(f"run '{run_dir}' is of model '{name}' from a user file "
+                             f"({path}); a run folder never runs code: name the file yourself "
+                             f"with --model FILE.py (e.g. --model {path}) if you trust it")
+        return name
+    if ":" in model and model.split(":", 1)[0].endswith(".py"):
+        return model
+    if model.endswith(".py"):
+        return f"{model}:{name}"
+    return model

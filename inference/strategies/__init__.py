@@ -1,0 +1,226 @@
+"""The strategy registry: every way of fitting a model, one module each.
+
+A strategy is an object with a ``name`` (what ``--inference`` takes), a one-line ``summary``,
+``applies(spec)`` (which models it can fit), its ``Options`` (a frozen dataclass: its fields
+become command-line flags, Python keywords and ``lvm-zoo list`` entries, validated from their
+``metadata`` as :func:`make_options` says), and ``fit(spec, config, x, options, guide=...,
+context=...) -> FitResult``. ``cells(spec, config, x, grid_options)`` says which cells of the
+comparison grid it contributes (default: one); ``GridOptions`` adds flags to ``lvm-zoo
+compare``.
+
+Registering one is all it takes::
+
+    register(MyStrategy())
+
+and ``lvm-zoo list``, ``lvm-zoo fit --inference NAME``, ``lvm-zoo compare`` and
+``inference.api.fit(..., inference=NAME)`` pick it up. The built-in modules of this package are
+imported by :func:`strategies`; nothing outside a strategy's own module names it.
+
+Option fields carry their rules in ``metadata``: ``help`` (the flag's help), ``min`` (a lower
+bound, inclusive), ``positive`` (strictly above 0), ``choices``, ``cli=False`` (no flag).
+``None`` means "the strategy's or the model's default".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from inference.results import FitResult
+from zoo.errors import InputError
+from zoo.registry import ModelSpec
+
+_BUILTIN_MODULES = ("inference.strategies.closed_form", "inference.strategies.em",
+                    "inference.strategies.kmeans", "inference.strategies.svi")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A strategy without options."""
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a fit needs beyond the model, the data and the strategy's options."""
+
+    seed: int = 0
+    progress: bool = False
+    checkpoint: Path | None = None  # where a long fit saves its state (None: nowhere)
+    resume: bool = False  # continue from ``checkpoint``
+    binarize: str | None = None  # "dynamic": the data are re-binarized every epoch
+
+
+DEFAULT_CONTEXT = FitContext()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the comparison grid: a strategy, a guide where it takes one, and option
+    overrides (``(("elbo", "TraceEnum_ELBO"),)``) with the text that names them."""
+
+    strategy: str
+    guide: str | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+    variant: str | None = None  # e.g. "TraceEnum_ELBO", shown in brackets
+
+    @property
+    def label(self) -> str:
+        """``"em"``, ``"svi exact"``, ``"svi exact [TraceEnum_ELBO]"``."""
+        text = " ".join([self.strategy] + ([self.guide] if self.guide else []))
+        return text + (f" [{self.variant}]" if self.variant else "")
+
+    @property
+    def slug(self) -> str:
+        """A folder name: ``svi-exact`` or ``svi-exact-TraceEnum_ELBO``."""
+        return "-".join(p for p in (self.strategy, self.guide, self.variant) if p)
+
+
+class Strategy:
+    """Base class of a strategy; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    GridOptions: ClassVar[type | None] = None
+    uses_guide: ClassVar[bool] = False  # whether ``--guide`` applies
+    baseline: ClassVar[bool] = False  # fitted for a spec's baseline models in a comparison
+
+    def applies(self, spec: ModelSpec) -> bool:
+        raise NotImplementedError
+
+    def fit(self, spec: ModelSpec, config, x, options, *, guide: str | None = None,
+            context: FitContext = DEFAULT_CONTEXT) -> FitResult:
+        raise NotImplementedError
+
+    def cells(self, spec: ModelSpec, config, x, grid_options) -> list[Cell]:
+        return [Cell(self.name)]
+
+    def __repr__(self) -> str:
+        return f"<strategy {self.name}>"
+
+
+_REGISTRY: dict[str, Strategy] = {}
+_loaded = False
+
+
+def register(strategy: Strategy) -> Strategy:
+    """Add a strategy (a module or a test file calls this at import time); returns it."""
+    for attribute in ("name", "summary"):
+        if not isinstance(getattr(strategy, attribute, None), str):
+            raise InputError(f"strategy {strategy!r} needs a string '{attribute}'")
+    if not dataclasses.is_dataclass(strategy.Options):
+        raise InputError(f"strategy '{strategy.name}': Options must be a frozen dataclass")
+    _REGISTRY[strategy.name] = strategy
+    return strategy
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def strategies() -> dict[str, Strategy]:
+    """Every registered strategy, built-ins first (in the order of the comparison grid)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+    return dict(_REGISTRY)
+
+
+def applicable(spec: ModelSpec) -> list[str]:
+    """Names of the strategies that can fit ``spec``, in registry order."""
+    return [name for name, s in strategies().items() if s.applies(spec)]
+
+
+def get(name: str | None, spec: ModelSpec) -> Strategy:
+    """The strategy ``name`` for ``spec`` (``None``: the first that applies)."""
+    names = applicable(spec)
+    if not names:
+        raise InputError(f"no inference strategy applies to model '{spec.name}'; give it a "
+                         "guide, EM steps or a closed form")
+    if name is None:
+        return strategies()[names[0]]
+    if name not in strategies():
+        raise InputError(f"unknown inference '{name}'; choose one of: "
+                         + ", ".join(strategies()))
+    if name not in names:
+        raise InputError(f"--inference {name} does not apply to '{spec.name}'; choose one of: "
+                         + ", ".join(names))
+    return strategies()[name]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def option_owners() -> dict[str, list[str]]:
+    """Option name -> the strategies that take it (for messages and the CLI)."""
+    owners: dict[str, list[str]] = {}
+    for strategy in strategies().values():
+        for f in dataclasses.fields(strategy.Options):
+            owners.setdefault(f.name, []).append(strategy.name)
+    return owners
+
+
+def make_options(options_class: type, given: dict[str, Any], *, owner: str) -> Any:
+    """``options_class(**given)`` with every value checked against its field's type and
+    ``metadata``; ``None`` values are left at the default. An unknown name is an error that
+    says which strategy takes it."""
+    fields = {f.name: f for f in dataclasses.fields(options_class)}
+    hints = typing.get_type_hints(options_class)
+    chosen = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in fields:
+            owners = option_owners().get(name)
+            where = (f"it applies to --inference {' or '.join(owners)}" if owners
+                     else "no strategy takes it")
+            raise InputError(f"{flag(name)} does not apply to {owner}; {where}")
+        chosen[name] = _checked(name, value, hints[name], fields[name].metadata)
+    return options_class(**chosen)
+
+
+def _checked(name: str, value: Any, hint: Any, metadata) -> Any:
+    kinds = _kinds(hint)
+    if bool in kinds and isinstance(value, bool):
+        return value
+    if isinstance(value, bool) or not any(_is(value, k) for k in kinds):
+        wanted = " or ".join(getattr(k, "__name__", str(k)) for k in kinds if k is not
+                             type(None))
+        raise InputError(f"{flag(name)}={value!r} must be {wanted}")
+    if float in kinds and isinstance(value, int):
+        value = float(value)
+    if isinstance(value, tuple) and not all(isinstance(v, str) for v in value):
+        raise InputError(f"{flag(name)}={value!r} must be a tuple of names")
+    choices = metadata.get("choices")
+    for item in value if isinstance(value, tuple) else (value,):
+        if choices is not None and item not in choices:
+            raise InputError(f"{flag(name)} {item!r} is not one of: {', '.join(map(str, choices))}")
+    low = metadata.get("min")
+    if low is not None and value < low:
+        raise InputError(f"{flag(name)} {value} must be at least {low}")
+    if metadata.get("positive") and not value > 0:
+        raise InputError(f"{flag(name)} {value} must be positive")
+    return value
+
+
+def _kinds(hint: Any) -> tuple:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(k for arg in typing.get_args(hint) for k in _kinds(arg))
+    origin = typing.get_origin(hint)
+    return (origin,) if origin is not None else (hint,)
+
+
+def _is(value: Any, kind: Any) -> bool:
+    if kind is float:
+        return isinstance(value, int | float)
+    if kind is Any:
+        return True
+    return isinstance(kind, type) and isinstance(value, kind)

@@ -1,0 +1,138 @@
+"""Stochastic variational inference: a guide, one of Pyro's ELBO estimators, Adam.
+
+The loop itself is :func:`inference.svi.fit_svi`; this module chooses its settings (the
+model's ``svi_defaults``, the guide's ELBO estimator, the number of steps from ``--epochs``),
+runs ``restarts`` data-based starts keeping the best, and says which grid cells SVI fills in a
+comparison: one per guide under its default estimator, one per extra estimator of
+``--elbos``, and ``TraceEnum_ELBO`` for every guide of a model with a discrete local latent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from pyro import poutine
+
+from inference.results import FitResult
+from inference.strategies import DEFAULT_CONTEXT, Cell, FitContext, Strategy, register
+from inference.svi import ELBOS, fit_svi
+from zoo.errors import InputError
+
+ESTIMATORS = tuple(ELBOS)
+
+
+@dataclass(frozen=True)
+class SVIOptions:
+    steps: int | None = field(default=None, metadata={
+        "help": "SVI steps at most (default: the model's); the stopping rule may end sooner",
+        "min": 1})
+    lr: float | None = field(default=None, metadata={
+        "help": "SVI learning rate (Adam; default: the model's)", "positive": True})
+    batch_size: int | None = field(default=None, metadata={
+        "help": "SVI minibatch rows (default: the model's, else all)", "min": 1})
+    elbo: str | None = field(default=None, metadata={
+        "help": "ELBO estimator (default: the guide's)", "choices": ESTIMATORS})
+    num_particles: int | None = field(default=None, metadata={
+        "help": "ELBO particles per step (default 1)", "min": 1})
+    restarts: int | None = field(default=None, metadata={
+        "help": "SVI restarts from data-based inits; the best final ELBO is kept (default 1)",
+        "min": 1})
+    stop_tol: float | None = field(default=None, metadata={
+        "help": "SVI stops when the smoothed ELBO gains less than this many nats per "
+                "datapoint over a window, three windows in a row (default 1e-4; 0: never)",
+        "min": 0.0})
+    stop_window: int | None = field(default=None, metadata={
+        "help": "steps per window of the stopping rule (default 100)", "min": 2})
+    checkpoint_every: int | None = field(default=None, metadata={
+        "help": "SVI checkpoint every N steps (default: every 60 s of training)", "min": 1})
+
+
+@dataclass(frozen=True)
+class SVIGridOptions:
+    elbos: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "comma-separated ELBO estimators to run with every guide, beside its default "
+                "one, e.g. Trace_ELBO,TraceMeanField_ELBO", "choices": ESTIMATORS})
+
+
+class StochasticVariationalInference(Strategy):
+    name = "svi"
+    summary = "stochastic variational inference with a guide and an ELBO estimator"
+    Options = SVIOptions
+    GridOptions = SVIGridOptions
+    uses_guide = True
+
+    def applies(self, spec) -> bool:
+        return bool(spec.guides)
+
+    def fit(self, spec, config, x, options: SVIOptions, *, guide=None,
+            context: FitContext = DEFAULT_CONTEXT) -> FitResult:
+        """The best of ``restarts`` fits (mean ELBO of each one's last tenth of steps), since
+        mixtures collapse from bad starts."""
+        guide = guide or spec.default_guide or next(iter(spec.guides))
+        if guide not in spec.guides:
+            raise InputError(f"model '{spec.name}' has no guide '{guide}'; choose one of: "
+                             + ", ".join(spec.guides))
+        settings = self.settings(spec, config, x, options, guide)
+        if context.binarize == "dynamic":
+            settings["binarize"] = "dynamic"
+        restarts = options.restarts or 1
+        best = None
+        for restart in range(restarts):
+            run_seed = context.seed + 1000 * restart
+            pyro.set_rng_seed(run_seed)  # networks are initialized when model and guide are built
+            generator = torch.Generator(device=x.device).manual_seed(run_seed)
+            init = spec.init_params(config, x, generator) if spec.init_params else None
+            model = spec.make_model(config, init)
+            result = fit_svi(model, spec.guides[guide](model, config), x, seed=run_seed,
+                             progress=context.progress, model_name=spec.name, guide_name=guide,
+                             checkpoint=context.checkpoint, resume=context.resume,
+                             **settings)
+            tail = result.history["elbo"][-max(1, len(result.history["elbo"]) // 10):]
+            score = sum(tail) / len(tail)
+            if best is None or score > best[0]:
+                best = (score, result, restart)
+        result = best[1]
+        result.seed = context.seed
+        result.info.update(restarts=restarts, best_restart=best[2])
+        return result
+
+    @staticmethod
+    def settings(spec, config, x, options: SVIOptions, guide: str) -> dict:
+        """``fit_svi``'s keywords: the options given, else the model's ``svi_defaults``."""
+        chosen = {**spec.svi_defaults,
+                  **{k: v for k, v in vars(options).items()
+                     if v is not None and k != "restarts"}}
+        chosen.setdefault("elbo", spec.default_elbo.get(guide, "Trace_ELBO"))
+        num_data = x.shape[0]
+        if options.batch_size is None and (chosen.get("batch_size") or 0) > num_data:
+            chosen["batch_size"] = num_data  # a default minibatch larger than small data
+        if options.steps is None and hasattr(config, "steps_for"):  # the model's --epochs
+            chosen["steps"] = config.steps_for(num_data, chosen.get("batch_size"))
+        return chosen
+
+    def cells(self, spec, config, x, grid_options: SVIGridOptions | None) -> list[Cell]:
+        extra = list((grid_options.elbos if grid_options else None) or ())
+        if config is not None and x is not None and has_discrete_local_latent(spec, config, x):
+            extra.append("TraceEnum_ELBO")
+        cells = []
+        for guide in spec.guides:
+            cells.append(Cell(self.name, guide))
+            default = spec.default_elbo.get(guide, "Trace_ELBO")
+            cells += [Cell(self.name, guide, (("elbo", e),), e)
+                      for e in dict.fromkeys(extra) if e != default]
+        return cells
+
+
+def has_discrete_local_latent(spec, config, x: torch.Tensor) -> bool:
+    """Whether the model draws a discrete latent inside the data plate (one trace, two rows)."""
+    with pyro.get_param_store().scope(), torch.no_grad(), poutine.block():
+        trace = poutine.trace(spec.make_model(config)).get_trace(x[:2])
+    return any(site["type"] == "sample" and not site["is_observed"]
+               and site["fn"].has_enumerate_support
+               and any(f.name == "data" for f in site["cond_indep_stack"])
+               for site in trace.nodes.values())
+
+
+register(StochasticVariationalInference())

@@ -1,0 +1,93 @@
+"""Post-processing shared by every source: the seeded train/test split, binarization of images
+in [0, 1] (once, or per minibatch with :func:`dynamic_binarize`) and standardization.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from zoo.errors import InputError
+
+
+def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh Bernoulli sample with success probabilities ``x`` (values in [0, 1]).
+
+    Called by the trainer on every minibatch of a ``binarize="dynamic"`` dataset, so the model
+    sees a new binary image each time it meets the same grayscale one; this regularizes better
+    than one fixed binarization.
+
+    Args:
+        x: ``(..., D)`` probabilities in [0, 1], any floating dtype, any device.
+        generator: optional generator on ``x``'s device, for reproducible draws.
+
+    Returns:
+        a tensor of 0s and 1s with the shape, dtype and device of ``x``.
+    """
+    return torch.bernoulli(x, generator=generator)
+
+
+def _seeded_split(
+    x: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    test_fraction: float,
+    seed: int,
+    name: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Split ``x : (N, D)`` (and labels) into train/test by a permutation seeded by ``seed``.
+
+    The test part has ``ceil(test_fraction * N)`` rows (as scikit-learn's ``train_test_split``),
+    so any positive fraction holds out at least one row. Within each part rows keep their order
+    in the source, which makes the parts easy to compare with the file; minibatching shuffles.
+    """
+    num_rows = x.shape[0]
+    num_test = math.ceil(test_fraction * num_rows)
+    if num_rows - num_test < 1:
+        raise InputError(
+            f"--test-fraction={test_fraction} leaves no training rows out of the {num_rows} rows "
+            f"of {name!r}; use a smaller fraction, e.g. 0"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    permutation = torch.randperm(num_rows, generator=generator)
+    test_index = permutation[:num_test].sort().values
+    train_index = permutation[num_test:].sort().values
+
+    def pick(values: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+        return None if values is None else values[index]
+
+    return x[train_index], x[test_index], pick(labels, train_index), pick(labels, test_index)
+
+
+def _check_binarizable(
+    name: str, binarize: str, train: torch.Tensor, test: torch.Tensor, *, is_image: bool
+) -> None:
+    """Binarization treats values as Bernoulli probabilities: only images in [0, 1] qualify."""
+    if not is_image:
+        raise InputError(
+            f"--binarize={binarize} needs image data, but {name!r} is tabular; "
+            "leave --binarize out for this dataset"
+        )
+    # Per part, not on a concatenation: that would copy all of MNIST once more.
+    low = min(part.min().item() for part in (train, test) if part.numel())
+    high = max(part.max().item() for part in (train, test) if part.numel())
+    if low < 0.0 or high > 1.0:
+        raise InputError(
+            f"--binarize={binarize} needs pixel values in [0, 1], but {name!r} has values in "
+            f"[{low:g}, {high:g}]; leave --binarize out, or scale the images to [0, 1] first"
+        )
+
+
+def _bernoulli_sample(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``(N, D)`` probabilities -> one ``(N, D)`` draw of 0s and 1s in the same dtype."""
+    return (torch.rand(x.shape, generator=generator, dtype=x.dtype) < x).to(x.dtype)
+
+
+def _standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-score both parts with the *training* mean and standard deviation (no test leakage)."""
+    mean = train.mean(dim=0)
+    std = train.std(dim=0, correction=0)
+    # A constant column (e.g. an always-black MNIST corner) is only centred, not divided by 0.
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (train - mean) / std, (test - mean) / std

@@ -1,0 +1,416 @@
+r"""EM for the Gaussian mixture: sufficient statistics, the M-step and two exact E-steps.
+
+The E-step (:func:`e_step`) is EM's hot path. For data it sees again and again it keeps their
+quadratic features, so that an iteration is two GEMMs and a logsumexp, wherever their rounding
+error is provably negligible; otherwise one pass over row blocks whitens all K components with
+a single GEMM, takes the logsumexp and accumulates the sufficient statistics. Neither
+materializes N x K x D x D. The M-step (:func:`maximize`, or :func:`m_step` from
+responsibilities) is scikit-learn's, with ``reg_covar`` on the covariance diagonals.
+
+The per-component constants and the whitened row blocks here are also what the closed forms of
+:mod:`zoo.gmm` (``log_marginal``, ``responsibilities``) are computed with. Parameters travel as
+the dict described in :mod:`zoo.gmm`; log-likelihoods are in nats (per datapoint where
+averaged). Everything public here is re-exported by :mod:`zoo.gmm`.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import NamedTuple
+
+import torch
+
+from zoo.errors import InputError
+from zoo.gmm_config import SCALE_NAME, GMMConfig, _check_data, _check_params
+from zoo.registry import Params
+
+# ---------------------------------------------------------------------------------------------
+# Per-component constants and whitened row blocks (the closed forms in zoo.gmm use them too)
+# ---------------------------------------------------------------------------------------------
+
+
+class _Components(NamedTuple):
+    """Per-component constants of the log-density, computed once per call (K x D x D work).
+
+    Rows are centred on the data's mean ``m`` (so that float32 rows far from the origin keep
+    their precision) and whitened against all K components at once, component-major:
+    ``y_k = (x - m) P_k + b_k`` with ``P_k = L_k^{-T}`` (full) or ``diag(1 / σ_k)``, and
+    ``b_k = (m - μ_k) P_k``; then ``log λ_k N(x | μ_k, S_k) = log_const_k - |y_k|² / 2``.
+    For full covariances the rows carry a trailing 1 and ``whiten_k = [[P_k, 0], [b_k, 1]]``,
+    so that one batched GEMM does all of it and ``[y_k, 1]`` comes out: its weighted second
+    moments hold the counts and first moments as well.
+    """
+
+    log_const: torch.Tensor  # (K, 1) log λ_k - D/2 log 2π - log det L_k
+    whiten: torch.Tensor  # full: (K, D+1, D+1) = [[P_k, 0], [b_k, 1]]; else (K, 1, D) = 1/σ_k
+    bias: torch.Tensor | None  # diag/spherical: (K, 1, D) = b_k; full: None (inside whiten)
+    center: torch.Tensor  # (D,) the shift m
+
+
+def _components(config: GMMConfig, params: Params, center: torch.Tensor) -> _Components:
+    _check_params(config, params)
+    weights, means = params["weights"], params["means"]
+    k, d = means.shape
+    if config.covariance_type == "full":
+        scale_tril = params["scale_tril"]
+        diagonal = scale_tril.diagonal(dim1=-2, dim2=-1)
+    else:
+        scale = params["scale"]
+        diagonal = scale if config.covariance_type == "diag" else scale[:, None].expand(k, d)
+    if not bool((diagonal > 0).all() & torch.isfinite(diagonal).all()):
+        raise InputError(f"the {SCALE_NAME[config.covariance_type]!r} parameter has a "
+                         "non-positive or non-finite scale, i.e. a singular covariance; raise "
+                         "reg_covar or start from other parameters")
+    log_const = (torch.log(weights) - 0.5 * d * math.log(2 * math.pi)
+                 - torch.log(diagonal).sum(-1))[:, None]
+    shift = center - means  # (K, D)
+    if config.covariance_type == "full":
+        identity = torch.eye(d, dtype=means.dtype, device=means.device).expand(k, d, d)
+        precision_factor = torch.linalg.solve_triangular(
+            scale_tril, identity, upper=False).transpose(-1, -2)  # P_k = L_k^{-T}, upper
+        whiten = torch.zeros(k, d + 1, d + 1, dtype=means.dtype, device=means.device)
+        whiten[:, :d, :d] = precision_factor
+        whiten[:, d, :d] = (shift[:, None, :] @ precision_factor)[:, 0]  # b_k
+        whiten[:, d, d] = 1.0  # carries the rows' 1 through: y's last column counts
+        return _Components(log_const, whiten, None, center)
+    inverse_scale = (1.0 / params["scale"]).reshape(k, 1, -1)
+    return _Components(log_const, inverse_scale, shift[:, None, :] * inverse_scale, center)
+
+
+def _augmented(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """``[x - m, 1]``, shape ``(N, D + 1)``: centred rows with the constant the bias needs."""
+    rows = torch.empty(x.shape[0], x.shape[1] + 1, dtype=x.dtype, device=x.device)
+    torch.sub(x, center, out=rows[:, :-1])
+    rows[:, -1] = 1.0
+    return rows
+
+
+def _whiten(config: GMMConfig, parts: _Components, rows: torch.Tensor) -> torch.Tensor:
+    """``(n, D + 1)`` augmented rows -> ``(K, n, D)`` whitened differences to every component
+    (full covariances: ``(K, n, D + 1)``, with a trailing 1)."""
+    if config.covariance_type == "full":
+        return torch.matmul(rows, parts.whiten)
+    return torch.addcmul(parts.bias, rows[:, :-1], parts.whiten)
+
+
+# Values per whitened row block (K x rows x D): about 1 MB of float32 on a CPU, so that a
+# block stays in cache between the few operations that touch it; on a GPU, where every kernel
+# launch costs more than the memory traffic, blocks of half a gigabyte.
+BLOCK_VALUES = {"cpu": 2**18, "cuda": 2**27}
+
+
+def _row_blocks(x: torch.Tensor, width: int):
+    """Row ranges of ``x`` whose whitened blocks hold about ``BLOCK_VALUES`` values."""
+    budget = BLOCK_VALUES.get(x.device.type, BLOCK_VALUES["cuda"])
+    rows = max(256, budget // max(width, 1))
+    for start in range(0, x.shape[0], rows):
+        yield slice(start, min(start + rows, x.shape[0]))
+
+
+def _log_joint_blocks(config: GMMConfig, parts: _Components, x: torch.Tensor):
+    """Yield ``([x - m, 1] : (n, D + 1), whitened y : (K, n, D or D + 1), log λ_k N(x | k) :
+    (K, n))`` per row block."""
+    augmented = _augmented(x, parts.center)
+    # |[y, 1]|² - 1 = |y|²: the trailing 1 costs no precision that a log-density needs
+    offset = parts.log_const + (0.5 if config.covariance_type == "full" else 0.0)
+    for rows in _row_blocks(x, config.components * config.dim):
+        block = augmented[rows]
+        y = _whiten(config, parts, block)
+        distance = torch.linalg.vector_norm(y, dim=-1)
+        yield block, y, torch.addcmul(offset, distance, distance, value=-0.5)
+
+
+def _prepare(config: GMMConfig, params: Params, x: torch.Tensor) -> _Components:
+    _check_data(config, x)
+    return _components(config, params, x.mean(0))
+
+
+def _normalize(joint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(K, n)`` log joint -> ``(log p(x) : (n,), responsibilities : (K, n))``, overwriting
+    ``joint``. Component-major, so that every reduction over the K components is a vectorized
+    operation across rows.
+
+    Responsibilities are floored at eps² of the row's largest (e^-32 in float32, e^-72 in
+    float64): that is far below what the sums can resolve, and it keeps every product of a
+    responsibility and whitened rows away from subnormal numbers, whose arithmetic is a
+    hundred times slower on a CPU.
+    """
+    peak = joint.amax(0)
+    floor = 2 * math.log(torch.finfo(joint.dtype).eps)
+    weights = joint.sub_(peak).clamp_(min=floor).exp_()
+    total = weights.sum(0)
+    return peak + total.log(), weights.div_(total)
+
+
+# ---------------------------------------------------------------------------------------------
+# The M-step
+# ---------------------------------------------------------------------------------------------
+
+
+class MixtureStatistics(NamedTuple):
+    """Posterior-weighted sufficient statistics of the data, about per-component centres.
+
+    With ``r_nk`` the responsibilities and ``c_k`` the centres (the previous means, or the
+    data's mean, as the E-step found convenient):
+    ``counts = Σ_n r_nk`` (K,), ``first = Σ_n r_nk (x_n - c_k)`` (K, D), ``second =
+    Σ_n r_nk (x_n - c_k)(x_n - c_k)ᵀ`` (K, D, D) for full covariances, or its diagonal (K, D).
+    Moments about a nearby centre, not about the origin, keep float32 free of cancellation.
+    """
+
+    counts: torch.Tensor
+    first: torch.Tensor
+    second: torch.Tensor
+    center: torch.Tensor
+    num_data: int
+
+
+def sufficient_statistics(config: GMMConfig, x: torch.Tensor,
+                          resp: torch.Tensor) -> MixtureStatistics:
+    """The statistics of ``x : (N, D)`` under responsibilities ``resp : (N, K)``, about the
+    weighted means."""
+    _check_data(config, x)
+    if resp.shape != (x.shape[0], config.components):
+        raise InputError(f"responsibilities have shape {tuple(resp.shape)}, expected "
+                         f"({x.shape[0]}, {config.components})")
+    counts = resp.sum(0)
+    center = (resp.T @ x) / (counts + 10 * torch.finfo(x.dtype).eps)[:, None]
+    first = resp.T @ x - counts[:, None] * center
+    k, d = center.shape
+    full = config.covariance_type == "full"
+    second = x.new_zeros((k, d, d) if full else (k, d))
+    for rows in _row_blocks(x, k * d):
+        diff = x[rows, None, :] - center  # (n, K, D)
+        weighted = diff * resp[rows, :, None]
+        if full:
+            second.baddbmm_(weighted.permute(1, 2, 0), diff.transpose(0, 1))
+        else:
+            second.add_((weighted * diff).sum(0))
+    return MixtureStatistics(counts, first, second, center, x.shape[0])
+
+
+def maximize(config: GMMConfig, x: torch.Tensor | None,
+             statistics: MixtureStatistics) -> Params:
+    """The parameters that maximize the expected complete-data log-likelihood given the
+    statistics, with ``reg_covar`` on the covariance diagonals (scikit-learn's M-step).
+
+    Raises :class:`InputError` when a covariance is singular (duplicated points, or a
+    component on a lower-dimensional subspace, with too small a ``reg_covar``)."""
+    counts, first, second, center, num_data = statistics
+    eps = torch.finfo(center.dtype).eps
+    totals = counts + 10 * eps  # as scikit-learn: an empty component keeps finite means
+    means = (first + counts[:, None] * center) / totals[:, None]  # Σ r x / totals
+    weights = totals / num_data
+    shift = means - center  # move the second moments from the centres to the new means
+    d = center.shape[1]
+    if config.covariance_type == "full":
+        cross = first[:, :, None] * shift[:, None, :]
+        scatter = (second - cross - cross.transpose(1, 2)
+                   + counts[:, None, None] * shift[:, :, None] * shift[:, None, :])
+        covariance = scatter / totals[:, None, None] + config.reg_covar * torch.eye(
+            d, dtype=scatter.dtype, device=scatter.device)
+        scale_tril, info = torch.linalg.cholesky_ex(covariance)
+        pivots = scale_tril.diagonal(dim1=-2, dim2=-1).square()
+        variances = covariance.diagonal(dim1=-2, dim2=-1)
+    else:
+        scatter = second - 2 * first * shift + counts[:, None] * shift.square()
+        variances = scatter / totals[:, None] + config.reg_covar
+        if config.covariance_type == "spherical":
+            variances = variances.mean(1, keepdim=True)
+        pivots, info = variances, torch.zeros_like(counts, dtype=torch.int32)
+    # A pivot at rounding level is a singular covariance even where Cholesky "succeeds":
+    # rounding noise of points equal to μ is about (eps |μ|)², of a flat direction eps * var.
+    floor = d * eps * variances.amax(-1) + (4 * eps * means.abs().amax(-1)).square()
+    singular = (info > 0) | ~(pivots > floor[:, None]).all(-1)
+    if bool(singular.any()):
+        k = int(singular.nonzero()[0, 0])
+        raise InputError(
+            f"component {k} of {config.components} has a singular covariance: its "
+            f"{float(counts[k]):.4g} points are duplicates or lie on a lower-dimensional "
+            f"subspace, and reg_covar={config.reg_covar:g} does not lift it; raise reg_covar "
+            "(e.g. 1e-6 for standardized data), use fewer components, or remove duplicated "
+            "points")
+    if config.covariance_type == "full":
+        scale = {"scale_tril": scale_tril}
+    elif config.covariance_type == "diag":
+        scale = {"scale": variances.sqrt()}
+    else:
+        scale = {"scale": variances.sqrt()[:, 0]}
+    return {"weights": weights, "means": means, **scale}
+
+
+def m_step(config: GMMConfig, x: torch.Tensor, resp: torch.Tensor) -> Params:
+    """Weighted means, covariances (+ ``reg_covar``) and weights given ``resp : (N, K)``."""
+    return maximize(config, x, sufficient_statistics(config, x, resp))
+
+
+def e_step(config: GMMConfig, params: Params,
+           x: torch.Tensor) -> tuple[MixtureStatistics, torch.Tensor]:
+    """EM's E-step, fused with the statistics the M-step needs.
+
+    Returns the posterior-weighted statistics of ``x : (N, D)`` (see :class:`MixtureStatistics`)
+    and the mean ``log p(x)`` at ``params`` (nats per datapoint, a 0-dim tensor).
+
+    Two exact routes. EM calls this with the same ``x`` every iteration, so where its quadratic
+    features fit in memory (:data:`FEATURE_VALUES`) and their rounding error is provably below
+    :data:`QUADRATIC_ERROR` nats, the features are built once and each iteration is two GEMMs and
+    a logsumexp (:func:`_e_step_quadratic`). Otherwise every row block is whitened against the
+    components (:func:`_e_step_whitened`), which is float32-safe at any offset or conditioning.
+    """
+    _check_data(config, x)
+    features = _quadratic_features(config, x)
+    if features is not None:
+        weights, bound = _quadratic_weights(config, params, features)
+        if bound <= QUADRATIC_ERROR:
+            return _e_step_quadratic(config, params, x, features, weights)
+    return _e_step_whitened(config, params, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The E-step on quadratic features, for data seen again and again
+# ---------------------------------------------------------------------------------------------
+
+# Most values of quadratic features kept between EM iterations (256 MB of float32).
+FEATURE_VALUES = 2**26
+# Largest worst-case rounding error of a log-density through the quadratic features, in nats;
+# beyond it (float32 data far from their mean, or nearly singular covariances) E-steps whiten.
+QUADRATIC_ERROR = 1e-3
+
+
+class _Features(NamedTuple):
+    """``φ(x - m)ᵀ``, shape ``(F, N)``: the products ``c_i c_j`` (i ≤ j; only ``c_i²`` for
+    diagonal covariances), then ``c``, then 1, for the rows centred on their mean ``m``."""
+
+    data: weakref.ref  # the tensor they belong to
+    version: int  # its in-place version counter when they were built
+    full: bool
+    values: torch.Tensor  # (F, N)
+    center: torch.Tensor  # (D,) m
+    radius: float  # max_n |x_n - m|²
+
+
+_FEATURES: list[_Features] = []  # at most one entry: the data of the EM run in progress
+
+
+def _quadratic_features(config: GMMConfig, x: torch.Tensor) -> _Features | None:
+    full = config.covariance_type == "full"
+    n, d = x.shape
+    quadratic = d * (d + 1) // 2 if full else d
+    if n * (quadratic + d + 1) > FEATURE_VALUES:
+        return None
+    if _FEATURES:
+        cached = _FEATURES[0]
+        if cached.data() is x and cached.version == x._version and cached.full == full:
+            return cached
+    center = x.mean(0)
+    rows = (x - center).T.contiguous()  # (D, N): gathering whole rows is a copy of memory
+    if full:
+        first, second = torch.triu_indices(d, d, device=x.device)
+        products = rows[first] * rows[second]
+    else:
+        products = rows.square()
+    values = torch.cat([products, rows, rows.new_ones(1, n)])
+    features = _Features(weakref.ref(x), x._version, full, values, center,
+                         float(rows.square().sum(0).max()))
+    _FEATURES[:] = [features]
+    weakref.finalize(x, _forget_dead_features)  # free them with the data
+    return features
+
+
+def _forget_dead_features() -> None:
+    _FEATURES[:] = [features for features in _FEATURES if features.data() is not None]
+
+
+def _quadratic_weights(config: GMMConfig, params: Params,
+                       features: _Features) -> tuple[torch.Tensor, float]:
+    """``W : (K, F)`` with ``W φ(c) = log λ_k N(x | μ_k, S_k)`` and an estimate of its largest
+    rounding error, in nats: ``eps * max(|c|², |δ|²) * max_k |Λ_k|_F`` with ``c = x - m``,
+    ``δ = μ - m``, which bounds ``eps Σ_ij |Λ_ij c_i c_j|``, the size of the terms that cancel.
+
+    ``-½ (c - δ)ᵀ Λ (c - δ) = -½ cᵀΛc + cᵀΛδ - ½ δᵀΛδ``, and ``cᵀΛc`` counts each ``c_i c_j``
+    with i < j twice."""
+    parts = _components(config, params, features.center)
+    means = params["means"]
+    k, d = means.shape
+    delta = means - features.center
+    if config.covariance_type == "full":
+        precision_factor = parts.whiten[:, :d, :d]  # P_k = L_k^{-T}: Λ_k = P_k P_kᵀ
+        precision = precision_factor @ precision_factor.transpose(-1, -2)
+        first, second = torch.triu_indices(d, d, device=means.device)
+        quadratic = -0.5 * precision[:, first, second] * (2.0 - (first == second).to(means.dtype))
+        linear = (precision @ delta[:, :, None])[..., 0]
+        norm = torch.linalg.matrix_norm(precision)  # Frobenius
+    else:
+        inverse_variance = parts.whiten[:, 0, :].square().expand(k, d)
+        quadratic = -0.5 * inverse_variance
+        linear = inverse_variance * delta
+        norm = torch.linalg.vector_norm(inverse_variance, dim=-1)
+    constant = parts.log_const[:, 0] - 0.5 * (linear * delta).sum(-1)
+    weights = torch.cat([quadratic, linear, constant[:, None]], 1)
+    scale = max(features.radius, float(delta.square().sum(-1).max()))
+    bound = torch.finfo(means.dtype).eps * scale * float(norm.max())
+    return weights, bound
+
+
+def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
+                      features: _Features, weights: torch.Tensor):
+    """Two GEMMs over the features: ``W φ`` gives every log joint, and ``R φᵀ`` every
+    responsibility-weighted sum of ``c_i c_j``, ``c`` and 1, i.e. all statistics about ``m``."""
+    k, d = config.components, config.dim
+    log_px, resp = _normalize(weights @ features.values)  # (K, N), component-major
+    sums = resp @ features.values.T  # (K, F)
+    quadratic = sums.shape[1] - d - 1
+    first, counts = sums[:, quadratic:-1], sums[:, -1]
+    if config.covariance_type == "full":
+        rows, columns = torch.triu_indices(d, d, device=x.device)
+        second = sums.new_zeros(k, d, d)
+        second[:, rows, columns] = sums[:, :quadratic]
+        second[:, columns, rows] = sums[:, :quadratic]
+    else:
+        second = sums[:, :quadratic]
+    center = features.center.expand(k, d)
+    return MixtureStatistics(counts, first, second, center, x.shape[0]), log_px.mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# The E-step by whitened row blocks, float32-safe
+# ---------------------------------------------------------------------------------------------
+
+
+def _e_step_whitened(config: GMMConfig, params: Params,
+                     x: torch.Tensor) -> tuple[MixtureStatistics, torch.Tensor]:
+    """One pass over ``x`` in cache-sized row blocks. Per block: one batched GEMM whitens the
+    rows against all K components, a logsumexp over components normalizes, and one batched GEMM
+    sums the responsibility-weighted moments of the whitened rows, which are mapped back with
+    ``L_k`` at the end. Four large operations per block and no small GEMM: on a busy machine
+    every multi-threaded operation waits for a core.
+    """
+    k, d = config.components, config.dim
+    full = config.covariance_type == "full"
+    total = x.new_zeros(())
+    # full: Σ r [y, 1]ᵀ[y, 1] holds Σ r y yᵀ, Σ r y and Σ r; diag: Σ r y², Σ r y, Σ r
+    second = x.new_zeros((k, d + 1, d + 1) if full else (k, d))
+    first, counts = x.new_zeros(k, d), x.new_zeros(k)
+    parts = _prepare(config, params, x)
+    for _, y, joint in _log_joint_blocks(config, parts, x):
+        log_px, resp = _normalize(joint)
+        total += log_px.sum()
+        weighted = y * resp[:, :, None]
+        if full:
+            second.baddbmm_(weighted.transpose(1, 2), y)
+        else:
+            second.add_((weighted * y).sum(1))
+            first.add_(weighted.sum(1))
+            counts.add_(resp.sum(1))
+    means = params["means"]
+    # back from whitened to data coordinates, about the current means μ_k:
+    # x - μ_k = y L_kᵀ (full) or y σ_k, so Σ r (x-μ)(x-μ)ᵀ = L_k (Σ r yᵀy) L_kᵀ
+    if full:
+        scale_tril = params["scale_tril"]
+        counts = second[:, d, d]
+        first = (scale_tril @ second[:, :d, d:])[..., 0]
+        second = scale_tril @ second[:, :d, :d] @ scale_tril.transpose(-1, -2)
+    else:
+        scale = params["scale"].reshape(k, -1)
+        first, second = first * scale, second * scale.square()
+    return MixtureStatistics(counts, first, second, means, x.shape[0]), total / x.shape[0]
