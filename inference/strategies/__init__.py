@@ -224,3 +224,18 @@ def _is(value: Any, kind: Any) -> bool:
     if kind is Any:
         return True
     return isinstance(kind, type) and isinstance(value, kind)
+
+
+def fit(spec: ModelSpec, config, x, *, inference: str | None = None, guide: str | None = None,
+        seed: int = 0, progress: bool = False, checkpoint: Path | None = None,
+        resume: bool = False, binarize: str | None = None, **options) -> FitResult:
+    """Fit ``spec`` to the tensor ``x : (N, D)`` with the named strategy (default: the first
+    that applies) and its options by keyword; no data loading, no judging, nothing written."""
+    strategy = get(inference, spec)
+    if guide is not None and not strategy.uses_guide:
+        raise InputError(f"--guide applies to strategies that take a guide, not "
+                         f"--inference {strategy.name}")
+    chosen = make_options(strategy.Options, options, owner=f"--inference {strategy.name}")
+    context = FitContext(seed=seed, progress=progress, checkpoint=checkpoint, resume=resume,
+                         binarize=binarize)
+    return strategy.fit(spec, config, x, chosen, guide=guide, context=context)
