@@ -58,9 +58,20 @@ def _model_in(argv: list[str]) -> ModelSpec | None:
     other flags), so that its own flags can be added."""
     if not argv or argv[0] not in ("fit", "compare", "check"):
         return None
-    known, _ = build_parser(None).parse_known_args(argv)
-    model = getattr(known, "model", None)
-    return get_model(model) if model else None
+    commands = next(a for a in build_parser(None)._actions
+                    if isinstance(a, argparse._SubParsersAction))
+    flags = commands.choices[argv[0]]._option_string_actions
+    position = 1
+    while position < len(argv):
+        token = argv[position]
+        if not token.startswith("-"):
+            return get_model(token)
+        action = flags.get(token)
+        # a known flag without a value, or --flag=value, is one token; any other flag (the
+        # model's own, unknown yet) is taken to have a value
+        takes_value = "=" not in token and (action is None or action.nargs != 0)
+        position += 2 if takes_value else 1
+    return None
 
 
 def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:

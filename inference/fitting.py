@@ -24,6 +24,7 @@ from inference.results import FitResult
 from inference.runs import check_writable, load_run, save_run
 from inference.strategies import FitContext, Strategy
 from zoo.errors import InputError
+from zoo import registry
 from zoo.registry import ModelSpec, model_reference
 
 DEFAULT_IWAE_SAMPLES = 1000
@@ -216,6 +217,9 @@ def _model_reference(run: dict, model: str | None, run_dir) -> str:
     name = run["model"]
     from_file = ":" in reference and reference.split(":", 1)[0].endswith(".py")
     if model is None:
+        loaded = registry.models().get(name)
+        if from_file and loaded is not None and model_reference(loaded) == reference:
+            return name  # this process already imported that file itself
         if from_file:
             path = reference.rsplit(":", 1)[0]
             raise InputError(f"run '{run_dir}' is of model '{name}' from a user file "

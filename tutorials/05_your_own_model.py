@@ -55,9 +55,9 @@ OUT = Path(os.environ.get("LVM_ZOO_TUTORIAL_OUT") or HERE / "output" / "05_your_
 OUT.mkdir(parents=True, exist_ok=True)
 STARTED = time.perf_counter()
 numbers: dict = {"smoke": SMOKE}  # every number the text promises; saved to numbers.json
-# the command line: the `lvm-zoo` next to this Python, else `python -m zoo`
+# the command line: the `lvm-zoo` next to this Python, else `python -m inference`
 LVM_ZOO = ([str(Path(sys.executable).with_name("lvm-zoo"))]
-           if Path(sys.executable).with_name("lvm-zoo").exists() else [sys.executable, "-m", "zoo"])
+           if Path(sys.executable).with_name("lvm-zoo").exists() else [sys.executable, "-m", "inference"])
 
 
 def lvm_zoo(*arguments: str) -> subprocess.CompletedProcess:

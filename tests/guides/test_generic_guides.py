@@ -12,10 +12,10 @@ from pyro import poutine
 
 import zoo.registry
 from guides.generic import FlowGuide
+from inference.catalog import get_model
 from inference.em import fit_em
 from inference.evaluate import fitted, iwae, pointwise_log_weights
 from inference.svi import fit_svi
-from zoo import get_model
 
 HEADER = '''
 from dataclasses import dataclass, field

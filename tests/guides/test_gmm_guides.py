@@ -12,6 +12,7 @@ from pyro import poutine
 from sklearn.exceptions import ConvergenceWarning
 
 from guides.gmm import GUIDES, AmortizedGuide, ExactGuide, MeanFieldGuide
+from inference.catalog import get_model
 from inference.decomposition import decompose_fit
 from inference.em import fit_em
 from inference.strategies import fit
@@ -20,7 +21,7 @@ from zoo import gmm
 from zoo.datasets import load_dataset
 from zoo.errors import InputError
 
-SPEC = gmm.SPEC
+SPEC = get_model("gmm")  # the zoo's spec joined to its guides
 CONFIG = gmm.GMMConfig(dim=2, components=2)
 
 

@@ -21,7 +21,8 @@ def test_list_names_models_guides_inference_and_datasets(capsys):
     code, out, _ = run(capsys, "list", "--json")
     assert code == 0
     listing = json.loads(out)
-    assert {"closed-form", "em", "svi"} == set(listing["inference"])
+    assert {"closed-form", "em", "kmeans", "svi"} == set(listing["inference"])
+    assert listing["inference"]["em"]["options"] == ["n_init", "init", "tol", "max_iter"]
     assert {"old-faithful", "iris", "digits", "mnist", "fashion-mnist", "frey-face"} <= set(
         listing["datasets"])
     assert "Trace_ELBO" in listing["elbo_estimators"]
@@ -105,7 +106,7 @@ def test_bad_input_exits_2_with_a_message_naming_it(capsys, tmp_path, case):
 
 
 def test_installed_entry_point_exits_2_without_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "zoo", "fit", "no-such-model"],
+    done = subprocess.run([sys.executable, "-m", "inference", "fit", "no-such-model"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "unknown model" in done.stderr

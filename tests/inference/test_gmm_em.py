@@ -11,12 +11,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
+from inference.catalog import get_model
 from inference.em import fit_em
 from inference.strategies import fit
 from zoo import gmm
 from zoo.errors import InputError
 
-SPEC = gmm.SPEC
+SPEC = get_model("gmm")  # the zoo's spec joined to its guides
 ITERATIONS = 6
 
 

@@ -14,8 +14,10 @@ import torch
 from pyro import poutine
 
 import zoo.registry
+from inference import catalog, strategies
+from inference.catalog import get_model
 from inference.cli import main
-from zoo import InputError, ModelSpec, declare, get_model
+from zoo import InputError, ModelSpec, declare
 
 MODEL_FILE = '''
 """One factor: z_n ~ N(0, 1), x_n | z_n ~ N(loc + w z_n, noise^2 I)."""
@@ -109,11 +111,11 @@ def test_its_options_come_from_its_config(capsys, model_file):
 
 def test_declare_builds_a_registered_spec_with_generic_guides(model_file):
     spec = get_model(model_file)
-    assert isinstance(spec, ModelSpec) and zoo.registry.models()["my-factor"] is spec
+    assert isinstance(spec, ModelSpec) and zoo.registry.models()["my-factor"].name == spec.name
     assert spec.summary == "one-factor model declared in a user file"  # from the docstring
     assert spec.local_sites == ("z",) and spec.global_sites == ()
     assert list(spec.guides) == ["auto-normal", "amortized", "flow"]
-    assert spec.inference_methods == ("svi",)
+    assert strategies.applicable(spec) == ["svi"]
     names = {f.name for f in dataclasses.fields(spec.config_class)}
     assert names == {"dim", "init_scale"}  # dim added, filled in from the data
     config = spec.make_config(3, init_scale=0.25)
@@ -151,7 +153,7 @@ def test_decorator_form_and_discrete_sites():
         return _mixture(x, num_data=num_data, subsample_size=subsample_size)
 
     assert callable(model) and model.__name__ == "model"  # the function comes back unchanged
-    spec = zoo.registry.models()["test-mixture-decorated"]
+    spec = catalog.models()["test-mixture-decorated"]
     assert list(spec.guides) == ["auto-normal", "amortized"]  # no continuous site to flow
     assert set(spec.default_elbo.values()) == {"TraceEnum_ELBO"}  # c is enumerated
     assert spec.config_class().dim == 2
@@ -164,6 +166,7 @@ def test_own_guides_replace_the_generic_ones():
     spec = declare("test-own-guides", _mixture, local_sites=("c",),
                    guides={"mine": guide_factory}, default_elbo={"mine": "TraceEnum_ELBO"},
                    default_guide="mine")
+    spec = catalog.join(spec)
     assert list(spec.guides) == ["mine"] and spec.default_guide == "mine"
 
 
@@ -192,7 +195,8 @@ def test_bad_declarations_say_what_to_fix(case):
     arguments, words = BAD_DECLARATIONS[case]
     arguments = dict(arguments)
     with pytest.raises(InputError, match=words.replace("(", r"\(")):
-        declare(arguments.pop("name"), arguments.pop("model"), **arguments)
+        # defaults that name generic guides are checked where the guides are joined
+        catalog.join(declare(arguments.pop("name"), arguments.pop("model"), **arguments))
 
 
 def test_a_model_file_with_a_declaration_error_exits_2(capsys, tmp_path):

@@ -14,6 +14,7 @@ from sklearn.datasets import load_iris
 from sklearn.mixture import GaussianMixture
 from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
+from inference import strategies
 from inference.catalog import get_model
 from zoo import gmm, gmm_em
 from zoo.errors import InputError
@@ -376,9 +377,9 @@ def test_prior_adds_log_prior_and_em_refuses_it(iris):
 
 def test_spec_is_registered_with_every_guide_and_closed_form():
     spec = get_model("gmm")
-    assert spec is gmm.SPEC
+    assert spec.em is gmm.SPEC.em and spec.config_class is gmm.SPEC.config_class
     assert set(spec.guides) == {"exact", "mean-field", "amortized", "enumerate"}
-    assert spec.inference_methods == ("em", "svi")
+    assert strategies.applicable(spec) == ["em", "kmeans", "svi"]
     assert spec.guides["mean-field"].per_datapoint and not spec.guides["exact"].per_datapoint
     assert spec.default_elbo["enumerate"] == "TraceEnum_ELBO"
     assert spec.local_sites == ("z",)

@@ -1,4 +1,4 @@
-"""``python -m zoo`` is the ``lvm-zoo`` command."""
+"""``python -m inference`` is the ``lvm-zoo`` command."""
 
 from inference.cli import main
 
