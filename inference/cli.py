@@ -102,7 +102,7 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
                          help="nuts: NUTS draws of the chosen rows' latents at each fit's "
                               "parameters, the reference posterior each guide is measured "
                               "against (models with continuous latents)")
-    compare.add_argument("--strategies", dest="strategies_chosen",
+    compare.add_argument("--strategies",
                          type=lambda text: tuple(text.split(",")),
                          help="run only these cells of the grid, e.g. em,svi-exact (default: "
                               "all; the names are the run folders' prefixes)")
@@ -297,7 +297,7 @@ def _fit(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     spec = get_model(args.model)
     rows = api.compare(spec, seeds=args.seeds, progress=not args.json and sys.stderr.isatty(),
-                       reference=args.reference, strategies_chosen=args.strategies_chosen,
+                       reference=args.reference, strategies=args.strategies,
                        gap_rows=args.gap_rows, draws=args.draws, data=_request(args),
                        seed=args.seed, out=args.out, iwae_samples=args.iwae_samples,
                        **_strategy_options(args), **_model_kwargs(args, spec))

@@ -23,8 +23,8 @@ from inference.figures import MODEL_FIGURES, load_model_figures, plot_curves
 from inference.results import FitResult
 from inference.runs import check_writable, load_run, save_run
 from inference.strategies import FitContext, Strategy
-from zoo.errors import InputError
 from zoo import registry
+from zoo.errors import InputError
 from zoo.registry import ModelSpec, model_reference
 
 DEFAULT_IWAE_SAMPLES = 1000

@@ -24,7 +24,7 @@ import torch
 from torch.distributions import Categorical
 
 from inference import posterior_export as export
-from inference import strategies
+from inference import strategies as registry
 from inference.catalog import get_model
 from inference.compare.figures import comparison_figures
 from inference.compare.fits import Fit, anchor_of
@@ -47,12 +47,12 @@ def strategy_grid(spec: ModelSpec, config=None, x: torch.Tensor | None = None,
     """Every cell of ``spec``'s grid, strategy by strategy in registry order. ``grid_options``
     are the strategies' ``GridOptions`` fields (SVI's ``elbos``)."""
     cells = []
-    for name in strategies.applicable(spec):
-        strategy = strategies.strategies()[name]
+    for name in registry.applicable(spec):
+        strategy = registry.strategies()[name]
         options = None
         if strategy.GridOptions is not None:
             names = {f for f in strategy.GridOptions.__dataclass_fields__}
-            options = strategies.make_options(
+            options = registry.make_options(
                 strategy.GridOptions, {k: v for k, v in grid_options.items() if k in names},
                 owner=f"compare --inference {name}")
         cells += strategy.cells(spec, config, x, options)
@@ -60,13 +60,13 @@ def strategy_grid(spec: ModelSpec, config=None, x: torch.Tensor | None = None,
 
 
 def grid_option_names() -> set[str]:
-    return {f for s in strategies.strategies().values() if s.GridOptions is not None
+    return {f for s in registry.strategies().values() if s.GridOptions is not None
             for f in s.GridOptions.__dataclass_fields__}
 
 
 def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = None,
             data: DataRequest | str | None = None, seed: int = 0,
-            strategies_chosen: Sequence[str] | None = None, reference: str | None = None,
+            strategies: Sequence[str] | None = None, reference: str | None = None,
             gap_rows: int = GAP_ROWS, draws: int = export.DRAWS, report: bool = True,
             progress: bool = False, iwae_samples: int | None = None,
             **options) -> list[dict]:
@@ -75,7 +75,7 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     returns one record per fit.
 
     ``options`` are the model's config fields, the strategies' options (each cell takes those
-    of its own strategy) and the strategies' grid options (``elbos``); ``strategies_chosen``
+    of its own strategy) and the strategies' grid options (``elbos``); ``strategies``
     keeps only the named cells (by slug: ``"em"``, ``"svi-exact"``); ``reference="nuts"``
     adds NUTS as the reference posterior; ``gap_rows`` (0: none) sizes the amortization-gap
     subset; ``draws`` is the number of posterior draws exported per fit.
@@ -93,7 +93,7 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     x_train = loaded.train
     if reference == "nuts":
         export.check_nuts_applies(spec, config, x_train)
-    cells = _chosen(strategy_grid(spec, config, x_train, **grid_options), strategies_chosen)
+    cells = _chosen(strategy_grid(spec, config, x_train, **grid_options), strategies)
     plans = [(cell, _cell_options(cell, fit_options)) for cell in cells]
     for cell, cell_options in plans:  # every cell's options are checked before any fit
         prepare(spec, inference=cell.strategy, guide=cell.guide, **cell_options)
@@ -107,7 +107,7 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
             fitted = fit(spec, inference=cell.strategy, guide=cell.guide, seed=s, loaded=loaded,
                          progress=progress, iwae_samples=iwae_samples, **model_options,
                          **cell_options)
-            item = Fit(cell, s, fitted, baseline=strategies.strategies()[cell.strategy].baseline)
+            item = Fit(cell, s, fitted, baseline=registry.strategies()[cell.strategy].baseline)
             item.add(strategy=cell.label,
                      elbo_estimator=fitted.result.info.get("elbo_estimator"),
                      compare_dir=str(compare_dir))
@@ -143,7 +143,7 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
 
 def _cell_options(cell: Cell, options: dict) -> dict:
     """The options of ``cell``'s own strategy among ``options``, with the cell's overrides."""
-    names = set(strategies.strategies()[cell.strategy].Options.__dataclass_fields__)
+    names = set(registry.strategies()[cell.strategy].Options.__dataclass_fields__)
     return {**{k: v for k, v in options.items() if k in names}, **dict(cell.overrides)}
 
 
@@ -154,8 +154,8 @@ def _baselines(spec: ModelSpec, config, loaded, compare_dir: Path, seed: int,
     records = []
     for name, derive in spec.baselines.items():
         other = get_model(name)
-        for inference in strategies.applicable(other):
-            if not strategies.strategies()[inference].baseline:
+        for inference in registry.applicable(other):
+            if not registry.strategies()[inference].baseline:
                 continue
             if progress:
                 print(f"compare: baseline {name} {inference}", file=sys.stderr, flush=True)

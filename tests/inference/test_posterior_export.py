@@ -8,6 +8,7 @@ import torch
 from inference import api
 from inference import posterior_export as export
 from inference.catalog import get_model
+from inference.data import DataRequest
 from inference.strategies import fit
 from zoo.errors import InputError
 
@@ -17,7 +18,7 @@ DRAWS = 400
 @pytest.fixture(scope="module")
 def ppca():
     spec = get_model("ppca")
-    _, x, _, _ = api.load_data(spec, data="iris", device="cpu")
+    x = api.load(DataRequest("iris", device="cpu"), spec).train
     config = spec.make_config(dim=4, latent_dim=2)
     return spec, config, x
 
@@ -85,7 +86,7 @@ def test_enumerated_guide_draws_from_the_responsibilities():
     """The GMM's 'enumerate' guide has no z: TraceEnum_ELBO sums it out, so its draws come
     from the exact conditional (infer_discrete) and match the responsibilities."""
     spec = get_model("gmm")
-    _, x, _, _ = api.load_data(spec, device="cpu")
+    x = api.load(DataRequest(device="cpu"), spec).train
     config = spec.make_config(dim=2)
     result = _svi(spec, config, x, "enumerate", steps=50)
     rows = torch.arange(0, 200, 5)

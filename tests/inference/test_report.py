@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from inference import api
+from inference.data import DataRequest
 from tests.toy import TOY
 
 # Written into the DOM once the page has loaded, so that --dump-dom reports what the browser
@@ -50,7 +51,8 @@ def headless(browser: str, profile, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    api.compare(TOY, standardize=True, steps=30, seeds=2, gap_rows=8, draws=20, out=out)
+    api.compare(TOY, data=DataRequest(standardize=True), steps=30, seeds=2, gap_rows=8,
+                draws=20, out=out)
     return out / "report.html"
 
 
