@@ -86,6 +86,9 @@ def prepare(spec: ModelSpec | str, *, inference: str | None = None, guide: str |
     """Everything about a fit that can be checked before data are loaded: the spec, the
     strategy, its validated options, and the model's own options."""
     spec = get_model(spec)
+    if inference is None and guide is not None:  # a guide asks for a strategy that takes one
+        inference = next((name for name in strategies.applicable(spec)
+                          if strategies.strategies()[name].uses_guide), None)
     strategy = strategies.get(inference, spec)
     if guide is not None and not strategy.uses_guide:
         raise InputError(f"--guide applies to strategies that take a guide, not "

@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from inference import api
+from inference import api, strategies
 from inference.catalog import get_model
 from inference.check import check
 from inference.figures import present
@@ -146,7 +146,7 @@ print(f"wrote {model_path} ({len(MODEL_FILE.splitlines())} lines)")
 reference = f"{model_path}:robust-factor"
 spec = get_model(reference)
 print(f"{spec.name}: {spec.summary}")
-print(f"inference: {', '.join(spec.inference_methods)}; guides: {', '.join(spec.guides)}; "
+print(f"inference: {', '.join(strategies.applicable(spec))}; guides: {', '.join(spec.guides)}; "
       f"default ELBO per guide: {dict(spec.default_elbo)}")
 
 # %% [markdown]
@@ -223,11 +223,12 @@ print(f"the whole report: {compare_dir / 'report.html'}")
 # The built-in factor analysis (`fa`) is the same model with Gaussian noise, fitted by EM, with
 # an exact log p(x). The same split (the seed fixes it) and the same units make the numbers
 # comparable: on iris, is Student-t noise worth it? Every command also has a Python face with
-# the same names: here `api.fit`.
+# the same names: here `api.fit`, which fits in memory and returns the fit with its record
+# (`api.save` would write the run folder). The data flags travel together as a `DataRequest`.
 
 # %%
-fa = api.fit("fa", data="iris", standardize=True, latent_dim=1, inference="em",
-             max_iter=5000, out=OUT / "fa-em", figures=False)
+fa = api.fit("fa", data=api.DataRequest("iris", standardize=True), latent_dim=1,
+             inference="em", max_iter=5000).record
 numbers["fa_test_log_likelihood"] = fa["test_log_likelihood"]
 print(f"factor analysis (EM, exact): train {fa['train_log_likelihood']:.4f}, held out "
       f"{fa['test_log_likelihood']:.4f} nats per flower")
