@@ -56,11 +56,13 @@ def fit_em(
     generator = torch.Generator(device=x.device).manual_seed(seed)
     start = time.perf_counter()
     best = None
+    finals = []
     for restart in range(n_init):
         params = (dict(method) if isinstance(method, dict)
                   else spec.em.init(config, x, generator, method))
         params, history, converged = _em_run(spec, config, x, params, tol, max_iter,
                                              progress and restart == 0)
+        finals.append(history[-1])
         if best is None or history[-1] > best[1][-1]:
             best = (params, history, converged, restart)
     params, history, converged, restart = best
@@ -74,7 +76,8 @@ def fit_em(
         model=spec.name, inference="em", guide=None, params=params,
         history={"log_likelihood": history}, seconds=time.perf_counter() - start,
         steps=len(history) - 1, converged=converged, device=str(x.device), seed=seed,
-        info={"n_init": n_init, "best_restart": restart, "tol": tol, "max_iter": max_iter,
+        info={"n_init": n_init, "best_restart": restart, "restart_log_likelihoods": finals,
+              "tol": tol, "max_iter": max_iter,
               "init": method if isinstance(method, str) else "given"})
 
 

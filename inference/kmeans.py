@@ -33,6 +33,7 @@ class KMeansResult(NamedTuple):
     n_iter: int  # Lloyd iterations of the kept restart
     converged: bool
     seconds: float
+    restart_inertias: tuple[float, ...] = ()  # every restart's final inertia, in order
 
 
 def kmeans(
@@ -73,6 +74,7 @@ def kmeans(
     absolute_tol = tol * float(x.var(0, unbiased=False).mean())
     generator = torch.Generator(device=x.device).manual_seed(seed)
     best = None
+    inertias = []
     for _ in range(n_init):
         if given:
             centers = init.to(dtype=x.dtype, device=x.device)
@@ -82,6 +84,7 @@ def kmeans(
             rows = torch.randperm(num_data, generator=generator, device=x.device)[:k]
             centers = x[rows].clone()
         run = lloyd(x, centers, max_iter=max_iter, tol=absolute_tol)
+        inertias.append(run.inertia)
         if best is None or run.inertia < best.inertia:
             best = run
     if not best.converged:
@@ -89,4 +92,4 @@ def kmeans(
                       "max_iter, loosen tol, or standardize the data", ConvergenceWarning,
                       stacklevel=2)
     return KMeansResult(best.centers, best.labels, best.inertia, best.n_iter, best.converged,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, tuple(inertias))
