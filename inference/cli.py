@@ -291,6 +291,12 @@ def _fit(args: argparse.Namespace) -> int:
                      progress=not args.json and sys.stderr.isatty(), **options)
     api.save(fitted, run_dir)
     _print_rows([fitted.record], args.json, single=True)
+    summary = fitted.record.get("posterior_summary")
+    if summary and not args.json:
+        print("posterior of the global latents (mean, sd, 94% HDI):")
+        for row in summary:
+            print(f"  {row['site']:<16} {row['mean']:>10.4f} {row['sd']:>9.4f}  "
+                  f"[{row['hdi_3%']:.4f}, {row['hdi_97%']:.4f}]")
     return 0
 
 

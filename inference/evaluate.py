@@ -19,7 +19,9 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import transform_to
 
+from inference.global_latents import global_yardstick
 from inference.results import FitResult
+from inference.sampling import own_random_stream, vectorized
 from zoo.registry import ModelSpec, Params
 
 
@@ -80,25 +82,6 @@ def pointwise_log_weights(model, guide, x: torch.Tensor, num_samples: int, *,
     return torch.cat(out, dim=1)
 
 
-@contextmanager
-def own_random_stream(seed: int, device: torch.device | None = None):
-    """Draws inside come from a stream seeded by ``seed`` (on the CPU and on ``device``), and
-    the caller's random state is as it was afterwards: Monte Carlo figures reproduce exactly."""
-    devices = [device] if device is not None and torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def vectorized(fn, num_particles: int):
-    """``fn`` run with ``num_particles`` independent draws at once, in a plate at dim −2
-    (outside the data plate)."""
-    def wrapped(*args, **kwargs):
-        with pyro.plate("particles", num_particles, dim=-2):
-            return fn(*args, **kwargs)
-    return wrapped
-
-
 def guide_site(guide_fn, x: torch.Tensor, site: str):
     """The distribution the guide puts on ``site`` for the rows ``x`` (``None``: it leaves
     the site to the model, e.g. to enumeration)."""
@@ -144,9 +127,11 @@ def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tens
     """The yardstick for one fit, every figure in mean nats per datapoint.
 
     Returns ``train_log_likelihood``, ``test_log_likelihood`` (``None`` without test rows),
-    ``log_likelihood_method`` ("exact" or "iwae-K"), ``elbo`` (train; ``None`` without a guide)
-    and ``gap`` = log p(x) − ELBO on the training rows. Monte Carlo draws use their own
-    random stream seeded by ``seed``, so the same files give the same numbers.
+    ``log_likelihood_method`` ("exact", "iwae-K" per row, or for models with global latents
+    "iwae-joint-K" / "iwae-nested-KxM": :mod:`inference.global_latents`), ``elbo`` (train;
+    ``None`` without a guide) and ``gap`` = log p(x) − ELBO on the training rows. Monte Carlo
+    draws use their own random stream seeded by ``seed``, so the same files give the same
+    numbers.
     """
     with own_random_stream(seed, x_train.device):
         return _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples)
@@ -155,6 +140,8 @@ def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tens
 def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples) -> dict:
     metrics: dict = {"log_likelihood_method": "exact"}
     guide = result.guide if result.guide in spec.guides else None
+    if spec.log_marginal is None and spec.global_sites and guide is not None:
+        return _evaluate_global(spec, config, result, guide, x_train, x_test, num_samples)
     splits = {"train": x_train, "test": x_test}
     if spec.log_marginal is not None:
         metrics["log_likelihood_method"] = "exact"
@@ -180,6 +167,19 @@ def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_sampl
         metrics["elbo"] = float(weights.mean())
         if metrics["train_log_likelihood"] is not None:
             metrics["gap"] = metrics["train_log_likelihood"] - metrics["elbo"]
+    return metrics
+
+
+def _evaluate_global(spec, config, result, guide, x_train, x_test, num_samples) -> dict:
+    """Models with global latents: the joint (or nested) estimate of log p(X) / N, the
+    posterior predictive on held-out rows, the whole-data ELBO / N (:mod:`global_latents`)."""
+    local = bool(spec.local_sites)
+    with fitted(spec, config, result.params, x_train, guide=guide,
+                guide_params=result.guide_params) as (model, guide_fn):
+        held_out = None if local and _per_datapoint(spec, guide) else x_test
+        metrics = global_yardstick(model, guide_fn, x_train, held_out, spec.global_sites,
+                                   local=local, num_samples=num_samples)
+    metrics["gap"] = metrics["train_log_likelihood"] - metrics["elbo"]
     return metrics
 
 

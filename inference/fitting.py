@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from inference import posterior_export as export
 from inference import strategies
 from inference.catalog import get_model
 from inference.data import DTYPES, DataRequest, LoadedData, load
@@ -142,14 +143,42 @@ def default_run_dir(model: str, inference: str, guide: str | None, data: str,
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def save(fitted: Fitted, out: str | Path | None = None, *, figures: bool = True) -> Path:
+def global_posterior(fitted: Fitted, num_draws: int = export.DRAWS):
+    """ArviZ InferenceData of the fit's posterior over the model's global latent sites (and a
+    few training rows' local ones), or ``None`` for a model without global latents or a fit
+    without a guide. ``export.summary(idata)`` gives mean, sd and HDI per site."""
+    spec, result = fitted.spec, fitted.result
+    if not spec.global_sites or result.guide is None:
+        return None
+    x = fitted.data.train
+    draws = export.draw_posterior(spec, fitted.config, result, x,
+                                  rows=export.chosen_rows(x.shape[0], seed=fitted.seed),
+                                  label=f"{result.inference} {result.guide}",
+                                  num_draws=num_draws, seed=fitted.seed)
+    if draws is None:
+        return None
+    return export.to_inference_data(draws, history=result.history,
+                                    attrs={"model": spec.name, "guide": result.guide,
+                                           "seed": fitted.seed})
+
+
+def save(fitted: Fitted, out: str | Path | None = None, *, figures: bool = True,
+         posterior: bool = True) -> Path:
     """Write ``fitted``'s run directory (``out``, default ``runs/<model>-<strategy>-...``):
-    run.json, metrics.json, params.pt, history.json and, with ``figures``, its figures."""
+    run.json, metrics.json, params.pt, history.json and, with ``figures``, its figures; with
+    ``posterior``, a model with global latents also gets ``posterior.nc`` (ArviZ)."""
     run_dir = Path(out) if out is not None else default_run_dir(
         fitted.spec.name, fitted.result.inference, fitted.result.guide,
         fitted.data.dataset.name, fitted.seed)
     check_writable(run_dir)
     fitted.run_dir = run_dir
+    idata = global_posterior(fitted) if posterior else None
+    if idata is not None:
+        fitted.extra["posterior_file"] = str(export.save_inference_data(
+            idata, run_dir / export.POSTERIOR_FILE))
+        fitted.extra["posterior_summary"] = export.summary(
+            idata, var_names=list(fitted.spec.global_sites)).reset_index(
+            names="site").to_dict("records")
     save_run(run_dir, fitted.run_record(), fitted.result, fitted.record)
     if figures:
         _figures(fitted, run_dir)

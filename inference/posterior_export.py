@@ -36,9 +36,10 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.subsample_messenger import _Subsample
 
-from inference.evaluate import fitted, own_random_stream, vectorized
+from inference.evaluate import fitted
 from inference.figures import plt, save_figure
 from inference.results import FitResult
+from inference.sampling import own_random_stream, vectorized
 from zoo.errors import InputError
 from zoo.registry import ModelSpec
 

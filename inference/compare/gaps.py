@@ -17,8 +17,9 @@ import torch
 from torch.distributions import Categorical, Independent, MultivariateNormal, Normal
 
 from inference.decomposition import elbo_decomposition
-from inference.evaluate import fitted, guide_site, iwae, own_random_stream, pointwise_log_weights
+from inference.evaluate import fitted, guide_site, iwae, pointwise_log_weights
 from inference.results import FitResult
+from inference.sampling import own_random_stream
 from zoo.errors import InputError
 from zoo.registry import ModelSpec
 

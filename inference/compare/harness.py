@@ -123,7 +123,8 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     if reference == "nuts":
         _nuts_reference(spec, config, fits, x_train, rows_chosen, seed)
     for item in fits:
-        save(item.fitted, compare_dir / f"{item.cell.slug}-seed{item.seed}", figures=False)
+        save(item.fitted, compare_dir / f"{item.cell.slug}-seed{item.seed}", figures=False,
+             posterior=False)  # the comparison exports its own posterior.nc next
         _export(item)
     records = [item.record for item in fits]
     records += _baselines(spec, config, loaded, compare_dir, seed, progress)
