@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from inference import api, strategies
 from inference.catalog import get_model
@@ -27,7 +30,18 @@ from inference.compare.harness import grid_option_names
 from inference.compare.tables import format_table, summarize
 from inference.data import DEVICES, DTYPES, DataRequest
 from inference.fitting import default_run_dir, prepare
-from inference.runs import check_writable
+from inference.runs import (
+    CHECKPOINT_FILE,
+    RUN_FILE,
+    check_writable,
+    earlier_files,
+    fresh_folder,
+    load_checkpoint,
+    locked,
+    read_json,
+    refuse_earlier,
+    remove_earlier,
+)
 from inference.svi import TrainingDiverged
 from zoo.errors import InputError
 from zoo.registry import ModelSpec
@@ -35,6 +49,7 @@ from zoo.registry import ModelSpec
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    spec = args = None
     try:
         spec = _model_in(argv)
         args = build_parser(spec).parse_args(argv)
@@ -48,9 +63,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"lvm-zoo: training stopped: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a full disk, a folder made read-only while writing
+        print(f"lvm-zoo: error: {_os_error(error)}", file=sys.stderr)
+        return 2
+    except (FloatingPointError, torch.linalg.LinAlgError) as error:
+        print(f"lvm-zoo: error: {_numerical_error(error, args, spec)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("lvm-zoo: interrupted", file=sys.stderr)
         return 130
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space, or write elsewhere with --out",
+    errno.EDQUOT: "the disk quota is used up: free some space, or write elsewhere with --out",
+    errno.EACCES: "check its permissions, or write to a folder of your own with --out",
+    errno.EPERM: "check its permissions, or write to a folder of your own with --out",
+    errno.EROFS: "the file system is read-only: write elsewhere with --out",
+    errno.ENOENT: "check the path (was the folder removed meanwhile?)",
+}
+
+
+def _os_error(error: OSError) -> str:
+    """``<file>: <strerror>; <fix>`` for an operating-system error."""
+    where = error.filename if error.filename is not None else error.filename2
+    what = error.strerror or str(error) or type(error).__name__
+    fix = _OS_FIXES.get(error.errno, "check the file and the disk, then run again")
+    return f"{where}: {what}; {fix}" if where is not None else f"{what}; {fix}"
+
+
+def _numerical_error(error: Exception, args, spec: ModelSpec | None) -> str:
+    """One line for a fit that failed in floating point: the data, what broke, the fixes."""
+    data = getattr(args, "data", None) or (spec.default_data if spec is not None else None)
+    kind = ("LinAlgError" if isinstance(error, torch.linalg.LinAlgError)
+            else type(error).__name__)
+    detail = (str(error).strip().splitlines() or [""])[0]
+    fixes = []
+    if not getattr(args, "standardize", False):
+        fixes.append("rescale it with --standardize")
+    if getattr(args, "dtype", "float32") != "float64":
+        fixes.append("fit in --dtype float64")
+    fixes = fixes or ["rescale the data yourself (its values are too large or too alike)"]
+    return (f"the fit on {data or 'the data'} failed numerically ({kind}: {detail}); "
+            + ", or ".join(fixes))
 
 
 def _model_in(argv: list[str]) -> ModelSpec | None:
@@ -93,6 +148,8 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
     _model_options(fit, spec)
     fit.add_argument("--resume", action="store_true",
                      help="continue an SVI run from the checkpoint in --out")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="replace the finished run in --out (otherwise it is refused)")
     fit.set_defaults(handler=_fit)
 
     compare = commands.add_parser("compare", help="every applicable strategy on one split")
@@ -111,6 +168,9 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
                               "fitted per datapoint (0: skip it; a closed-form q* uses all)")
     compare.add_argument("--draws", type=int, default=200,
                          help="posterior draws per fit in the exported InferenceData")
+    compare.add_argument("--overwrite", action="store_true",
+                         help="replace the comparison already in --out: its files and run "
+                              "folders (otherwise it is refused)")
     grid = compare.add_argument_group("grid")
     for strategy in strategies.strategies().values():
         if strategy.GridOptions is not None:
@@ -277,19 +337,30 @@ def _list(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace) -> int:
     options = {**_strategy_options(args), **_model_kwargs(args, get_model(args.model))}
-    spec, strategy, _, _ = prepare(args.model, inference=args.inference, guide=args.guide,
-                                   **options)  # every option checked before data or work
+    spec, strategy, _, model_options = prepare(
+        args.model, inference=args.inference, guide=args.guide,
+        **options)  # every option checked before data or work
+    if args.resume and args.overwrite:
+        raise InputError("--resume continues the run in --out and --overwrite replaces it; "
+                         "give one of them")
     request = _request(args)
-    run_dir = Path(args.out) if args.out else default_run_dir(
-        spec.name, strategy.name, args.guide or (spec.default_guide if strategy.uses_guide
-                                                 else None),
-        request.name or spec.default_data, args.seed)
+    guide = args.guide or ((spec.default_guide or next(iter(spec.guides), None))
+                           if strategy.uses_guide else None)
+    run_dir = Path(args.out) if args.out else fresh_folder(default_run_dir(
+        spec.name, strategy.name, guide, request.name or spec.default_data, args.seed))
     check_writable(run_dir)  # a folder that cannot be written fails now, not after training
-    fitted = api.fit(spec, inference=strategy.name, guide=args.guide, data=request,
-                     seed=args.seed, iwae_samples=args.iwae_samples,
-                     checkpoint=run_dir / "checkpoint.pt", resume=args.resume,
-                     progress=not args.json and sys.stderr.isatty(), **options)
-    api.save(fitted, run_dir)
+    with locked(run_dir):  # held until the run is saved: one writer per folder
+        refuse_earlier(run_dir, comparison=False, resume=args.resume, overwrite=args.overwrite)
+        if args.resume:
+            _check_resume(run_dir, spec, strategy.name, guide, model_options, request,
+                          args.seed)
+        earlier = earlier_files(run_dir, comparison=False) if args.overwrite else {}
+        fitted = api.fit(spec, inference=strategy.name, guide=args.guide, data=request,
+                         seed=args.seed, iwae_samples=args.iwae_samples,
+                         checkpoint=run_dir / CHECKPOINT_FILE, resume=args.resume,
+                         progress=not args.json and sys.stderr.isatty(), **options)
+        api.save(fitted, run_dir)
+        remove_earlier(earlier)  # --overwrite: what the new run did not write anew
     _print_rows([fitted.record], args.json, single=True)
     summary = fitted.record.get("posterior_summary")
     if summary and not args.json:
@@ -300,12 +371,50 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_resume(run_dir: Path, spec: ModelSpec, inference: str, guide: str | None,
+                  model_options: dict, request: DataRequest, seed: int) -> None:
+    """Before any data are loaded: the checkpoint can be read, and the run in ``run_dir``
+    (its run.json, when it has one) was fitted with the model, strategy, guide, config, data
+    and seed asked for now, so that resuming continues the same fit."""
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        load_checkpoint(run_dir / CHECKPOINT_FILE)  # truncated or foreign: an InputError now
+    if not (run_dir / RUN_FILE).is_file():
+        return
+    record = read_json(run_dir / RUN_FILE, dict)
+    differences = [f"--{key} {record[key]}, not {now}" for key, now in
+                   (("model", spec.name), ("inference", inference), ("guide", guide),
+                    ("seed", seed)) if key in record and record[key] != now]
+    stored = record.get("config")
+    if isinstance(stored, dict) and isinstance(stored.get("dim"), int) and not differences:
+        wanted = dataclasses.asdict(spec.make_config(dim=stored["dim"], **model_options))
+        differences += [f"{strategies.flag(key)} {_plain(stored[key])}, not {_plain(value)}"
+                        for key, value in wanted.items()
+                        if key in stored and _plain(stored[key]) != _plain(value)]
+    data = record.get("data")
+    if isinstance(data, dict):
+        now = request.to_dict()
+        differences += [f"{strategies.flag(key) if key != 'name' else '--data'} "
+                        f"{data[key]}, not {now[key]}"
+                        for key in ("name", "test_fraction", "binarize", "standardize", "dtype")
+                        if key in data and data[key] != now[key]]
+    if differences:
+        raise InputError(f"--resume: the run in {run_dir} was fitted with "
+                         f"{'; '.join(differences)}; resume with the same options, or fit "
+                         "into a new --out")
+
+
+def _plain(value):
+    """Lists and tuples alike (run.json stores tuples as lists)."""
+    return tuple(_plain(v) for v in value) if isinstance(value, list | tuple) else value
+
+
 def _compare(args: argparse.Namespace) -> int:
     spec = get_model(args.model)
     rows = api.compare(spec, seeds=args.seeds, progress=not args.json and sys.stderr.isatty(),
                        reference=args.reference, strategies=args.strategies,
                        gap_rows=args.gap_rows, draws=args.draws, data=_request(args),
                        seed=args.seed, out=args.out, iwae_samples=args.iwae_samples,
+                       overwrite=args.overwrite,
                        **_strategy_options(args), **_model_kwargs(args, spec))
     if args.json:
         _print_rows(rows, True, single=False)

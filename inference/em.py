@@ -1,9 +1,19 @@
 """One EM loop for every model with closed-form E and M steps.
 
 In the spirit of scikit-learn's ``BaseMixture.fit``: ``n_init`` restarts, a tolerance on the
-change of the mean log-likelihood, ``max_iter``, the full history, the best restart kept, and a
-``ConvergenceWarning`` that says what to try. The model supplies the numerics
-(:class:`zoo.registry.EMSteps`); this loop only orders them.
+change of the mean log-likelihood (nats per datapoint, scikit-learn's unit), ``max_iter``, the
+full history, the best restart kept, and a ``ConvergenceWarning`` that says what to try. The
+model supplies the numerics (:class:`zoo.registry.EMSteps`); this loop only orders them.
+
+Where EM crawls (factor analysis: thousands of iterations, each gaining almost nothing), the
+loop can accelerate it with SQUAREM (Varadhan & Roland 2008, scheme S3): from two EM updates
+``θ0 -> θ1 -> θ2`` it extrapolates along ``r = θ1 - θ0`` and ``v = θ2 - 2 θ1 + θ0`` to
+``θ' = θ0 - 2 α r + α² v`` with ``α = -|r| / |v|`` (at most -1), takes one stabilizing EM update
+from ``θ'``, and keeps the result only if its log-likelihood is at least that of ``θ2``;
+otherwise it falls back to ``θ2``. So the history stays monotone, as plain EM's. The
+extrapolation runs in unconstrained coordinates read from the model's ``pyro.param``
+constraints (log for positive variances, stick-breaking for simplex weights, log-diagonal for
+Cholesky factors), so that every extrapolated point is a valid parameter.
 """
 
 from __future__ import annotations
@@ -12,13 +22,26 @@ import math
 import time
 import warnings
 
+import pyro
 import torch
+from pyro.poutine.messenger import Messenger
 from sklearn.exceptions import ConvergenceWarning
+from torch.distributions import biject_to, constraints
 from tqdm.auto import tqdm
 
 from inference.results import FitResult
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, Params
+
+TOL = 1e-6  # nats per datapoint: scikit-learn's GaussianMixture stops at 1e-3
+MAX_ITER = 500  # EM updates: scikit-learn's GaussianMixture stops at 100
+STEP_GROWTH = 4.0  # SQUAREM's step bound |α| grows (shrinks) by this when it binds (fails)
+
+
+def accelerates_by_default(spec: ModelSpec) -> bool:
+    """Whether EM on ``spec`` uses SQUAREM unless told otherwise: the model's EM steps say so
+    with an ``accelerate`` attribute (off where they do not)."""
+    return bool(getattr(spec.em, "accelerate", False))
 
 
 def fit_em(
@@ -28,17 +51,24 @@ def fit_em(
     *,
     n_init: int = 1,
     init: str | Params | None = None,
-    tol: float = 1e-6,
-    max_iter: int = 500,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
+    accelerate: bool | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> FitResult:
     """Fit ``spec`` to ``x : (N, D)`` by EM; returns the best of ``n_init`` restarts.
 
     ``init`` is one of ``spec.em.init_methods`` (default: the first) or a ``Params`` dict to
-    start from (then ``n_init`` must be 1). ``tol`` is in nats per datapoint.
-    ``history["log_likelihood"][i]`` is the mean log p(x) after ``i`` M-steps, so it has
-    ``steps + 1`` entries and its last is the returned parameters' log-likelihood.
+    start from (then ``n_init`` must be 1). ``tol`` is in nats per datapoint: EM stops when an
+    iteration changes the mean log p(x) by less (scikit-learn's rule and unit); with
+    ``accelerate`` an iteration is one SQUAREM step (two EM updates, an extrapolation and a
+    stabilizing update). ``max_iter`` bounds the EM updates (M-steps). ``accelerate=None``
+    takes the model's default (:func:`accelerates_by_default`).
+
+    ``history["log_likelihood"]`` is the mean log p(x) at every point EM kept, the start first
+    and the returned parameters' last; it never decreases. Without acceleration its entry ``i``
+    is the log-likelihood after ``i`` M-steps, so it has ``steps + 1`` entries.
     """
     if spec.em is None:
         raise InputError(f"model '{spec.name}' has no EM steps; `lvm-zoo list` shows the "
@@ -53,54 +83,227 @@ def fit_em(
     if isinstance(method, str) and method not in spec.em.init_methods:
         raise InputError(f"unknown EM init '{method}' for {spec.name}; choose one of: "
                          + ", ".join(spec.em.init_methods))
+    if accelerate is None:
+        accelerate = accelerates_by_default(spec)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     start = time.perf_counter()
     best = None
     finals = []
+    coordinates = None
     for restart in range(n_init):
         params = (dict(method) if isinstance(method, dict)
                   else spec.em.init(config, x, generator, method))
-        params, history, converged = _em_run(spec, config, x, params, tol, max_iter,
-                                             progress and restart == 0)
-        finals.append(history[-1])
-        if best is None or history[-1] > best[1][-1]:
-            best = (params, history, converged, restart)
-    params, history, converged, restart = best
-    if not converged:
+        bar = tqdm(total=max_iter, desc=f"EM {spec.name}", leave=False,
+                   disable=not (progress and restart == 0))
+        if accelerate:
+            coordinates = coordinates or _Coordinates.of(spec, config, params, x)
+            run = _squarem_run(spec, config, x, params, tol, max_iter, bar, coordinates)
+        else:
+            run = _em_run(spec, config, x, params, tol, max_iter, bar)
+        bar.close()
+        finals.append(run.history[-1])
+        if best is None or run.history[-1] > best[0].history[-1]:
+            best = (run, restart)
+    run, restart = best
+    history = run.history
+    if not run.converged:
         change = abs(history[-1] - history[-2]) if len(history) > 1 else math.inf
         warnings.warn(
             f"EM on {spec.name} did not converge in max_iter={max_iter} iterations (last change "
             f"{change:.3g} nats per datapoint, tol={tol:g}); raise max_iter (--max-iter), loosen "
             "tol, or try more restarts (n_init) / another init", ConvergenceWarning, stacklevel=2)
     return FitResult(
-        model=spec.name, inference="em", guide=None, params=params,
+        model=spec.name, inference="em", guide=None, params=run.params,
         history={"log_likelihood": history}, seconds=time.perf_counter() - start,
-        steps=len(history) - 1, converged=converged, device=str(x.device), seed=seed,
+        steps=len(history) - 1, converged=run.converged, device=str(x.device), seed=seed,
         info={"n_init": n_init, "best_restart": restart, "restart_log_likelihoods": finals,
-              "tol": tol, "max_iter": max_iter,
+              "tol": tol, "max_iter": max_iter, "accelerate": accelerate,
+              "em_updates": run.updates, "e_steps": run.e_steps,
+              "extrapolations_kept": run.kept, "extrapolations_rejected": run.rejected,
               "init": method if isinstance(method, str) else "given"})
 
 
-def _em_run(spec, config, x, params, tol, max_iter, progress):
+class _Run:
+    """One restart's outcome: the parameters, the history and what it cost."""
+
+    def __init__(self, params, history, converged, updates, e_steps, kept=0, rejected=0):
+        self.params, self.history, self.converged = params, history, converged
+        self.updates, self.e_steps, self.kept, self.rejected = updates, e_steps, kept, rejected
+
+
+def _evaluate(spec, config, x, params, iteration):
+    """The E-step at ``params``: ``(statistics, mean log p(x) as a float)``; one host sync per
+    iteration, for the tolerance."""
+    statistics, log_likelihood = spec.em.e_step(config, params, x)
+    log_likelihood = float(log_likelihood)
+    if not math.isfinite(log_likelihood):
+        raise FloatingPointError(
+            f"EM on {spec.name} reached a non-finite log-likelihood at iteration {iteration}; "
+            "the data may have duplicated points or a constant column: raise reg_covar or "
+            "standardize the data")
+    return statistics, log_likelihood
+
+
+def _em_run(spec, config, x, params, tol, max_iter, bar) -> _Run:
+    """Plain EM, scikit-learn's loop: stop when the E-step's log-likelihood changed by less
+    than ``tol``, after the M-step that followed it (so ``steps`` is scikit-learn's n_iter_)."""
     history: list[float] = []
     converged = False
-    bar = tqdm(total=max_iter, desc=f"EM {spec.name}", disable=not progress, leave=False)
     for _ in range(max_iter):
-        statistics, log_likelihood = spec.em.e_step(config, params, x)
+        statistics, log_likelihood = _evaluate(spec, config, x, params, len(history) + 1)
         params = spec.em.m_step(config, x, statistics)
-        history.append(float(log_likelihood))  # one host sync per iteration, for the tolerance
+        history.append(log_likelihood)
         bar.update()
         bar.set_postfix(log_likelihood=f"{history[-1]:.5f}")
-        if not math.isfinite(history[-1]):
-            bar.close()
-            raise FloatingPointError(
-                f"EM on {spec.name} reached a non-finite log-likelihood at iteration "
-                f"{len(history)}; the data may have duplicated points or a constant column: "
-                "raise reg_covar or standardize the data")
         if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
             converged = True
             break
-    bar.close()
-    _, final = spec.em.e_step(config, params, x)
-    history.append(float(final))
-    return params, history, converged
+    _, final = _evaluate(spec, config, x, params, len(history) + 1)
+    history.append(final)
+    return _Run(params, history, converged, len(history) - 1, len(history))
+
+
+def _squarem_run(spec, config, x, params, tol, max_iter, bar, coordinates) -> _Run:
+    """SQUAREM (scheme S3) with the step bound of Varadhan & Roland's ``squarem``: |α| is at
+    most ``bound``, which grows by :data:`STEP_GROWTH` each time it binds and an extrapolation
+    is kept, and shrinks (to no less than 1) when a bound extrapolation is rejected. One
+    iteration, for ``tol``, is one SQUAREM step: its gain in log p(x) from ``θ0`` to the point
+    kept."""
+    em = spec.em
+    statistics, current = _evaluate(spec, config, x, params, 0)
+    history = [current]
+    updates, e_steps, kept, rejected = 0, 1, 0, 0
+    bound = 1.0
+    converged = False
+
+    def update(statistics):
+        nonlocal updates, e_steps
+        new = em.m_step(config, x, statistics)
+        updates += 1
+        e_steps += 1
+        bar.update()
+        return new, *_evaluate(spec, config, x, new, updates)
+
+    while updates < max_iter:
+        start, first_params = current, params
+        params, statistics, current = update(statistics)
+        history.append(current)
+        if updates < max_iter:
+            middle_params = params
+            params, statistics, current = update(statistics)
+            history.append(current)
+            if updates < max_iter:
+                alpha = _step_length(coordinates, first_params, middle_params, params, bound)
+                if alpha is not None and alpha < -1.0:
+                    jumped = _extrapolated(coordinates, first_params, middle_params, params,
+                                           alpha)
+                    stabilized, used = _stabilized(spec, config, x, jumped)
+                    updates += 1  # the stabilizing update, made or not, counts as one
+                    e_steps += used
+                    bar.update()
+                    if stabilized is not None and stabilized[2] >= current:
+                        params, statistics, current = stabilized
+                        history.append(current)
+                        kept += 1
+                    else:
+                        rejected += 1
+                        if alpha <= -bound:
+                            bound = max(1.0, bound / STEP_GROWTH)
+                        alpha = None
+                if alpha is not None and alpha <= -bound:  # kept at the bound (α = -1: θ2)
+                    bound *= STEP_GROWTH
+        bar.set_postfix(log_likelihood=f"{current:.5f}")
+        if abs(current - start) < tol:
+            converged = True
+            break
+    return _Run(params, history, converged, updates, e_steps, kept, rejected)
+
+
+def _step_length(coordinates, first, middle, last, bound) -> float | None:
+    """S3's ``α = -|r| / |v|``, clipped to ``[-bound, -1]``; ``None`` where ``v`` vanishes."""
+    u0, u1, u2 = (coordinates.flatten(p) for p in (first, middle, last))
+    r_norm = float(torch.linalg.vector_norm(u1 - u0))
+    v_norm = float(torch.linalg.vector_norm(u2 - 2 * u1 + u0))
+    if not (math.isfinite(r_norm) and math.isfinite(v_norm)) or v_norm == 0.0:
+        return None
+    return max(-bound, min(-r_norm / v_norm, -1.0))
+
+
+def _extrapolated(coordinates, first, middle, last, alpha: float) -> Params:
+    """``θ' = θ0 - 2 α r + α² v`` in unconstrained coordinates (``α = -1`` gives ``θ2``)."""
+    u0, u1, u2 = (coordinates.flatten(p) for p in (first, middle, last))
+    r, v = u1 - u0, u2 - 2 * u1 + u0
+    return coordinates.unflatten(u0 - 2 * alpha * r + alpha**2 * v, last)
+
+
+def _stabilized(spec, config, x, jumped: Params):
+    """One EM update from the extrapolated point: ``((params, statistics, log p(x)) or None,
+    E-steps spent)``, ``None`` where the point or its update is no valid parameter (a
+    singular covariance, a non-finite log-likelihood)."""
+    try:
+        statistics, log_likelihood = spec.em.e_step(config, jumped, x)
+        if not math.isfinite(float(log_likelihood)):
+            return None, 1
+        stabilized = spec.em.m_step(config, x, statistics)
+        statistics, log_likelihood = spec.em.e_step(config, stabilized, x)
+    except (ValueError, RuntimeError, ArithmeticError):
+        # InputError (a ValueError) for a singular covariance, LinAlgError (a RuntimeError)
+        return None, 2
+    log_likelihood = float(log_likelihood)
+    if not math.isfinite(log_likelihood):
+        return None, 2
+    return (stabilized, statistics, log_likelihood), 2
+
+
+class _Stop(Exception):
+    """Raised at the model's first sample site: its parameters are known by then."""
+
+
+class _ReadConstraints(Messenger):
+    """Records the constraint of every ``pyro.param`` site up to the first sample site."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: dict = {}
+
+    def _pyro_param(self, msg) -> None:
+        self.found[msg["name"]] = msg["kwargs"].get("constraint", constraints.real)
+
+    def _pyro_sample(self, msg) -> None:
+        raise _Stop
+
+
+class _Coordinates:
+    """``Params`` <-> one flat float64 vector of unconstrained coordinates, through
+    ``biject_to`` of each parameter's constraint (the identity where the model declares
+    none)."""
+
+    def __init__(self, transforms: dict):
+        self.transforms = transforms
+
+    @classmethod
+    def of(cls, spec: ModelSpec, config, params: Params, x: torch.Tensor) -> _Coordinates:
+        """The constraints the model gives its ``pyro.param`` sites, read by running it up to
+        its first sample site, in a parameter store of its own."""
+        reader = _ReadConstraints()
+        try:
+            with pyro.get_param_store().scope(), reader:
+                spec.make_model(config, params)(x)
+        except _Stop:
+            pass
+        return cls({name: biject_to(reader.found.get(name, constraints.real))
+                    for name in params})
+
+    def flatten(self, params: Params) -> torch.Tensor:
+        return torch.cat([self.transforms[name].inv(value.double()).reshape(-1)
+                          for name, value in params.items()])
+
+    def unflatten(self, flat: torch.Tensor, like: Params) -> Params:
+        out, offset = {}, 0
+        for name, value in like.items():
+            transform = self.transforms[name]
+            shape = transform.inverse_shape(value.shape)
+            size = math.prod(shape)
+            out[name] = transform(flat[offset:offset + size].reshape(shape)).to(value.dtype)
+            offset += size
+        return out

@@ -22,7 +22,7 @@ from inference.data import DTYPES, DataRequest, LoadedData, load
 from inference.evaluate import evaluate_fit
 from inference.figures import MODEL_FIGURES, load_model_figures, plot_curves
 from inference.results import FitResult
-from inference.runs import check_writable, load_run, save_run
+from inference.runs import check_writable, fresh_folder, load_run, save_run
 from inference.strategies import FitContext, Strategy
 from zoo import registry
 from zoo.errors import InputError
@@ -98,6 +98,14 @@ def prepare(spec: ModelSpec | str, *, inference: str | None = None, guide: str |
         raise InputError(f"model '{spec.name}' has no guide '{guide}'; choose one of: "
                          + ", ".join(spec.guides))
     model_options, fit_options = split_options(spec, options)
+    owners = strategies.option_owners()
+    unknown = [k for k, v in fit_options.items() if v is not None and k not in owners]
+    if unknown:  # neither the model nor any strategy takes it: the closest name of either
+        known = set(owners) | {f.name for f in dataclasses.fields(spec.config_class)
+                               if f.name != "dim" and f.metadata.get("cli", True)}
+        raise InputError(f"{strategies.flag(unknown[0])} does not apply to --inference "
+                         f"{strategy.name}; neither model '{spec.name}' nor any strategy takes "
+                         f"it{strategies.closest(unknown[0], known)}")
     chosen = strategies.make_options(strategy.Options, fit_options,
                                      owner=f"--inference {strategy.name}")
     return spec, strategy, chosen, model_options
@@ -167,9 +175,9 @@ def save(fitted: Fitted, out: str | Path | None = None, *, figures: bool = True,
     """Write ``fitted``'s run directory (``out``, default ``runs/<model>-<strategy>-...``):
     run.json, metrics.json, params.pt, history.json and, with ``figures``, its figures; with
     ``posterior``, a model with global latents also gets ``posterior.nc`` (ArviZ)."""
-    run_dir = Path(out) if out is not None else default_run_dir(
+    run_dir = Path(out) if out is not None else fresh_folder(default_run_dir(
         fitted.spec.name, fitted.result.inference, fitted.result.guide,
-        fitted.data.dataset.name, fitted.seed)
+        fitted.data.dataset.name, fitted.seed))  # never an earlier run's folder
     check_writable(run_dir)
     fitted.run_dir = run_dir
     idata = global_posterior(fitted) if posterior else None

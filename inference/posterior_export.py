@@ -251,30 +251,58 @@ def load_inference_data(path: str | Path) -> az.InferenceData:
 
 def nuts_reference(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, *,
                    rows: torch.Tensor, num_samples: int = 300, warmup_steps: int = 300,
-                   seed: int = 0, label: str = "nuts") -> PosteriorDraws:
-    """NUTS draws of every continuous latent of the model on the training rows ``rows``, the
-    fit's parameters held fixed: the reference posterior p(z | x, θ̂) (and p(globals | x) for a
-    Bayesian variant) the fit's guide is judged against. Discrete latents are summed out by
-    enumeration. Raises :class:`InputError` when the model has no continuous latent."""
-    subset = x[rows.to(x.device)]
+                   num_chains: int = 2, seed: int = 0, label: str = "nuts") -> PosteriorDraws:
+    """NUTS draws of every continuous latent of the model, the fit's parameters held fixed:
+    the reference posterior p(z | x, θ̂) of the training rows ``rows`` (and p(globals | x) of
+    a Bayesian variant, given every training row when the model has no local latents, so that
+    the reference is the posterior the fit approximates). Discrete latents are summed out by
+    enumeration. ``num_chains`` chains run one after another from their own seeds (Pyro's
+    JIT-compiled potential where the model traces, its plain one otherwise); the diagnostics
+    hold R-hat and the bulk ESS (ArviZ) per site, the divergences and the acceptance rate.
+    Raises :class:`InputError` when the model has no continuous latent."""
+    subset = x if spec.global_sites and not spec.local_sites else x[rows.to(x.device)]
+    chains, divergences, acceptance = [], 0, []
     with own_random_stream(seed, x.device), fitted(
             spec, config, result.params, subset) as (model, _):
         latents, continuous = nuts_sites(spec, model, subset)
+        for chain in range(num_chains):
+            pyro.set_rng_seed(seed + chain)
+            mcmc = _run_nuts(model, subset, num_samples, warmup_steps)
+            chains.append({n: v.detach().cpu() for n, v in mcmc.get_samples().items()})
+            diagnostics = mcmc.diagnostics()
+            divergences += int(sum(len(v) for v in diagnostics.get("divergences", {}).values()))
+            acceptance += list(diagnostics.get("acceptance rate", {0: math.nan}).values())
+    stacked = {n: torch.stack([c[n] for c in chains]) for n in continuous}  # (chains, draws, ...)
+    draws = {n: v.reshape(-1, *v.shape[2:]) for n, v in stacked.items()}
+    checks = {"divergences": divergences, "acceptance_rate": float(np.mean(acceptance)),
+              "chains": num_chains}
+    if num_chains > 1:
+        dataset = az.convert_to_dataset({n: v.double().numpy() for n, v in stacked.items()})
+        r_hat, ess = az.rhat(dataset), az.ess(dataset)
+        checks["r_hat_max"] = max(float(r_hat[name].max()) for name in r_hat.data_vars)
+        checks["ess_bulk_min"] = min(float(ess[name].min()) for name in ess.data_vars)
+    local = {n: draws[n] for n in continuous if _in_data_plate(latents[n])}
+    globals_ = {n: draws[n] for n in continuous if not _in_data_plate(latents[n])}
+    return PosteriorDraws(label=label, rows=rows.cpu(), local=local, globals=globals_,
+                          diagnostics=checks)
+
+
+def _run_nuts(model, x: torch.Tensor, num_samples: int, warmup_steps: int):
+    """One NUTS chain, with the JIT-compiled potential when the model traces cleanly."""
+    def chain(jit: bool):
         kernel = pyro.infer.NUTS(pyro.infer.config_enumerate(model), max_plate_nesting=1,
-                                 jit_compile=False, ignore_jit_warnings=True)
+                                 jit_compile=jit, ignore_jit_warnings=True)
         mcmc = pyro.infer.MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps,
                                num_chains=1, disable_progbar=True)
-        mcmc.run(subset)
-        samples = mcmc.get_samples()
-        diagnostics = mcmc.diagnostics()
-    local = {n: samples[n].detach().cpu() for n in continuous if _in_data_plate(latents[n])}
-    globals_ = {n: samples[n].detach().cpu() for n in continuous
-                if not _in_data_plate(latents[n])}
-    return PosteriorDraws(label=label, rows=rows.cpu(), local=local, globals=globals_,
-                          diagnostics={
-        "divergences": int(sum(len(v) for v in diagnostics.get("divergences", {}).values())),
-        "acceptance_rate": float(np.mean(list(diagnostics.get("acceptance rate",
-                                                              {0: math.nan}).values())))})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            mcmc.run(x)
+        return mcmc
+
+    try:
+        return chain(jit=True)
+    except (RuntimeError, TypeError, torch.jit.Error):  # a model that does not trace
+        return chain(jit=False)
 
 
 def nuts_sites(spec: ModelSpec, model, x: torch.Tensor) -> tuple[dict, list[str]]:

@@ -9,14 +9,21 @@ A run directory holds::
     *.png           figures
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
-crash leaves either the old file or the new one, never half of one.
+crash leaves either the old file or the new one, never half of one. One process at a time
+writes into a folder (:func:`locked`); a folder holding a finished run or a comparison is
+replaced only when asked (:func:`refuse_earlier`, :func:`earlier_files`,
+:func:`remove_earlier`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,12 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: the process's umask, for files made by atomic_write
 RUN_FILE, METRICS_FILE, PARAMS_FILE, HISTORY_FILE = (
     "run.json", "metrics.json", "params.pt", "history.json")
+CHECKPOINT_FILE, COMPARISON_FILE, LOCK_FILE = "checkpoint.pt", "comparison.json", ".lock"
+# what a run folder and a comparison folder hold besides their figures (*.png)
+RUN_FILES = (RUN_FILE, METRICS_FILE, PARAMS_FILE, HISTORY_FILE, CHECKPOINT_FILE,
+             "posterior.nc", "nuts.nc")
+COMPARISON_FILES = (COMPARISON_FILE, "comparison.csv", "summary.json", "summary.csv",
+                    "report.html")
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -43,6 +56,11 @@ def atomic_write(path: str | Path, write) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # a full disk, a folder made read-only: name the file
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -88,6 +106,141 @@ def check_writable(run_dir: str | Path) -> Path:
         raise InputError(f"--out {run_dir} cannot be written ({error.strerror or error}); "
                          "choose a folder you can write to") from None
     return run_dir
+
+
+_HELD: dict[Path, int] = {}  # folders this process holds the lock of -> depth
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | Path) -> Iterator[Path]:
+    """Hold ``run_dir``'s lock while writing into it: a second lvm-zoo process that asks for
+    the same folder meanwhile gets an :class:`InputError` naming the holder's pid.
+
+    The lock is ``fcntl.flock`` on ``run_dir/.lock``; the kernel releases it when the holder
+    ends, however it ends, so a lock file left by a killed process never blocks. The file is
+    removed on release. Re-entrant within one process (``save`` inside the CLI's lock)."""
+    run_dir = Path(run_dir)
+    key = run_dir.resolve()
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield run_dir
+        finally:
+            _HELD[key] -= 1
+        return
+    path = run_dir / LOCK_FILE
+    while True:
+        try:
+            handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held across yield)
+        except OSError as error:
+            raise InputError(f"--out {run_dir} cannot be written ({error.strerror or error}); "
+                             "choose a folder you can write to") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise InputError(f"--out {run_dir} is being written by another lvm-zoo process "
+                             f"(pid {holder}); choose another --out, or wait for it to end"
+                             ) from None
+        try:  # the file may have been removed by the last holder between open and flock
+            same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")  # for the message above; the lock is the flock
+        handle.flush()
+        _HELD[key] = 1
+        yield run_dir
+    finally:
+        _HELD.pop(key, None)
+        with contextlib.suppress(OSError):
+            path.unlink()  # still under the lock: a waiting opener sees another inode
+        handle.close()
+
+
+def refuse_earlier(run_dir: str | Path, *, comparison: bool, resume: bool = False,
+                   overwrite: bool = False) -> None:
+    """An :class:`InputError` when ``run_dir`` already holds what would be replaced: a
+    comparison (``comparison=True``, unless ``overwrite``) or a finished run (``fit``, unless
+    ``resume`` or ``overwrite``). A ``fit`` never writes into a comparison's folder."""
+    run_dir = Path(run_dir)
+    has_comparison = (run_dir / COMPARISON_FILE).is_file()
+    if comparison:
+        if has_comparison and not overwrite:
+            raise InputError(f"--out {run_dir} already holds a comparison ({COMPARISON_FILE});"
+                             " choose another --out, or give --overwrite to replace it")
+        if not has_comparison and (run_dir / METRICS_FILE).is_file():
+            raise InputError(f"--out {run_dir} holds a fitted run ({METRICS_FILE}), not a "
+                             "comparison; choose another --out for the comparison")
+        return
+    if has_comparison:
+        raise InputError(f"--out {run_dir} holds a comparison ({COMPARISON_FILE}), not a run; "
+                         "choose another --out for the fit")
+    if (run_dir / METRICS_FILE).is_file() and not (resume or overwrite):
+        raise InputError(f"--out {run_dir} already holds a finished run ({METRICS_FILE}); "
+                         "choose another --out, continue it with --resume, or replace it "
+                         "with --overwrite")
+
+
+def earlier_files(run_dir: str | Path, *, comparison: bool) -> dict[Path, int]:
+    """What an earlier run (or comparison) in ``run_dir`` wrote, path -> inode: its files,
+    its figures and, for a comparison, the run subfolders its ``comparison.json`` lists (only
+    children of ``run_dir``) with everything in them. Read before any work; removed by
+    :func:`remove_earlier` once the new files are written."""
+    run_dir = Path(run_dir)
+    names = COMPARISON_FILES if comparison else RUN_FILES
+    paths = [run_dir / n for n in names] + sorted(run_dir.glob("*.png"))
+    if comparison and (run_dir / COMPARISON_FILE).is_file():
+        for record in read_json(run_dir / COMPARISON_FILE, list):
+            folder = record.get("run_dir") if isinstance(record, dict) else None
+            name = Path(folder).name if isinstance(folder, str) else ""
+            child = run_dir / name
+            if name in ("", ".", "..") or not child.is_dir():
+                continue
+            paths.append(child)
+            if not child.is_symlink():
+                paths += sorted(child.rglob("*"))
+    return {path: path.lstat().st_ino for path in paths if path.is_symlink() or path.exists()}
+
+
+def remove_earlier(files: dict[Path, int]) -> None:
+    """Remove what :func:`earlier_files` found, except what has been written anew since (an
+    atomic write renames a new file into place: another inode); a folder goes when nothing
+    new is left in it. Called after the new files are written, so a failure before leaves
+    the earlier run whole."""
+    folders = []
+    for path, inode in files.items():
+        try:
+            status = path.lstat()
+        except FileNotFoundError:
+            continue
+        if status.st_ino != inode:
+            continue
+        if stat.S_ISDIR(status.st_mode):
+            folders.append(path)
+        else:
+            path.unlink()
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: the new run wrote into it
+            folder.rmdir()
+
+
+def fresh_folder(path: str | Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... when it already holds something: a default
+    folder (named by the time to the second) never lands on an earlier one."""
+    path = Path(path)
+    candidate, number = path, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
 
 
 def save_run(run_dir: str | Path, record: dict, result: FitResult, metrics: dict) -> Path:

@@ -2,13 +2,17 @@
 
 The loop only composes a Pyro ELBO estimator (its ``loss_and_grads``) with one torch Adam over
 the param store's unconstrained tensors, in a param-store scope of its own so that two fits in
-one process never share parameters. It checkpoints atomically (resumable bit for bit) and stops
-on a non-finite loss before the bad update is applied.
+one process never share parameters. It checkpoints atomically (resumable bit for bit, the time
+and history of the whole run kept), returns the best window's parameters when the ELBO
+collapsed late, and stops on a non-finite loss or gradient before the bad update is applied.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -94,20 +98,43 @@ def fit_svi(
     progress: bool = False,
     model_name: str = "",
     guide_name: str = "",
+    restart: int | None = None,
 ) -> FitResult:
     """Maximize the ELBO of ``model``/``guide`` on ``x : (N, D)`` with Adam.
 
     Each step sees ``batch_size`` rows chosen by the data plate's subsampling (all rows when
     ``None``); the ELBO is scaled to the full data set. ``history["elbo"]`` holds the ELBO
     estimate of every step in mean nats per datapoint. ``binarize="dynamic"`` draws a fresh
-    Bernoulli binarization of ``x`` (grayscale in [0, 1]) every epoch. With ``checkpoint`` set,
-    the state is written there atomically every ``checkpoint_every`` steps and at the end;
-    ``resume=True`` continues from it. A non-finite loss raises :class:`TrainingDiverged`.
+    Bernoulli binarization of ``x`` (grayscale in [0, 1]) every epoch.
+
+    Checkpoints: with ``checkpoint`` set, the state (unconstrained parameters, Adam, the random
+    streams, the history, the seconds trained, the best window's parameters) is written there
+    atomically every ``checkpoint_every`` steps (when set, else every ``checkpoint_seconds`` of
+    training) and at the end. ``resume=True`` continues from it bit for bit: ``history``,
+    ``seconds`` and ``steps`` then cover the whole run, ``info["resumed_from_step"]`` says where
+    it picked up (``None`` for a fresh fit), and one line on stderr says so. A checkpoint whose
+    fit had already ended (the cap, or the stopping rule) is returned as it was, without a step.
+    ``restart`` only names the restart in that line.
 
     The stopping rule (:class:`StoppingRule`): the ELBO history is cut into windows of
     ``stop_window`` steps; when the mean of a window exceeds the previous window's mean by
     less than ``stop_tol`` nats per datapoint, three windows in a row, the fit has converged
-    and stops (``converged=True``). ``steps`` is the cap; ``stop_tol=0`` runs every step.
+    and stops. ``steps`` is the cap; ``stop_tol=0`` runs every step.
+
+    The best state: the parameters at the end of the window with the highest mean are kept
+    aside. If the last ``stop_window`` steps average worse than that window by more than
+    :func:`collapse_tolerance` (three standard deviations of the difference of two window means
+    beyond what being the best of many windows gains from noise, and at least 1e-3 of the
+    ELBO's size, 1e-3 nats per datapoint at the least), the fit collapsed:
+    the best window's parameters are returned, ``info["kept"] = "best"`` with ``best_step``
+    (the steps taken when they were current) and ``collapsed_at`` (the end of the first window
+    after it that is worse by that much); otherwise ``info["kept"] = "last"``. ``converged`` is
+    ``True`` only when the stopping rule was met and the returned parameters are the last ones
+    (``info["stopping_rule_met"]`` says whether the rule was met at all).
+
+    A non-finite loss or gradient raises :class:`TrainingDiverged` before the bad update is
+    applied; no checkpoint is written after it, so the file on disk (its step is named in the
+    message) holds a state whose loss was finite.
     """
     num_data = x.shape[0]
     if steps < 1:
@@ -115,17 +142,22 @@ def fit_svi(
     if batch_size is not None and not 1 <= batch_size <= num_data:
         raise InputError(f"batch_size={batch_size} must be between 1 and the {num_data} "
                          "training rows")
+    if stop_window < 1:
+        raise InputError(f"stop_window={stop_window} must be at least 1")
     batch = None if batch_size is None or batch_size == num_data else batch_size
     steps_per_epoch = math.ceil(num_data / (batch or num_data))
     loss = make_elbo(elbo, num_particles=num_particles) if isinstance(elbo, str) else elbo
     kwargs = {"num_data": num_data, "subsample_size": batch}
     history: list[float] = []
-    start_step = 0
+    start_step, trained_before, resumed_from = 0, 0.0, None
     rule = StoppingRule(stop_tol, stop_window)
+    best = _BestWindow(stop_window)
+    dynamic = binarize == "dynamic"
     pyro.set_rng_seed(seed)
     validate = is_validation_enabled()
     with pyro.get_param_store().scope():
         store = pyro.get_param_store()
+        epoch_rng = _rng_state(x.device)  # the streams as they were when this epoch was drawn
         data = _binarized(x, binarize)
         # Register every parameter once (lazy initializations run here), then hand the
         # unconstrained tensors to one torch Adam: cheaper per step than pyro.optim's
@@ -136,52 +168,89 @@ def fit_svi(
         registered = len(store)
         optimizer = torch.optim.Adam([unconstrained[n] for n in names], lr=lr)
         if resume and checkpoint is not None and Path(checkpoint).exists():
-            start_step, history = _restore(checkpoint, names, unconstrained, optimizer)
-            data = _binarized(x, binarize)
+            state = _restore(checkpoint, names, unconstrained, optimizer, seed, x.device)
+            start_step, history = int(state["step"]), state["history"].tolist()
+            trained_before = float(state.get("seconds", 0.0))
+            resumed_from = start_step
+            best.restore(history, state)
+            if dynamic:  # the same binarization as the uninterrupted run, then its streams
+                epoch_rng = state.get("epoch_rng", epoch_rng)
+                _set_rng_state(epoch_rng, x.device)
+                data = _binarized(x, binarize)
+                _set_rng_state(state, x.device)
+        finished = start_step >= steps or rule.converged(history)
+        if resumed_from is not None:
+            _announce(checkpoint, restart, start_step, steps, finished)
+        saved_step = resumed_from  # the step the file at ``checkpoint`` holds, for this fit
         start = last_save = time.perf_counter()
+
+        def save(taken: int) -> None:
+            _save(checkpoint, {
+                "step": taken, "seed": seed,
+                "seconds": trained_before + time.perf_counter() - start,
+                "history": torch.tensor(history, dtype=torch.float64),
+                # unconstrained values: the constraints are re-created by running model, guide
+                "params": {n: unconstrained[n].detach().clone() for n in names},
+                "optimizer": optimizer.state_dict(), **_rng_state(x.device),
+                **({"epoch_rng": epoch_rng} if dynamic else {}), **best.state()})
+
         step = start_step - 1
-        bar = tqdm(range(start_step, steps), desc=f"SVI {model_name} {guide_name}".rstrip(),
-                   disable=not progress, leave=False)
+        bar = tqdm(range(start_step, start_step if finished else steps),
+                   desc=f"SVI {model_name} {guide_name}".rstrip(), disable=not progress,
+                   leave=False)
         for step in bar:
-            if binarize == "dynamic" and step % steps_per_epoch == 0 and step > start_step:
+            if dynamic and step % steps_per_epoch == 0 and step > start_step:
+                epoch_rng = _rng_state(x.device)
                 data = _binarized(x, binarize)
             optimizer.zero_grad(set_to_none=True)
             # Pyro's validation (shapes, supports) runs on the first step, where mistakes show;
             # after that it only costs time (5-10x per step on small models).
             with pyro.validation_enabled(validate and step == start_step):
                 value = float(loss.loss_and_grads(model, guide, data, **kwargs))
-            if not math.isfinite(value):
-                kept = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
+            bad = (f"the loss became {value}" if not math.isfinite(value) else
+                   _nonfinite_gradient(names, unconstrained))
+            if bad:
+                fitted = (f" of {model_name}" if model_name else "") + (
+                    f" with guide {guide_name}" if guide_name else "")
                 raise TrainingDiverged(
-                    f"the loss became {value} at step {step + 1} of {model_name} with guide "
-                    f"{guide_name}{kept}; lower the learning rate (--lr) or check the data")
+                    f"{bad} at step {step + 1}{fitted}{_kept_message(checkpoint, saved_step)}; "
+                    "lower the learning rate (--lr) or check the data")
             if len(store) != registered:
                 raise RuntimeError(f"{model_name}/{guide_name} created parameters after its "
                                    "first call; create every pyro.param unconditionally")
             optimizer.step()
             history.append(-value / num_data)
+            best.update(history, names, unconstrained)
             if step % 25 == 0:
                 bar.set_postfix(elbo=f"{history[-1]:.4f}")
             if checkpoint is not None and _due(step + 1, checkpoint_every, last_save,
                                                checkpoint_seconds):
-                _save(checkpoint, step + 1, history, names, unconstrained, optimizer)
-                last_save = time.perf_counter()
+                save(step + 1)
+                saved_step, last_save = step + 1, time.perf_counter()
             if rule.converged(history):
                 break
         bar.close()
-        seconds = time.perf_counter() - start
+        seconds = trained_before + time.perf_counter() - start
         taken = step + 1
-        if checkpoint is not None:
-            _save(checkpoint, taken, history, names, unconstrained, optimizer)
+        if checkpoint is not None and saved_step != taken:
+            save(taken)
+        rule_met = rule.converged(history)
+        collapse = best.collapse(history)
+        if collapse is not None:  # the best window's parameters, not the collapsed last ones
+            with torch.no_grad():
+                for name in names:
+                    unconstrained[name].copy_(best.params[name])
         params = {n: store[n].detach().clone() for n in model_names}
         guide_params = {n: store[n].detach().clone() for n in guide_names}
     return FitResult(
         model=model_name, inference="svi", guide=guide_name or None, params=params,
         guide_params=guide_params, history={"elbo": history}, seconds=seconds, steps=taken,
-        converged=rule.converged(history), device=str(x.device), seed=seed,
+        converged=rule_met and collapse is None, device=str(x.device), seed=seed,
         info={"elbo_estimator": loss.__class__.__name__, "lr": lr, "batch_size": batch_size,
               "num_particles": num_particles, "max_steps": steps, "stop_tol": stop_tol,
-              "stop_window": stop_window})
+              "stop_window": stop_window, "stopping_rule_met": rule_met,
+              "resumed_from_step": resumed_from,
+              **(collapse or {"kept": "last"})})
 
 
 class StoppingRule:
@@ -202,6 +271,89 @@ class StoppingRule:
         return bool(((means[1:] - means[:-1]) < self.tol).all())
 
 
+def collapse_tolerance(best_mean: float, noise: float, windows: int) -> float:
+    """How much worse (nats per datapoint) the last window's mean must be than the best
+    window's before the fit counts as collapsed.
+
+    ``noise`` is the standard deviation of one window's mean (Monte Carlo noise and the
+    optimizer's jitter); the best of ``windows`` windows is high by up to ``sqrt(2 ln windows)``
+    of it from noise alone, and beyond that the difference of two window means must exceed
+    three of its standard deviations (``3 sqrt(2) noise``). At least 1e-3 of the ELBO's size,
+    and 1e-3 nats per datapoint, in any case (a deterministic ELBO has no noise to measure)."""
+    selection = math.sqrt(2.0 * math.log(windows)) if windows > 1 else 0.0
+    return max(noise * (3.0 * math.sqrt(2.0) + selection), 1e-3 * max(1.0, abs(best_mean)))
+
+
+class _BestWindow:
+    """The parameters at the end of the best window of the stopping rule's windows."""
+
+    def __init__(self, window: int):
+        self.window, self.step, self.mean, self.params = window, None, -math.inf, None
+
+    def update(self, history: list[float], names, unconstrained) -> None:
+        end = len(history)
+        if end % self.window:
+            return
+        mean = _window_stats(history, end, self.window)[0]
+        if self.step is None or mean > self.mean:
+            self.step, self.mean = end, mean
+            self.params = {n: unconstrained[n].detach().clone() for n in names}
+
+    def state(self) -> dict:
+        if self.step is None:
+            return {}
+        return {"best_step": self.step, "best_window": self.window, "best_params": self.params}
+
+    def restore(self, history: list[float], state: dict) -> None:
+        if "best_step" not in state:
+            return
+        self.step, self.params = int(state["best_step"]), state["best_params"]
+        self.window = int(state.get("best_window", self.window))
+        self.mean = _window_stats(history, self.step, self.window)[0]
+
+    def collapse(self, history: list[float]) -> dict | None:
+        """What ``info`` records when the last ``window`` steps average worse than the best
+        window by more than :func:`collapse_tolerance`, else ``None``."""
+        end, window = len(history), self.window
+        if self.step is None or end < window or self.step >= end:
+            return None
+        ends = range(window, end - end % window + 1, window)  # the complete windows
+        means = [_window_stats(history, stop, window)[0] for stop in ends]
+        best_mean, best_se = _window_stats(history, self.step, window)
+        final_mean, final_se = _window_stats(history, end, window)
+        noise = max(_spread(means), best_se, final_se)
+        tolerance = collapse_tolerance(best_mean, noise, len(means))
+        if best_mean - final_mean <= tolerance:
+            return None
+        collapsed_at = next((stop for stop, mean in zip(ends, means, strict=True)
+                             if stop > self.step and best_mean - mean > tolerance), end)
+        return {"kept": "best", "best_step": self.step, "collapsed_at": collapsed_at,
+                "best_window_elbo": best_mean, "final_window_elbo": final_mean,
+                "collapse_tolerance": tolerance}
+
+
+def _spread(means: list[float]) -> float:
+    """The standard deviation of one window's mean, from the spread of the differences of
+    consecutive window means (a robust one: the median absolute deviation, so that a trend, a
+    collapse or a few jumps do not count as noise); 0 with fewer than four windows."""
+    if len(means) < 4:
+        return 0.0
+    steps = sorted(b - a for a, b in itertools.pairwise(means))
+    middle = statistics.median(steps)
+    mad = statistics.median(abs(d - middle) for d in steps)
+    return 1.4826 * mad / math.sqrt(2.0)
+
+
+def _window_stats(history: list[float], end: int, window: int) -> tuple[float, float]:
+    """Mean and standard error of the mean of ``history[end - window:end]``."""
+    values = history[end - window:end]
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    variance = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
 def _due(step: int, every: int, last: float, seconds: float) -> bool:
     """A checkpoint every ``every`` steps when set, else every ``seconds`` of training."""
     if every:
@@ -213,25 +365,89 @@ def _binarized(x: torch.Tensor, binarize: str | None) -> torch.Tensor:
     return torch.bernoulli(x) if binarize == "dynamic" else x
 
 
-def _save(path, step, history, names, unconstrained, optimizer) -> None:
-    save_checkpoint(path, {
-        "step": step,
-        "history": torch.tensor(history, dtype=torch.float64),
-        # unconstrained values: the constraints are re-created by running model and guide
-        "params": {n: unconstrained[n].detach().clone() for n in names},
-        "optimizer": optimizer.state_dict(),
-        "rng": torch.get_rng_state(),
-    })
+def _rng_state(device: torch.device) -> dict:
+    """The torch random streams a fit on ``device`` draws from."""
+    state = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _restore(path, names, unconstrained, optimizer) -> tuple[int, list[float]]:
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+
+
+def _nonfinite_gradient(names: list[str], unconstrained: dict) -> str:
+    """A phrase naming the parameters whose gradient is NaN or infinite ("" when none is)."""
+    grads = {n: unconstrained[n].grad for n in names if unconstrained[n].grad is not None}
+    if not grads:
+        return ""
+    if _total_norm is not None:  # one fused reduction per step (the largest |gradient|)
+        if math.isfinite(float(_total_norm(list(grads.values()), norm_type=math.inf))):
+            return ""
+    elif all(bool(g.isfinite().all()) for g in grads.values()):
+        return ""
+    bad = [n for n, g in grads.items() if not g.isfinite().all()]
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return f"the gradient of {', '.join(bad[:3])}{more} became non-finite"
+
+
+def _kept_message(checkpoint, saved_step: int | None) -> str:
+    if checkpoint is None:
+        return ""
+    if saved_step is None:
+        return f"; no checkpoint of this fit was written before it ({checkpoint})"
+    return (f"; the last good checkpoint is {checkpoint} (step {saved_step}, written before "
+            "the bad update; --resume continues from it)")
+
+
+def _announce(path, restart: int | None, step: int, steps: int, finished: bool) -> None:
+    """One line on stderr: where a resumed fit picks up."""
+    who = "" if restart is None else f" restart {restart}"
+    if finished:
+        line = (f"lvm-zoo:{who or ' the fit'} had ended at step {step} of {steps} "
+                f"(checkpoint {path}); reusing it")
+    else:
+        line = f"lvm-zoo: resuming{who} from step {step} of {steps} (checkpoint {path})"
+    print(line, file=sys.stderr, flush=True)
+
+
+_CHECKPOINT_KEYS = ("step", "history", "params", "optimizer", "rng")
+
+
+def _save(path, state: dict) -> None:
+    save_checkpoint(path, state)
+
+
+def _restore(path, names, unconstrained, optimizer, seed: int, device: torch.device) -> dict:
+    """Load ``path`` into the parameters, Adam and the random streams; returns its state."""
     state = load_checkpoint(path)
-    if sorted(state["params"]) != names:
-        raise InputError(f"checkpoint {path} holds parameters {sorted(state['params'])}, not "
-                         f"this model and guide's {names}; use a new --out folder")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise InputError(f"checkpoint {path} lacks {', '.join(missing)}; it is not an SVI "
+                         "checkpoint of lvm-zoo: fit again into a new --out folder")
+    for key in ("params", "best_params"):
+        if key in state and sorted(state[key]) != names:
+            raise InputError(f"checkpoint {path} holds parameters {sorted(state[key])}, not "
+                             f"this model and guide's {names}; use a new --out folder")
+    if int(state.get("seed", seed)) != seed:
+        raise InputError(f"checkpoint {path} was written by a fit with seed {state['seed']}, "
+                         f"not {seed}; resume with the same --seed, or use a new --out folder")
+    lrs = [group["lr"] for group in optimizer.param_groups]
     with torch.no_grad():
         for name in names:
             unconstrained[name].copy_(state["params"][name])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"])
-    return int(state["step"]), state["history"].tolist()
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as error:
+        raise InputError(f"checkpoint {path} holds an optimizer state that does not fit this "
+                         f"model and guide ({error}); use a new --out folder") from None
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr  # a resumed fit takes the learning rate it is given now
+    _set_rng_state(state, device)
+    return state

@@ -44,7 +44,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
 from zoo.errors import InputError
-from zoo.registry import EMSteps, ModelSpec, Params, register
+from zoo.registry import EMSteps, ModelSpec, Params, register, source_file
 
 __all__ = ["DeclaredModel", "LatentSites", "declare"]
 
@@ -139,6 +139,7 @@ def declare(
     init_params: Callable | None = None,
     svi_defaults: Mapping[str, Any] | None = None,
     notes: str = "",
+    replace: bool = False,
 ) -> ModelSpec | Callable:
     """Register a model written as a Pyro function; returns its :class:`ModelSpec`.
 
@@ -166,6 +167,9 @@ def declare(
             makes the log-likelihood exact; ``em`` adds ``--inference em``).
         svi_defaults: SVI options such as ``{"steps": 2000, "lr": 0.01}``.
         notes: shown by ``lvm-zoo list``.
+        replace: replace a registered model of the same name (a built-in one too); without
+            it, taking another model's name is an error. The same file declaring its model
+            again (imported twice) replaces it either way.
     """
     if model is None:
         options = {k: v for k, v in locals().items() if k not in ("name", "model")}
@@ -187,7 +191,7 @@ def declare(
     # ``inference.catalog`` from ``sites`` (the zoo does not import the guides).
     if guides is not None:
         check_guide_defaults(name, guides, default_guide, default_elbo or {})
-    return register(ModelSpec(
+    spec = ModelSpec(
         name=name,
         summary=summary or _first_line(model.__doc__) or f"user model {name}",
         config_class=config_class,
@@ -208,7 +212,8 @@ def declare(
         declared_sites=sites,
         svi_defaults=dict(svi_defaults or {}),
         notes=notes,
-    ))
+    )
+    return register(spec, replace=replace, source=source_file(model))
 
 
 # --- helpers ----------------------------------------------------------------------------------

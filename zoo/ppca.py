@@ -372,8 +372,24 @@ def m_step(config: PPCAConfig, x: torch.Tensor, statistics: Statistics) -> Param
         noise = residual.clamp_min(10 * eps ** 0.5)
     if config.prior_precision == 0:
         weight = weight @ torch.linalg.cholesky(second)  # PX-EM: back from z ~ N(0, second)
+    weight = _canonical_rotation(weight, noise.expand(config.dim))
     params = {"loc": data.mean.clone(), "weight": weight * column, "noise": noise * scale ** 2}
     return {name: value.to(x.dtype) for name, value in params.items()}
+
+
+def _canonical_rotation(weight: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+    """``W R``, the one of the equally likely ``W R`` (R orthogonal) whose columns are
+    Psi^-1-orthogonal, longest first, each with its largest whitened entry positive.
+
+    EM's update commutes with rotations of W (PX-EM's as well: it keeps W W^T), so this
+    changes no log-likelihood of the run; it pins W down, so that EM's iterates converge as
+    points and an accelerated EM (SQUAREM, in :mod:`inference.em`) can extrapolate them
+    instead of a drift along the rotations, which no iterate ever settles."""
+    whitened = weight / psi.sqrt()[:, None]
+    _, _, right_t = torch.linalg.svd(whitened, full_matrices=False)
+    rotated = whitened @ right_t.T
+    sign = torch.sign(rotated.gather(0, rotated.abs().argmax(0, keepdim=True)))
+    return weight @ right_t.T * sign
 
 
 def _log_prior(config: PPCAConfig, weight: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,10 @@ produce it; evaluation consumes it; a run directory stores it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -108,8 +110,10 @@ class ModelSpec:
         unknown = sorted(k for k, v in options.items() if v is not None and k not in names)
         if unknown:
             flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
-            raise InputError(f"model '{self.name}' takes no option {flags}; see `lvm-zoo fit "
-                             f"{self.name} --help` for its options")
+            close = difflib.get_close_matches(unknown[0], sorted(names - {"dim"}), n=1)
+            hint = f" (did you mean --{close[0].replace('_', '-')}?)" if close else ""
+            raise InputError(f"model '{self.name}' takes no option {flags}{hint}; see `lvm-zoo "
+                             f"fit {self.name} --help` for its options")
         given = {k: v for k, v in options.items() if v is not None and k in names}
         return self.config_class(dim=dim, **given)
 
@@ -120,13 +124,49 @@ _ORIGINS: dict[str, str] = {}  # model name -> "path/to/file.py:NAME" for models
 _BUILTIN_MODULES = ("zoo.gmm", "zoo.ppca", "zoo.dglvm", "zoo.mppca", "zoo.student_t_mixture")
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    """Add a model to the zoo (a user file calls this at import time); returns ``spec``."""
+_SOURCES: dict[str, tuple[ModelSpec, str]] = {}  # name -> (spec, the file that declared it)
+_IMPORTING: list[Path] = []  # the user files being imported (get_model("file.py:NAME"))
+_builtins_started = False
+
+
+def register(spec: ModelSpec, *, replace: bool = False, source: str | None = None
+             ) -> ModelSpec:
+    """Add a model to the zoo (a user file calls this at import time); returns ``spec``.
+
+    A name is taken once: registering another spec under the name of a registered model (a
+    user file declaring ``"gmm"``) is an :class:`InputError` unless ``replace=True``. The
+    same file declaring its model again (a file imported twice in one process, a notebook
+    cell run again) replaces it. ``source`` is the declaring file (default: the user file
+    being imported, else the file that defines ``spec.make_model``)."""
+    if not _builtins_started:
+        _load_builtins()  # the built-in names are taken first, whatever imports what
+    source = str(_IMPORTING[-1]) if _IMPORTING else source or source_file(spec.make_model)
+    existing = _REGISTRY.get(spec.name)
+    if existing is not None and existing is not spec and not replace:
+        entry = _SOURCES.get(spec.name)
+        earlier = entry[1] if entry is not None and entry[0] is existing else None
+        if earlier is None or earlier != source:
+            where = f" (declared in {earlier})" if earlier else ""
+            raise InputError(f"model '{spec.name}' is already registered{where}; declare yours "
+                             f"under another name, or replace it on purpose with "
+                             f"declare('{spec.name}', ..., replace=True)")
     _REGISTRY[spec.name] = spec
+    _SOURCES[spec.name] = (spec, source)
     return spec
 
 
+def source_file(function: Callable) -> str | None:
+    """The file that defines ``function`` (a class, a function, a closure), resolved."""
+    try:
+        path = inspect.getsourcefile(function) or inspect.getfile(function)
+    except (TypeError, OSError):
+        return getattr(function, "__module__", None)
+    return str(Path(path).resolve())
+
+
 def _load_builtins() -> None:
+    global _builtins_started
+    _builtins_started = True
     for module in _BUILTIN_MODULES:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
@@ -142,6 +182,7 @@ def get_model(name: str) -> ModelSpec:
     """Look a model up by registry name, or load ``path/to/file.py:NAME`` and look up NAME."""
     if ":" in name and name.split(":", 1)[0].endswith(".py"):
         path, model_name = name.rsplit(":", 1)
+        _load_builtins()  # before the file: a file may not take a built-in's name
         _import_user_file(Path(path))
         name = model_name
         if name in _REGISTRY:
@@ -167,9 +208,15 @@ def _import_user_file(path: Path) -> None:
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
+    _IMPORTING.append(path.resolve())
     try:
         module_spec.loader.exec_module(module)
+    except InputError as error:  # a declaration the zoo refused: its message says the fix
+        del sys.modules[module_name]
+        raise InputError(f"model file '{path}': {error}") from None
     except Exception as error:
         del sys.modules[module_name]
         raise InputError(f"model file '{path}' failed to import ({type(error).__name__}: "
                          f"{error}); run `python {path}` to see where, and fix it") from error
+    finally:
+        _IMPORTING.pop()

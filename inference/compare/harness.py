@@ -34,7 +34,15 @@ from inference.compare.report import write_report
 from inference.compare.tables import summarize, write_csv
 from inference.data import DataRequest, load
 from inference.fitting import fit, make_config, prepare, save, split_options
-from inference.runs import check_writable, write_json
+from inference.runs import (
+    check_writable,
+    earlier_files,
+    fresh_folder,
+    locked,
+    refuse_earlier,
+    remove_earlier,
+    write_json,
+)
 from inference.strategies import Cell
 from zoo.errors import InputError
 from zoo.registry import ModelSpec
@@ -69,7 +77,7 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
             strategies: Sequence[str] | None = None, reference: str | None = None,
             gap_rows: int = GAP_ROWS, draws: int = export.DRAWS, report: bool = True,
             progress: bool = False, iwae_samples: int | None = None,
-            **options) -> list[dict]:
+            overwrite: bool = False, **options) -> list[dict]:
     """Run every applicable strategy on one train/test split (drawn by ``seed``), ``seeds``
     seeds each (``seed``, ``seed + 1``, ...), judge each fit, write the comparison folder;
     returns one record per fit.
@@ -78,7 +86,9 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     of its own strategy) and the strategies' grid options (``elbos``); ``strategies``
     keeps only the named cells (by slug: ``"em"``, ``"svi-exact"``); ``reference="nuts"``
     adds NUTS as the reference posterior; ``gap_rows`` (0: none) sizes the amortization-gap
-    subset; ``draws`` is the number of posterior draws exported per fit.
+    subset; ``draws`` is the number of posterior draws exported per fit. An ``out`` folder
+    that already holds a comparison is refused unless ``overwrite``, which removes the earlier
+    comparison's files and run folders once the new fits are done.
     """
     spec = get_model(spec)
     grid_names = grid_option_names()
@@ -97,48 +107,52 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     plans = [(cell, _cell_options(cell, fit_options)) for cell in cells]
     for cell, cell_options in plans:  # every cell's options are checked before any fit
         prepare(spec, inference=cell.strategy, guide=cell.guide, **cell_options)
-    compare_dir = check_writable(Path(out) if out else Path("runs") / (
-        f"compare-{spec.name}-{Path(loaded.dataset.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    fits: list[Fit] = []
-    for cell, cell_options in plans:
-        for s in range(seed, seed + seeds):
-            if progress:
-                print(f"compare: {cell.label}, seed {s}", file=sys.stderr, flush=True)
-            fitted = fit(spec, inference=cell.strategy, guide=cell.guide, seed=s, loaded=loaded,
-                         progress=progress, iwae_samples=iwae_samples, **model_options,
-                         **cell_options)
-            item = Fit(cell, s, fitted, baseline=registry.strategies()[cell.strategy].baseline)
-            item.add(strategy=cell.label,
-                     elbo_estimator=fitted.result.info.get("elbo_estimator"),
-                     compare_dir=str(compare_dir))
-            item.add(**judge_fit(spec, config, fitted.result, x_train, fitted.metrics,
-                                 gap_rows=gap_rows, seed=s))
-            fits.append(item)
-    rows_chosen = _chosen_rows(spec, config, fits, x_train, seed)
-    for item in fits:
-        item.draws = export.draw_posterior(spec, config, item.result, x_train, rows=rows_chosen,
-                                           label=item.cell.label, num_draws=draws,
-                                           seed=item.seed)
-    _label_switching(spec, config, fits, x_train)
-    if reference == "nuts":
-        _nuts_reference(spec, config, fits, x_train, rows_chosen, seed)
-    for item in fits:
-        save(item.fitted, compare_dir / f"{item.cell.slug}-seed{item.seed}", figures=False,
-             posterior=False)  # the comparison exports its own posterior.nc next
-        _export(item)
-    records = [item.record for item in fits]
-    records += _baselines(spec, config, loaded, compare_dir, seed, progress)
-    summary = summarize(records)
-    write_json(compare_dir / "comparison.json", records)
-    write_csv(compare_dir / "comparison.csv", records)
-    write_json(compare_dir / "summary.json", summary)
-    write_csv(compare_dir / "summary.csv", summary)
-    figures = comparison_figures(spec, loaded.dataset, config, fits, summary, x_train,
-                                 compare_dir, seed)
-    if report:
-        write_report(compare_dir, spec=spec, dataset=loaded.dataset, config=config,
-                     records=records, summary=summary, figures=figures,
-                     summaries=_arviz_summaries(fits, seed), nuts=_nuts_notes(fits))
+    compare_dir = check_writable(Path(out) if out else fresh_folder(Path("runs") / (
+        f"compare-{spec.name}-{Path(loaded.dataset.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")))
+    with locked(compare_dir):  # one process at a time writes a comparison folder
+        refuse_earlier(compare_dir, comparison=True, overwrite=overwrite)
+        earlier = earlier_files(compare_dir, comparison=True) if overwrite else {}
+        fits: list[Fit] = []
+        for cell, cell_options in plans:
+            for s in range(seed, seed + seeds):
+                if progress:
+                    print(f"compare: {cell.label}, seed {s}", file=sys.stderr, flush=True)
+                fitted = fit(spec, inference=cell.strategy, guide=cell.guide, seed=s, loaded=loaded,
+                             progress=progress, iwae_samples=iwae_samples, **model_options,
+                             **cell_options)
+                item = Fit(cell, s, fitted, baseline=registry.strategies()[cell.strategy].baseline)
+                item.add(strategy=cell.label,
+                         elbo_estimator=fitted.result.info.get("elbo_estimator"),
+                         compare_dir=str(compare_dir))
+                item.add(**judge_fit(spec, config, fitted.result, x_train, fitted.metrics,
+                                     gap_rows=gap_rows, seed=s))
+                fits.append(item)
+        rows_chosen = _chosen_rows(spec, config, fits, x_train, seed)
+        for item in fits:
+            item.draws = export.draw_posterior(spec, config, item.result, x_train, rows=rows_chosen,
+                                               label=item.cell.label, num_draws=draws,
+                                               seed=item.seed)
+        _label_switching(spec, config, fits, x_train)
+        if reference == "nuts":
+            _nuts_reference(spec, config, fits, x_train, rows_chosen, seed)
+        for item in fits:
+            save(item.fitted, compare_dir / f"{item.cell.slug}-seed{item.seed}", figures=False,
+                 posterior=False)  # the comparison exports its own posterior.nc next
+            _export(item)
+        records = [item.record for item in fits]
+        records += _baselines(spec, config, loaded, compare_dir, seed, progress)
+        summary = summarize(records)
+        write_json(compare_dir / "comparison.json", records)
+        write_csv(compare_dir / "comparison.csv", records)
+        write_json(compare_dir / "summary.json", summary)
+        write_csv(compare_dir / "summary.csv", summary)
+        figures = comparison_figures(spec, loaded.dataset, config, fits, summary, x_train,
+                                     compare_dir, seed)
+        if report:
+            write_report(compare_dir, spec=spec, dataset=loaded.dataset, config=config,
+                         records=records, summary=summary, figures=figures,
+                         summaries=_arviz_summaries(fits, seed), nuts=_nuts_notes(fits))
+        remove_earlier(earlier)  # --overwrite: what the new comparison did not write anew
     return records
 
 

@@ -24,6 +24,7 @@ bound, inclusive), ``positive`` (strictly above 0), ``choices``, ``cli=False`` (
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import types
 import typing
@@ -181,10 +182,16 @@ def make_options(options_class: type, given: dict[str, Any], *, owner: str) -> A
         if name not in fields:
             owners = option_owners().get(name)
             where = (f"it applies to --inference {' or '.join(owners)}" if owners
-                     else "no strategy takes it")
+                     else "no strategy takes it" + closest(name, option_owners()))
             raise InputError(f"{flag(name)} does not apply to {owner}; {where}")
         chosen[name] = _checked(name, value, hints[name], fields[name].metadata)
     return options_class(**chosen)
+
+
+def closest(name: str, known) -> str:
+    """``"; did you mean --components?"`` for the known name closest to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"; did you mean {flag(close[0])}?" if close else ""
 
 
 def _checked(name: str, value: Any, hint: Any, metadata) -> Any:

@@ -2,14 +2,16 @@
 
 The loop itself is :func:`inference.svi.fit_svi`; this module chooses its settings (the
 model's ``svi_defaults``, the guide's ELBO estimator, the number of steps from ``--epochs``),
-runs ``restarts`` data-based starts keeping the best, and says which grid cells SVI fills in a
-comparison: one per guide under its default estimator, one per extra estimator of
-``--elbos``, and ``TraceEnum_ELBO`` for every guide of a model with a discrete local latent.
-"""
+runs ``restarts`` data-based starts keeping the best (each with a checkpoint of its own, so
+that ``--resume`` reuses finished restarts and continues the interrupted one), and says which
+grid cells SVI fills in a comparison: one per guide under its default estimator, one per extra
+estimator of ``--elbos``, and ``TraceEnum_ELBO`` for every guide of a model with a discrete
+local latent."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyro
 import torch
@@ -68,8 +70,15 @@ class StochasticVariationalInference(Strategy):
 
     def fit(self, spec, config, x, options: SVIOptions, *, guide=None,
             context: FitContext = DEFAULT_CONTEXT) -> FitResult:
-        """The best of ``restarts`` fits (mean ELBO of each one's last tenth of steps), since
-        mixtures collapse from bad starts."""
+        """The best of ``restarts`` fits, since mixtures collapse from bad starts. A fit's score
+        is the mean ELBO of its last tenth of steps, or of its best window when it kept that
+        window's parameters (see :func:`~inference.svi.fit_svi`).
+
+        Restart ``r`` checkpoints to :func:`restart_checkpoint` (``context.checkpoint`` itself
+        for ``r = 0``). With ``context.resume`` every restart resumes from its own file: a
+        finished one is reused as it ended, the interrupted one continues, the ones not yet
+        begun start afresh, so that a resumed run ends as the uninterrupted one would have.
+        ``seconds`` is the time of all restarts together."""
         guide = guide or spec.default_guide or next(iter(spec.guides))
         if guide not in spec.guides:
             raise InputError(f"model '{spec.name}' has no guide '{guide}'; choose one of: "
@@ -78,7 +87,9 @@ class StochasticVariationalInference(Strategy):
         if context.binarize == "dynamic":
             settings["binarize"] = "dynamic"
         restarts = options.restarts or 1
-        best = None
+        if context.checkpoint is not None and not context.resume:
+            _remove_restart_checkpoints(context.checkpoint)  # an older run's, into this folder
+        best, scores, seconds, resumed = None, [], 0.0, []
         for restart in range(restarts):
             run_seed = context.seed + 1000 * restart
             pyro.set_rng_seed(run_seed)  # networks are initialized when model and guide are built
@@ -87,15 +98,20 @@ class StochasticVariationalInference(Strategy):
             model = spec.make_model(config, init)
             result = fit_svi(model, spec.guides[guide](model, config), x, seed=run_seed,
                              progress=context.progress, model_name=spec.name, guide_name=guide,
-                             checkpoint=context.checkpoint, resume=context.resume,
+                             checkpoint=restart_checkpoint(context.checkpoint, restart),
+                             resume=context.resume, restart=restart if restarts > 1 else None,
                              **settings)
-            tail = result.history["elbo"][-max(1, len(result.history["elbo"]) // 10):]
-            score = sum(tail) / len(tail)
-            if best is None or score > best[0]:
-                best = (score, result, restart)
-        result = best[1]
+            scores.append(_score(result))
+            seconds += result.seconds
+            resumed.append(result.info.get("resumed_from_step"))
+            if best is None or scores[-1] > scores[best[0]]:
+                best = (restart, result)
+        restart, result = best
         result.seed = context.seed
-        result.info.update(restarts=restarts, best_restart=best[2])
+        result.seconds = seconds
+        result.info.update(restarts=restarts, best_restart=restart)
+        if restarts > 1:
+            result.info.update(restart_elbos=scores, restart_resumed_from_step=resumed)
         return result
 
     @staticmethod
@@ -123,6 +139,37 @@ class StochasticVariationalInference(Strategy):
             cells += [Cell(self.name, guide, (("elbo", e),), e)
                       for e in dict.fromkeys(extra) if e != default]
         return cells
+
+
+def restart_checkpoint(checkpoint: Path | None, restart: int) -> Path | None:
+    """Where restart ``restart`` saves its state: ``checkpoint`` itself for the first one
+    (``checkpoint.pt``), ``checkpoint-restart{r}.pt`` beside it for the others."""
+    if checkpoint is None or restart == 0:
+        return checkpoint
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}-restart{restart}{checkpoint.suffix}")
+
+
+def _remove_restart_checkpoints(checkpoint: Path) -> None:
+    """Delete the other restarts' checkpoints beside ``checkpoint`` (a new fit's first restart
+    overwrites ``checkpoint`` itself), so that a later ``--resume`` never reuses them."""
+    checkpoint = Path(checkpoint)
+    prefix = f"{checkpoint.stem}-restart"
+    if not checkpoint.parent.is_dir():
+        return
+    for path in checkpoint.parent.glob(f"{prefix}*{checkpoint.suffix}"):
+        number = path.name[len(prefix):len(path.name) - len(checkpoint.suffix)]
+        if number.isdigit() and path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def _score(result: FitResult) -> float:
+    """The mean ELBO of the state a fit returns: its kept best window, else its last tenth."""
+    if result.info.get("kept") == "best":
+        return float(result.info["best_window_elbo"])
+    history = result.history["elbo"]
+    tail = history[-max(1, len(history) // 10):]
+    return sum(tail) / len(tail)
 
 
 def has_discrete_local_latent(spec, config, x: torch.Tensor) -> bool:

@@ -33,3 +33,23 @@ def normal_normal_local(x=None, *, num_data=None, subsample_size=None):
 
 declare("normal-normal", normal_normal, global_sites=("mu",))
 declare("normal-normal-local", normal_normal_local, global_sites=("mu",), local_sites=("z",))
+
+
+def bayesian_mixture(x=None, *, num_data=None, subsample_size=None):
+    """A two-component 1-D mixture with priors on its means (ordered: the second is the first
+    plus a positive gap), scales and weight; the component is summed out (no local latent)."""
+    zero = torch.zeros(()) if x is None else x.new_zeros(())
+    low = pyro.sample("low", dist.Normal(zero, 5.0))
+    gap = pyro.sample("gap", dist.LogNormal(zero, 1.0))
+    scales = pyro.sample("scales", dist.LogNormal(zero.expand(2), 1.0).to_event(1))
+    weight = pyro.sample("weight", dist.Beta(zero + 2.0, zero + 2.0))
+    mixture = dist.MixtureSameFamily(
+        dist.Categorical(probs=torch.stack([weight, 1 - weight], -1)),
+        dist.Normal(torch.stack([low, low + gap], -1), scales))
+    rows = num_data if x is None else x.shape[0]
+    with pyro.plate("data", rows, subsample_size=subsample_size, device=zero.device) as idx:
+        pyro.sample("x", mixture, obs=None if x is None else x[idx, 0])
+
+
+declare("bayesian-mixture", bayesian_mixture,
+        global_sites=("low", "gap", "scales", "weight"))
