@@ -23,16 +23,19 @@ Figures are in nats per datapoint; gradients are of the per-datapoint negative E
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import pyro
 import torch
 from pyro import poutine
 
-from guides.dglvm import AmortizedGuide, MeanFieldGuide
-from inference.evaluate import load_params, pointwise_log_weights
-from inference.svi import fit_svi, make_elbo
+from guides.dglvm import AmortizedGuide
+from inference.catalog import get_model
+from inference.compare.gaps import amortization_split
+from inference.evaluate import load_params
+from inference.results import FitResult
+from inference.sampling import own_random_stream
+from inference.svi import make_elbo
 from zoo.dglvm import DGLVMConfig, make_model
 from zoo.registry import Params
 
@@ -132,36 +135,15 @@ def amortization_gap(config: DGLVMConfig, params: Params, guide_params: Params,
                      x: torch.Tensor, *, steps: int = 500, lr: float = 1e-2,
                      num_samples: int = 1000, seed: int = 0) -> AmortizationGap:
     """How much ELBO the encoder of an amortized fit (``params``, ``guide_params``) leaves on
-    the rows ``x : (n, D)`` compared with per-datapoint Gaussians fitted to them by SVI with
-    the decoder frozen, started at the encoder's output (so the optimum is at least as good)."""
-    with pyro.get_param_store().scope():
-        model = make_model(config, params)
-        encoder = AmortizedGuide(model, config)
-        with torch.no_grad(), poutine.block():
-            trace = poutine.trace(encoder).get_trace(x)
-            poutine.replay(model, trace=trace)(x)
-        load_params({**params, **guide_params})
-        pyro.set_rng_seed(seed)
-        encoder_weights = pointwise_log_weights(model, encoder, x, num_samples)
-        with torch.no_grad():
-            loc, scale = encoder.encode(x)
-    frozen = poutine.block(make_model(config, params), hide_types=["param"])
-    fitted = fit_svi(frozen, MeanFieldGuide(frozen, config, init_loc=loc, init_scale=scale), x,
-                     elbo="TraceMeanField_ELBO", steps=steps, lr=lr, seed=seed)
-    with pyro.get_param_store().scope():
-        pyro.set_rng_seed(seed)
-        model = make_model(config, params)
-        mean_field = MeanFieldGuide(model, config, init_loc=fitted.guide_params["z_loc"],
-                                    init_scale=fitted.guide_params["z_scale"])
-        mean_field_weights = pointwise_log_weights(model, mean_field, x, num_samples)
-    log_likelihood = max(_iwae_mean(encoder_weights), _iwae_mean(mean_field_weights))
-    encoder_elbo, mean_field_elbo = float(encoder_weights.mean()), float(
-        mean_field_weights.mean())
+    the rows ``x : (n, D)`` compared with per-datapoint Gaussians fitted to them with the
+    decoder frozen, started at the encoder's output (so the optimum is at least as good): the
+    comparison's gap split (:func:`inference.compare.gaps.amortization_split`) for this model."""
+    result = FitResult(model="dglvm", inference="svi", guide="amortized", params=params,
+                       guide_params=guide_params)
+    with own_random_stream(seed, x.device):
+        split = amortization_split(get_model("dglvm"), config, result, x, steps=steps, lr=lr,
+                                   num_samples=num_samples, seed=seed)
     return AmortizationGap(
-        log_likelihood=log_likelihood, encoder_elbo=encoder_elbo,
-        mean_field_elbo=mean_field_elbo, amortization_gap=mean_field_elbo - encoder_elbo,
-        approximation_gap=log_likelihood - mean_field_elbo, num_rows=x.shape[0])
-
-
-def _iwae_mean(log_weights: torch.Tensor) -> float:
-    return float((torch.logsumexp(log_weights, 0) - math.log(log_weights.shape[0])).mean())
+        log_likelihood=split["log_likelihood"], encoder_elbo=split["encoder_elbo"],
+        mean_field_elbo=split["best_elbo"], amortization_gap=split["amortization_gap"],
+        approximation_gap=split["approximation_gap"], num_rows=x.shape[0])
