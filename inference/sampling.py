@@ -3,20 +3,9 @@ a random stream of their own so that the same files give the same numbers."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pyro
-import torch
 
-
-@contextmanager
-def own_random_stream(seed: int, device: torch.device | None = None):
-    """Draws inside come from a stream seeded by ``seed`` (on the CPU and on ``device``), and
-    the caller's random state is as it was afterwards: Monte Carlo figures reproduce exactly."""
-    devices = [device] if device is not None and torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+from zoo.seeding import own_random_stream  # noqa: F401  (re-exported: one idiom)
 
 
 def vectorized(fn, num_particles: int):

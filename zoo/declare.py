@@ -45,6 +45,7 @@ from pyro.poutine.messenger import Messenger
 
 from zoo.errors import InputError
 from zoo.registry import EMSteps, ModelSpec, Params, register, source_file
+from zoo.seeding import own_random_stream
 
 __all__ = ["DeclaredModel", "LatentSites", "declare"]
 
@@ -308,8 +309,7 @@ def _discrete_sites(model: Callable, config_class: type, declared: LatentSites
         return ()
     try:
         probe = DeclaredModel(model, config_class(), None, declared)
-        with torch.random.fork_rng(devices=[]), pyro.get_param_store().scope(), \
-                torch.no_grad():
+        with own_random_stream(None), pyro.get_param_store().scope(), torch.no_grad():
             trace = poutine.block(poutine.trace(probe).get_trace)(None, num_data=PRIOR_ROWS)
     except Exception:  # a model that cannot run from its prior: `lvm-zoo check` says why
         return ()

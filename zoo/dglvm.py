@@ -39,6 +39,7 @@ from torch.distributions import constraints
 
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, Params, register
+from zoo.seeding import own_random_stream
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 VARIANCES = ("learned", "isotropic", "fixed")
@@ -328,8 +329,7 @@ SYNTHETIC_CONFIG = DGLVMConfig(dim=16, latent_dim=2, hidden=(32,), variance="iso
 def synthetic(num_data: int, generator: torch.Generator, dtype: torch.dtype = torch.float32):
     """``(x (N, 16), None, true params)`` from a random 2-32-16 decoder with σ = 0.1."""
     seed = int(torch.randint(2**31 - 1, (), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with own_random_stream(seed):
         decoder = Decoder(SYNTHETIC_CONFIG).to(dtype)
     params = {f"decoder$$$net.{k}": v.detach() for k, v in
               ((k.removeprefix("net."), v) for k, v in decoder.state_dict().items())}

@@ -35,6 +35,7 @@ from torch.distributions import constraints
 from zoo.declare import declare
 from zoo.errors import InputError
 from zoo.registry import EMSteps, Params
+from zoo.seeding import own_random_stream
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,7 @@ def sample(config: StudentTMixtureConfig, params: Params, num_data: int,
                                   generator=generator)
     # torch's Gamma sampler takes no generator: seed a forked stream from it instead
     seed = int(torch.randint(2**62, (), generator=generator, device=locs.device))
-    with torch.random.fork_rng(devices=[locs.device] if locs.is_cuda else []):
-        torch.manual_seed(seed)
+    with own_random_stream(seed, locs.device):
         half_df = locs.new_tensor(config.df / 2)
         precision = dist.Gamma(half_df, half_df).sample((num_data,))
     noise = torch.randn(num_data, locs.shape[-1], 1, generator=generator, **options)

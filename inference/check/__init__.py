@@ -43,6 +43,7 @@ from inference.catalog import get_model
 from inference.check.checker import _Checker
 from inference.check.report import CheckReport, Problem
 from inference.data import DataRequest, load
+from inference.sampling import own_random_stream
 from zoo.errors import InputError
 from zoo.registry import ModelSpec
 
@@ -92,11 +93,9 @@ def check_model(spec: ModelSpec, config, x: torch.Tensor, *,
     """Every :class:`Problem` of ``spec``'s model and ``guides`` on ``x : (N, D)``."""
     guides = tuple(spec.guides) if guides is None else guides
     found: list[Problem] = []
-    devices = [x.device] if x.is_cuda else []
-    with torch.random.fork_rng(devices=devices), pyro.validation_enabled(True), \
+    with own_random_stream(seed, x.device), pyro.validation_enabled(True), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each finding becomes a Problem, not a warning
-        torch.manual_seed(seed)
         _Checker(spec, config, x, found).run(guides)
     unique, seen = [], set()
     for problem in found:
