@@ -24,6 +24,8 @@ from inference.results import FitResult
 from inference.sampling import own_random_stream, vectorized
 from zoo.registry import ModelSpec, Params
 
+MAX_TRAIN_ROWS = 10_000  # importance-sampled training figures on a seeded subsample beyond
+
 
 def load_params(values: Params) -> None:
     """Write constrained ``values`` into the already-registered params of the current store."""
@@ -123,7 +125,8 @@ def iwae(log_weights: torch.Tensor) -> torch.Tensor:
 
 def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tensor,
                  x_test: torch.Tensor | None = None, *, num_samples: int = 1000,
-                 elbo_samples: int = 100, seed: int = 0) -> dict:
+                 elbo_samples: int = 100, seed: int = 0,
+                 max_train_rows: int = MAX_TRAIN_ROWS) -> dict:
     """The yardstick for one fit, every figure in mean nats per datapoint.
 
     Returns ``train_log_likelihood``, ``test_log_likelihood`` (``None`` without test rows),
@@ -131,14 +134,22 @@ def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tens
     "iwae-joint-K" / "iwae-nested-KxM": :mod:`inference.global_latents`), ``elbo`` (train;
     ``None`` without a guide) and ``gap`` = log p(x) − ELBO on the training rows. Monte Carlo
     draws use their own random stream seeded by ``seed``, so the same files give the same
-    numbers.
+    numbers. Importance-sampled figures of a training set larger than ``max_train_rows`` are
+    taken on a seeded subsample of that many rows (``train_rows_evaluated`` says how many), so
+    that judging a fit costs no more than the fit; exact figures use every row.
     """
     with own_random_stream(seed, x_train.device):
-        return _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples)
+        rows = None
+        if x_train.shape[0] > max_train_rows:
+            rows = torch.randperm(x_train.shape[0], device=x_train.device)[:max_train_rows]
+        metrics = _evaluate_fit(spec, config, result, x_train, x_test, num_samples,
+                                elbo_samples, rows)
+    return metrics
 
 
-def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples) -> dict:
-    metrics: dict = {"log_likelihood_method": "exact"}
+def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples,
+                  rows=None) -> dict:
+    metrics: dict = {"log_likelihood_method": "exact", "train_rows_evaluated": x_train.shape[0]}
     guide = result.guide if result.guide in spec.guides else None
     if spec.log_marginal is None and spec.global_sites and guide is not None:
         return _evaluate_global(spec, config, result, guide, x_train, x_test, num_samples)
@@ -151,19 +162,24 @@ def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_sampl
                 else spec.log_marginal(config, _on(result.params, x), x))
     else:
         metrics["log_likelihood_method"] = f"iwae-{num_samples}"
+        if rows is not None:
+            metrics["train_rows_evaluated"] = int(rows.numel())
         for split, x in splits.items():
             value = None
             if guide is not None and x is not None and x.shape[0] and (
                     split == "train" or not _per_datapoint(spec, guide)):
                 with fitted(spec, config, result.params, x, guide=guide,
                             guide_params=result.guide_params) as (model, guide_fn):
-                    value = iwae(pointwise_log_weights(model, guide_fn, x, num_samples))
+                    value = iwae(pointwise_log_weights(
+                        model, guide_fn, x, num_samples,
+                        indices=rows if split == "train" else None))
             metrics[f"{split}_log_likelihood"] = _mean_or_none(value)
     metrics.update(elbo=None, gap=None)
     if guide is not None:
         with fitted(spec, config, result.params, x_train, guide=guide,
                     guide_params=result.guide_params) as (model, guide_fn):
-            weights = pointwise_log_weights(model, guide_fn, x_train, elbo_samples)
+            weights = pointwise_log_weights(model, guide_fn, x_train, elbo_samples,
+                                            indices=rows)
         metrics["elbo"] = float(weights.mean())
         if metrics["train_log_likelihood"] is not None:
             metrics["gap"] = metrics["train_log_likelihood"] - metrics["elbo"]
@@ -180,6 +196,7 @@ def _evaluate_global(spec, config, result, guide, x_train, x_test, num_samples) 
         metrics = global_yardstick(model, guide_fn, x_train, held_out, spec.global_sites,
                                    local=local, num_samples=num_samples)
     metrics["gap"] = metrics["train_log_likelihood"] - metrics["elbo"]
+    metrics["train_rows_evaluated"] = x_train.shape[0]  # the joint evidence needs every row
     return metrics
 
 
