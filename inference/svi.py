@@ -210,7 +210,7 @@ def fit_svi(
             bad = (f"the loss became {value}" if not math.isfinite(value) else
                    _nonfinite_gradient(names, unconstrained))
             if bad:
-                fitted = (f" of {model_name}" if model_name else "") + (
+                fitted = f" of {model_name or 'the fit'}" + (
                     f" with guide {guide_name}" if guide_name else "")
                 raise TrainingDiverged(
                     f"{bad} at step {step + 1}{fitted}{_kept_message(checkpoint, saved_step)}; "

@@ -1,7 +1,9 @@
 """SVI under faults: a fit killed with SIGKILL and resumed ends bit for bit as an uninterrupted
 one (one restart and three), ``--resume`` without a checkpoint is one line, a fit whose ELBO
-collapses late returns its best window's parameters, a non-finite gradient stops before the
-bad update with the last good checkpoint on disk.
+collapses late returns its best window's parameters (and a resume keeps them), a non-finite
+gradient stops before the bad update with the last good checkpoint on disk, a resume mid-epoch
+redraws the same dynamic binarization, takes the learning rate it is given and refuses another
+seed.
 
 The fault tests run the real command line (``python -m inference fit``) in subprocesses, each
 one bounded by :data:`TIMEOUT` seconds, so nothing here can hang.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,10 +25,12 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from inference.catalog import get_model
 from inference.runs import load_checkpoint, load_run, read_json
 from inference.strategies.svi import restart_checkpoint
 from inference.svi import TrainingDiverged, fit_svi
 from tests.toy import TOY
+from zoo.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60  # seconds, for any one subprocess
@@ -97,13 +102,20 @@ def test_a_killed_and_resumed_fit_ends_bit_for_bit_as_an_uninterrupted_one(tmp_p
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     extra = ("--restarts", str(restarts)) if restarts > 1 else ()
     victim = 1 if restarts > 1 else 0  # kill during the second restart of three
-    uninterrupted = start(command(straight, *extra))  # side by side with the faulty one
-    state = kill_when_past(start(command(killed, *extra)),
-                           restart_checkpoint(killed / "checkpoint.pt", victim), KILL_AFTER)
-    assert not (killed / "metrics.json").exists()
-
-    stdout, stderr = finish(start(command(killed, *extra, "--resume")))
-    finish(uninterrupted)
+    processes = [start(command(straight, *extra)),  # side by side with the faulty one
+                 start(command(killed, *extra))]
+    try:
+        state = kill_when_past(processes[1], restart_checkpoint(killed / "checkpoint.pt",
+                                                                 victim), KILL_AFTER)
+        assert not (killed / "metrics.json").exists()
+        processes.append(start(command(killed, *extra, "--resume")))
+        stdout, stderr = finish(processes[2])
+        finish(processes[0])
+    finally:  # nothing outlives a failed test
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
 
     assert_same_run(straight, killed)
     record = json.loads(stdout)
@@ -220,11 +232,50 @@ def test_a_nan_gradient_stops_before_the_update_and_keeps_the_last_good_checkpoi
         fit_svi(kink_model, no_guide, x, steps=500, lr=0.05, batch_size=4, seed=1,
                 checkpoint=path, checkpoint_every=1, stop_tol=0.0)
     message = str(raised.value)
-    assert "the gradient of theta became non-finite at step " in message
-    bad_step = int(message.split(" at step ")[1].split(";")[0])
+    found = re.search(r"the gradient of theta became non-finite at step (\d+) of the fit;",
+                      message)
+    assert found, message
+    bad_step = int(found.group(1))
     assert bad_step > 1  # the zero row was drawn after some good steps
     state = load_checkpoint(path)
     assert int(state["step"]) == bad_step - 1  # saved before the bad update, never after
     assert f"the last good checkpoint is {path} (step {bad_step - 1}," in message
     assert all(torch.isfinite(v).all() for v in state["params"].values())
     assert torch.isfinite(state["history"]).all() and len(state["history"]) == bad_step - 1
+
+
+# --- what a resume takes from the checkpoint, and what from the call ----------------------
+
+def test_a_resume_mid_epoch_redraws_the_same_dynamic_binarization(tmp_path):
+    spec = get_model(TOY)
+    config = spec.make_config(dim=2)
+    x = torch.rand(40, 2, generator=torch.Generator().manual_seed(0))
+    options = {"steps": 40, "lr": 0.05, "batch_size": 10, "seed": 3, "binarize": "dynamic"}
+
+    def run(**extra):
+        pyro.set_rng_seed(3)
+        model = spec.make_model(config)
+        return fit_svi(model, spec.guides["amortized"](model, config), x,
+                       **{**options, **extra})
+
+    straight = run()
+    path = tmp_path / "checkpoint.pt"
+    run(steps=18, checkpoint=path)  # stopped in the middle of the fifth epoch of 4 steps
+    resumed = run(checkpoint=path, resume=True)
+    assert resumed.history["elbo"] == straight.history["elbo"]
+    for name, value in {**straight.params, **straight.guide_params}.items():
+        assert torch.equal(value, {**resumed.params, **resumed.guide_params}[name]), name
+
+
+def test_a_resume_takes_the_learning_rate_it_is_given_and_refuses_another_seed(tmp_path):
+    x = torch.zeros(10, 1, dtype=torch.float64)
+    options = {"stop_tol": 0.0, "stop_window": 20, "lr": 0.05}
+    path = tmp_path / "checkpoint.pt"
+    fit_svi(cliff_model, no_guide, x, steps=20, checkpoint=path, **options)
+    # Adam's steps on the constant slope are the learning rate: 20 x 0.05, then 20 x 0.01
+    slower = fit_svi(cliff_model, no_guide, x, steps=40, checkpoint=path, resume=True,
+                     **{**options, "lr": 0.01})
+    assert float(slower.params["theta"]) == pytest.approx(1.0 + 20 * 0.01, abs=1e-3)
+    with pytest.raises(InputError, match="seed 0, not 1; resume with the same --seed"):
+        fit_svi(cliff_model, no_guide, x, steps=40, checkpoint=path, resume=True, seed=1,
+                **options)
