@@ -46,6 +46,11 @@ STOP_WINDOW = 100  # steps per window
 CHECKPOINT_SECONDS = 60.0  # a long fit with a checkpoint path saves at least this often
 
 
+# ELBO estimators with a JIT-compiled twin: ``jit=True`` uses the twin (Pyro traces model and
+# guide once and replays the compiled graph), falling back to the plain one if tracing fails.
+JIT_VARIANTS = {"Trace_ELBO": "JitTrace_ELBO", "TraceEnum_ELBO": "JitTraceEnum_ELBO"}
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
 
@@ -93,6 +98,7 @@ def fit_svi(
     checkpoint_every: int = 0,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     resume: bool = False,
+    jit: bool = False,
     stop_tol: float = STOP_TOL,
     stop_window: int = STOP_WINDOW,
     progress: bool = False,
@@ -147,11 +153,15 @@ def fit_svi(
     batch = None if batch_size is None or batch_size == num_data else batch_size
     steps_per_epoch = math.ceil(num_data / (batch or num_data))
     loss = make_elbo(elbo, num_particles=num_particles) if isinstance(elbo, str) else elbo
+    plain = None  # the estimator to fall back to when the JIT-compiled one cannot trace
+    if jit and isinstance(elbo, str) and elbo in JIT_VARIANTS:
+        plain, loss = loss, make_elbo(JIT_VARIANTS[elbo], num_particles=num_particles)
     kwargs = {"num_data": num_data, "subsample_size": batch}
     history: list[float] = []
     start_step, trained_before, resumed_from = 0, 0.0, None
     rule = StoppingRule(stop_tol, stop_window)
     best = _BestWindow(stop_window)
+    jit_fallback = None
     dynamic = binarize == "dynamic"
     pyro.set_rng_seed(seed)
     validate = is_validation_enabled()
@@ -206,7 +216,16 @@ def fit_svi(
             # Pyro's validation (shapes, supports) runs on the first step, where mistakes show;
             # after that it only costs time (5-10x per step on small models).
             with pyro.validation_enabled(validate and step == start_step):
-                value = float(loss.loss_and_grads(model, guide, data, **kwargs))
+                try:
+                    value = float(loss.loss_and_grads(model, guide, data, **kwargs))
+                except (RuntimeError, TypeError, ValueError, NotImplementedError) as error:
+                    if plain is None or step != start_step:
+                        raise
+                    # the model or guide does not trace: the plain estimator from here on
+                    loss, plain = plain, None
+                    jit_fallback = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+                    optimizer.zero_grad(set_to_none=True)
+                    value = float(loss.loss_and_grads(model, guide, data, **kwargs))
             bad = (f"the loss became {value}" if not math.isfinite(value) else
                    _nonfinite_gradient(names, unconstrained))
             if bad:
@@ -246,7 +265,8 @@ def fit_svi(
         model=model_name, inference="svi", guide=guide_name or None, params=params,
         guide_params=guide_params, history={"elbo": history}, seconds=seconds, steps=taken,
         converged=rule_met and collapse is None, device=str(x.device), seed=seed,
-        info={"elbo_estimator": loss.__class__.__name__, "lr": lr, "batch_size": batch_size,
+        info={"elbo_estimator": loss.__class__.__name__, "jit_fallback": jit_fallback,
+              "lr": lr, "batch_size": batch_size,
               "num_particles": num_particles, "max_steps": steps, "stop_tol": stop_tol,
               "stop_window": stop_window, "stopping_rule_met": rule_met,
               "resumed_from_step": resumed_from,

@@ -38,6 +38,10 @@ class SVIOptions:
         "help": "ELBO estimator (default: the guide's)", "choices": ESTIMATORS})
     num_particles: int | None = field(default=None, metadata={
         "help": "ELBO particles per step (default 1)", "min": 1})
+    jit: bool | None = field(default=None, metadata={
+        "help": "JIT-compile the ELBO estimator (JitTrace_ELBO for Trace_ELBO; default: the "
+                "model's choice, on for dglvm); a model that does not trace falls back to the "
+                "plain estimator"})
     restarts: int | None = field(default=None, metadata={
         "help": "SVI restarts from data-based inits; the best final ELBO is kept (default 1)",
         "min": 1})
