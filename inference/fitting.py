@@ -227,9 +227,9 @@ def evaluate_run(run_dir: str | Path, *, data: DataRequest | str | None = None,
         config = spec.config_class(**{k: tuple(v) if isinstance(v, list) else v
                                       for k, v in run["config"].items()})
     except (TypeError, ValueError) as error:
-        raise InputError(f"run.json in '{run_dir}' holds a config that model '{spec.name}' "
-                         f"does not take ({error}); was it written by another version?"
-                         ) from None
+        raise InputError(f"{Path(run_dir) / 'run.json'} holds a config that model "
+                         f"'{spec.name}' does not take ({error}); it is damaged or written by "
+                         "another version: fit again") from None
     if loaded.dataset.dim != config.dim:
         raise InputError(f"dataset '{loaded.dataset.name}' has dimension {loaded.dataset.dim} "
                          f"but the run was fitted on dimension {config.dim}; evaluate on data "

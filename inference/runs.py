@@ -118,7 +118,7 @@ def locked(run_dir: str | Path) -> Iterator[Path]:
 
     The lock is ``fcntl.flock`` on ``run_dir/.lock``; the kernel releases it when the holder
     ends, however it ends, so a lock file left by a killed process never blocks. The file is
-    removed on release. Re-entrant within one process (``save`` inside the CLI's lock)."""
+    removed on release. Re-entrant within one process."""
     run_dir = Path(run_dir)
     key = run_dir.resolve()
     if _HELD.get(key):
@@ -131,7 +131,7 @@ def locked(run_dir: str | Path) -> Iterator[Path]:
     path = run_dir / LOCK_FILE
     while True:
         try:
-            handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held across yield)
+            handle = open(path, "a+", encoding="utf-8")  # held across the yield
         except OSError as error:
             raise InputError(f"--out {run_dir} cannot be written ({error.strerror or error}); "
                              "choose a folder you can write to") from None
@@ -270,6 +270,10 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict, dict, dict]:
     if missing:
         raise InputError(f"{run_dir / RUN_FILE} lacks {', '.join(missing)}; it is partial or "
                          "not written by lvm-zoo: fit again")
+    wrong = _wrong_types(record)
+    if wrong:
+        raise InputError(f"{run_dir / RUN_FILE} holds {', '.join(wrong)}; it is damaged or not "
+                         "written by lvm-zoo: fit again")
     tensors = load_checkpoint(run_dir / PARAMS_FILE)
     for key in ("params", "guide_params"):
         values = tensors.get(key)
@@ -283,6 +287,29 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict, dict, dict]:
     metrics_path = run_dir / METRICS_FILE
     metrics = read_json(metrics_path, dict) if metrics_path.is_file() else {}
     return record, tensors["params"], tensors["guide_params"], metrics
+
+
+_RECORD_KINDS = {"model": (str,), "inference": (str,), "guide": (str, type(None)),
+                 "seed": (int,), "config": (dict,), "data": (dict,), "model_ref": (str,),
+                 "iwae_samples": (int,), "options": (dict,)}
+_DATA_KINDS = {"name": (str, type(None)), "root": (str, type(None))}
+
+
+def _wrong_types(record: dict) -> list[str]:
+    """``"seed 'x' (not int)"`` for each field of a run record of the wrong JSON type."""
+    wrong = []
+    for fields, values in ((_RECORD_KINDS, record), (_DATA_KINDS, record.get("data"))):
+        if not isinstance(values, dict):
+            continue
+        for key, kinds in fields.items():
+            value = values.get(key)
+            if key in values and (isinstance(value, bool) or not isinstance(value, kinds)):
+                names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+                wrong.append(f"{'data.' if fields is _DATA_KINDS else ''}{key} {value!r:.40} "
+                             f"(not {names})")
+    if isinstance(record.get("iwae_samples"), int) and record["iwae_samples"] < 1:
+        wrong.append(f"iwae_samples {record['iwae_samples']} (not at least 1)")
+    return wrong
 
 
 def read_json(path: Path, kind: type = dict):
