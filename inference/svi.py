@@ -458,6 +458,13 @@ def _restore(path, names, unconstrained, optimizer, seed: int, device: torch.dev
     if int(state.get("seed", seed)) != seed:
         raise InputError(f"checkpoint {path} was written by a fit with seed {state['seed']}, "
                          f"not {seed}; resume with the same --seed, or use a new --out folder")
+    shapes = [f"{n} {tuple(state['params'][n].shape)} (this fit: "
+              f"{tuple(unconstrained[n].shape)})" for n in names
+              if state["params"][n].shape != unconstrained[n].shape]
+    if shapes:
+        raise InputError(f"checkpoint {path} holds parameters of other shapes: "
+                         f"{'; '.join(shapes)} — it was written for another model size; "
+                         "resume with the same options, or use a new --out folder")
     lrs = [group["lr"] for group in optimizer.param_groups]
     with torch.no_grad():
         for name in names:

@@ -279,3 +279,20 @@ def test_a_resume_takes_the_learning_rate_it_is_given_and_refuses_another_seed(t
     with pytest.raises(InputError, match="seed 0, not 1; resume with the same --seed"):
         fit_svi(cliff_model, no_guide, x, steps=40, checkpoint=path, resume=True, seed=1,
                 **options)
+
+
+def test_a_checkpoint_of_another_model_size_is_refused_by_name(tmp_path):
+    """A checkpoint written for latent_dim 2, resumed with latent_dim 3 (no run.json to
+    compare against): one InputError naming the parameter and both shapes."""
+    from inference.catalog import get_model
+    from inference.strategies import fit
+    from zoo.errors import InputError
+
+    spec = get_model("ppca")
+    x = torch.randn(80, 5, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "checkpoint.pt"
+    fit(spec, spec.make_config(dim=5, latent_dim=2), x, inference="svi", steps=5,
+        checkpoint=path)
+    with pytest.raises(InputError, match="other shapes: .*weight"):
+        fit(spec, spec.make_config(dim=5, latent_dim=3), x, inference="svi", steps=10,
+            checkpoint=path, resume=True)
