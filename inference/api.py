@@ -26,8 +26,16 @@ from zoo import datasets
 
 evaluate = evaluate_run
 
+
+def load_estimator(run_dir, model: str | None = None, device: str = "cpu"):
+    """The fitted scikit-learn estimator of a run folder (weights only: nothing in the folder
+    is imported or unpickled; a run of a user-file model needs ``model=FILE.py``)."""
+    from inference.estimators_sklearn import load as load_run_estimator
+
+    return load_run_estimator(run_dir, model=model, device=device)
+
 __all__ = ["DataRequest", "Fitted", "LoadedData", "catalogue", "choose_device", "compare",
-           "evaluate", "fit", "get_model", "load", "save", "strategy_grid"]
+           "evaluate", "fit", "get_model", "load", "load_estimator", "save", "strategy_grid"]
 
 
 def catalogue() -> dict:

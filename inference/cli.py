@@ -192,6 +192,25 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_evaluate)
 
+    sample = commands.add_parser("sample", help="draw rows from a run's fitted model")
+    sample.add_argument("run_dir", help="the --out folder of a `lvm-zoo fit` run")
+    sample.add_argument("-n", "--num", type=int, default=64, help="rows to draw (default 64)")
+    sample.add_argument("--out", default=None,
+                        help="file to write (CSV, or a PNG grid for image data; default: "
+                             "samples.csv / samples.png in the run folder)")
+    sample.add_argument("--model", help="FILE.py for a run of a model from a user file")
+    sample.add_argument("--seed", type=int, default=None, help="seed of the draws")
+    sample.set_defaults(handler=_sample)
+
+    predict = commands.add_parser("predict", help="labels, latent means and log p(x) per row "
+                                  "of new data under a run's fitted model")
+    predict.add_argument("run_dir", help="the --out folder of a `lvm-zoo fit` run")
+    predict.add_argument("--data", required=True, help="a .csv/.npy/.npz file or dataset name")
+    predict.add_argument("--out", default=None,
+                         help="CSV to write (default: predictions.csv in the run folder)")
+    predict.add_argument("--model", help="FILE.py for a run of a model from a user file")
+    predict.set_defaults(handler=_predict)
+
     check = commands.add_parser("check", help="run the model and each guide once under Pyro's "
                                 "validation and name what would break a fit")
     check.add_argument("model", help="a registered model or FILE.py:NAME")
@@ -447,6 +466,24 @@ def _check(args: argparse.Namespace) -> int:
             print(problem.line())
         print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 2
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from inference.estimators_sklearn.commands import sample_run
+
+    if args.num < 1:
+        raise InputError(f"-n {args.num} must be at least 1")
+    out = args.out or Path(args.run_dir)  # samples.csv or samples.png there
+    print(f"written: {sample_run(args.run_dir, args.num, out, args.model, seed=args.seed)}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from inference.estimators_sklearn.commands import predict_run
+
+    out = args.out or Path(args.run_dir) / "predictions.csv"
+    print(f"written: {predict_run(args.run_dir, args.data, out, args.model)}")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

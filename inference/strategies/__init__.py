@@ -125,13 +125,18 @@ def unregister(name: str) -> None:
 
 
 def strategies() -> dict[str, Strategy]:
-    """Every registered strategy, built-ins first (in the order of the comparison grid)."""
+    """Every registered strategy: the built-ins in the order of the comparison grid (the first
+    that applies is a model's default), then any others in the order they registered."""
     global _loaded
     if not _loaded:
         _loaded = True
         for module in _BUILTIN_MODULES:
             importlib.import_module(module)
-    return dict(_REGISTRY)
+    builtin = [type(s).__module__ for s in _REGISTRY.values()]
+    order = {module: i for i, module in enumerate(_BUILTIN_MODULES)}
+    ranked = sorted(range(len(builtin)), key=lambda i: (order.get(builtin[i], len(order)), i))
+    names = list(_REGISTRY)
+    return {names[i]: _REGISTRY[names[i]] for i in ranked}
 
 
 def applicable(spec: ModelSpec) -> list[str]:

@@ -1,0 +1,74 @@
+"""``load(run_dir)``: a saved run as a fitted scikit-learn estimator, from weights only.
+
+The run folder is read as :func:`inference.fitting.evaluate_run` reads it: ``run.json`` and
+``params.pt`` through :func:`inference.runs.load_run` (``torch.load(weights_only=True)``,
+nothing unpickled), and the model found by the same rule (a run of a model from a user's file
+needs that file named, ``model="FILE.py"``; nothing in the folder is imported). The estimator
+class follows the model: ``gmm`` -> :class:`GaussianMixture`, ``ppca`` -> :class:`PPCA`, ``fa``
+-> :class:`FactorAnalysis`, ``dglvm`` -> :class:`DeepLatentGaussian`, any other ->
+:class:`PyroLatentModel`. Its parameters are the run's (so ``clone(est).fit(X)`` refits the way
+the run was fitted) and it computes in the run's dtype with the run's seed, so its
+``score_samples`` are the run's numbers: the exact log p(x), or for a model without one the
+same IWAE draws as the run's metrics. An SVI run's ``checkpoint.pt`` (weights only too) lets
+``partial_fit`` continue it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inference.catalog import get_model
+from inference.estimators_sklearn import base
+from inference.estimators_sklearn.base import LatentModelEstimator, config_from_fields
+from inference.estimators_sklearn.deep import DeepLatentGaussian
+from inference.estimators_sklearn.generic import PyroLatentModel
+from inference.estimators_sklearn.linear import PPCA, FactorAnalysis
+from inference.estimators_sklearn.mixture import GaussianMixture
+from inference.results import FitResult
+from inference.runs import CHECKPOINT_FILE, HISTORY_FILE, load_run, read_json
+from zoo.errors import InputError
+
+ESTIMATORS: dict[str, type[LatentModelEstimator]] = {
+    "gmm": GaussianMixture, "ppca": PPCA, "fa": FactorAnalysis, "dglvm": DeepLatentGaussian}
+
+
+def load(run_dir: str | Path, model: str | None = None, *,
+         device: str = "cpu") -> LatentModelEstimator:
+    """The fitted estimator of the run in ``run_dir`` (weights only, see the module docstring).
+
+    ``model`` names the user's file for a run of a model declared there (``"FILE.py"`` or
+    ``"FILE.py:NAME"``), as ``lvm-zoo evaluate --model``; ``device`` is where it computes.
+    """
+    from inference.fitting import _model_reference  # the rule; fitting imports arviz: late
+
+    run, params, guide_params, metrics = load_run(run_dir)
+    reference = _model_reference(run, model, run_dir)
+    spec = get_model(reference)
+    if base.is_file_reference(reference):
+        base._FILE_MODELS[reference] = spec.name
+    stored = str(run.get("model_ref", run["model"]))
+    if base.is_file_reference(stored):
+        base._FILE_MODELS[stored] = spec.name  # the estimator's model parameter
+    try:
+        config = config_from_fields(spec, run["config"])
+    except (TypeError, ValueError) as error:
+        raise InputError(f"run.json in '{run_dir}' holds a config that model '{spec.name}' "
+                         f"does not take ({error}); was it written by another version?"
+                         ) from None
+    history_path = Path(run_dir) / HISTORY_FILE
+    history = read_json(history_path, dict) if history_path.is_file() else {}
+    cls = ESTIMATORS.get(spec.name, PyroLatentModel)
+    estimator = cls(**cls._params_from_run(spec, config, run, metrics), device=device)
+    estimator._restore(spec, config, run, params, guide_params, metrics, history,
+                       _svi_state(run, Path(run_dir)))
+    return estimator
+
+
+def _svi_state(run: dict, run_dir: Path) -> dict | None:
+    """The SVI checkpoint of the state the run saved (its best restart's), or None."""
+    if run["inference"] != "svi" or not (run_dir / CHECKPOINT_FILE).is_file():
+        return None
+    info = run.get("info") if isinstance(run.get("info"), dict) else {}
+    result = FitResult(model=run["model"], inference="svi", guide=run["guide"], params={},
+                       info={"best_restart": info.get("best_restart", 0)})
+    return base.svi_state(result, run_dir / CHECKPOINT_FILE, kept=info.get("kept"))
