@@ -12,7 +12,7 @@ loop can accelerate it with SQUAREM (Varadhan & Roland 2008, scheme S3): from tw
 from ``θ'``, and keeps the result only if its log-likelihood is at least that of ``θ2``;
 otherwise it falls back to ``θ2``. So the history stays monotone, as plain EM's. The
 extrapolation runs in unconstrained coordinates read from the model's ``pyro.param``
-constraints (log for positive variances, stick-breaking for simplex weights, log-diagonal for
+constraints (log for positive variances, log for simplex weights (back by softmax), log-diagonal for
 Cholesky factors), so that every extrapolated point is a valid parameter.
 """
 
@@ -26,7 +26,7 @@ import pyro
 import torch
 from pyro.poutine.messenger import Messenger
 from sklearn.exceptions import ConvergenceWarning
-from torch.distributions import biject_to, constraints
+from torch.distributions import constraints, transform_to
 from tqdm.auto import tqdm
 
 from inference.results import FitResult
@@ -67,8 +67,11 @@ def fit_em(
     takes the model's default (:func:`accelerates_by_default`).
 
     ``history["log_likelihood"]`` is the mean log p(x) at every point EM kept, the start first
-    and the returned parameters' last; it never decreases. Without acceleration its entry ``i``
-    is the log-likelihood after ``i`` M-steps, so it has ``steps + 1`` entries.
+    and the returned parameters' last, so it has ``steps + 1`` entries. Without acceleration
+    entry ``i`` is the log-likelihood after ``i`` M-steps (EM's ascent: it never decreases but
+    by rounding); with it, the points are the EM updates and the extrapolations kept, and it
+    never decreases at all. ``info`` counts the EM updates, the E-steps (the cost) and the
+    extrapolations kept and rejected.
     """
     if spec.em is None:
         raise InputError(f"model '{spec.name}' has no EM steps; `lvm-zoo list` shows the "
@@ -96,7 +99,8 @@ def fit_em(
         bar = tqdm(total=max_iter, desc=f"EM {spec.name}", leave=False,
                    disable=not (progress and restart == 0))
         if accelerate:
-            coordinates = coordinates or _Coordinates.of(spec, config, params, x)
+            if coordinates is None:
+                coordinates = _Coordinates.of(spec, config, params, x)
             run = _squarem_run(spec, config, x, params, tol, max_iter, bar, coordinates)
         else:
             run = _em_run(spec, config, x, params, tol, max_iter, bar)
@@ -164,76 +168,81 @@ def _em_run(spec, config, x, params, tol, max_iter, bar) -> _Run:
 
 
 def _squarem_run(spec, config, x, params, tol, max_iter, bar, coordinates) -> _Run:
-    """SQUAREM (scheme S3) with the step bound of Varadhan & Roland's ``squarem``: |α| is at
-    most ``bound``, which grows by :data:`STEP_GROWTH` each time it binds and an extrapolation
-    is kept, and shrinks (to no less than 1) when a bound extrapolation is rejected. One
-    iteration, for ``tol``, is one SQUAREM step: its gain in log p(x) from ``θ0`` to the point
-    kept."""
+    """SQUAREM (scheme S3) with the step bound of Varadhan & Roland's ``squarem``: ``|α|`` is
+    at most ``bound``, which grows by :data:`STEP_GROWTH` each time it binds and the step is
+    kept, and shrinks (to no less than 1) when a bound step is rejected.
+
+    One iteration, for ``tol``, is one SQUAREM step: its gain in log p(x) from ``θ0`` to the
+    point kept. An EM update cannot lower log p(x); one that does is rounding, so the run
+    stops there, at the better point before it."""
     em = spec.em
     statistics, current = _evaluate(spec, config, x, params, 0)
     history = [current]
-    updates, e_steps, kept, rejected = 0, 1, 0, 0
+    cost = {"updates": 0, "e_steps": 1, "kept": 0, "rejected": 0}
     bound = 1.0
     converged = False
 
     def update(statistics):
-        nonlocal updates, e_steps
         new = em.m_step(config, x, statistics)
-        updates += 1
-        e_steps += 1
+        cost["updates"] += 1
+        cost["e_steps"] += 1
         bar.update()
-        return new, *_evaluate(spec, config, x, new, updates)
+        return (new, *_evaluate(spec, config, x, new, cost["updates"]))
 
-    while updates < max_iter:
-        start, first_params = current, params
-        params, statistics, current = update(statistics)
-        history.append(current)
-        if updates < max_iter:
-            middle_params = params
-            params, statistics, current = update(statistics)
-            history.append(current)
-            if updates < max_iter:
-                alpha = _step_length(coordinates, first_params, middle_params, params, bound)
-                if alpha is not None and alpha < -1.0:
-                    jumped = _extrapolated(coordinates, first_params, middle_params, params,
-                                           alpha)
-                    stabilized, used = _stabilized(spec, config, x, jumped)
-                    updates += 1  # the stabilizing update, made or not, counts as one
-                    e_steps += used
+    while cost["updates"] < max_iter and not converged:
+        start = (params, statistics, current)
+        points = [start]
+        for _ in range(2):
+            if cost["updates"] == max_iter:
+                break
+            point = update(points[-1][1])
+            if point[2] < points[-1][2]:  # rounding: stop at the better point
+                converged = True
+                break
+            points.append(point)
+            history.append(point[2])
+        params, statistics, current = points[-1]
+        if len(points) == 3 and not converged and cost["updates"] < max_iter:
+            step = _squarem_step(coordinates, *(p[0] for p in points), bound)
+            if step is not None:
+                alpha, jumped = step
+                kept = False
+                if jumped is not None:
+                    cost["updates"] += 1  # the stabilizing update, made or not, counts as one
                     bar.update()
+                    stabilized, used = _stabilized(spec, config, x, jumped)
+                    cost["e_steps"] += used
                     if stabilized is not None and stabilized[2] >= current:
                         params, statistics, current = stabilized
                         history.append(current)
-                        kept += 1
+                        cost["kept"] += 1
+                        kept = True
                     else:
-                        rejected += 1
-                        if alpha <= -bound:
-                            bound = max(1.0, bound / STEP_GROWTH)
-                        alpha = None
-                if alpha is not None and alpha <= -bound:  # kept at the bound (α = -1: θ2)
-                    bound *= STEP_GROWTH
+                        cost["rejected"] += 1
+                if alpha <= -bound:
+                    bound = bound * STEP_GROWTH if jumped is None or kept else max(
+                        1.0, bound / STEP_GROWTH)
         bar.set_postfix(log_likelihood=f"{current:.5f}")
-        if abs(current - start) < tol:
+        if abs(current - start[2]) < tol:
             converged = True
-            break
-    return _Run(params, history, converged, updates, e_steps, kept, rejected)
+    return _Run(params, history, converged, cost["updates"], cost["e_steps"], cost["kept"],
+                cost["rejected"])
 
 
-def _step_length(coordinates, first, middle, last, bound) -> float | None:
-    """S3's ``α = -|r| / |v|``, clipped to ``[-bound, -1]``; ``None`` where ``v`` vanishes."""
-    u0, u1, u2 = (coordinates.flatten(p) for p in (first, middle, last))
-    r_norm = float(torch.linalg.vector_norm(u1 - u0))
-    v_norm = float(torch.linalg.vector_norm(u2 - 2 * u1 + u0))
-    if not (math.isfinite(r_norm) and math.isfinite(v_norm)) or v_norm == 0.0:
-        return None
-    return max(-bound, min(-r_norm / v_norm, -1.0))
-
-
-def _extrapolated(coordinates, first, middle, last, alpha: float) -> Params:
-    """``θ' = θ0 - 2 α r + α² v`` in unconstrained coordinates (``α = -1`` gives ``θ2``)."""
+def _squarem_step(coordinates, first: Params, middle: Params, last: Params, bound: float):
+    """S3's ``α = -|r| / |v|``, clipped to ``[-bound, -1]``, and the extrapolated point
+    ``θ' = θ0 - 2 α r + α² v`` in unconstrained coordinates: ``(α, θ')``, with ``θ' = None``
+    where ``α = -1`` (then ``θ' = θ2``); ``None`` where ``v`` vanishes (EM has converged to
+    rounding)."""
     u0, u1, u2 = (coordinates.flatten(p) for p in (first, middle, last))
     r, v = u1 - u0, u2 - 2 * u1 + u0
-    return coordinates.unflatten(u0 - 2 * alpha * r + alpha**2 * v, last)
+    r_norm, v_norm = float(torch.linalg.vector_norm(r)), float(torch.linalg.vector_norm(v))
+    if not (math.isfinite(r_norm) and math.isfinite(v_norm)) or v_norm == 0.0:
+        return None
+    alpha = max(-bound, min(-r_norm / v_norm, -1.0))
+    if alpha == -1.0:
+        return alpha, None
+    return alpha, coordinates.unflatten(u0 - 2 * alpha * r + alpha**2 * v, last)
 
 
 def _stabilized(spec, config, x, jumped: Params):
@@ -275,7 +284,7 @@ class _ReadConstraints(Messenger):
 
 class _Coordinates:
     """``Params`` <-> one flat float64 vector of unconstrained coordinates, through
-    ``biject_to`` of each parameter's constraint (the identity where the model declares
+    ``transform_to`` of each parameter's constraint (the identity where the model declares
     none)."""
 
     def __init__(self, transforms: dict):
@@ -291,7 +300,7 @@ class _Coordinates:
                 spec.make_model(config, params)(x)
         except _Stop:
             pass
-        return cls({name: biject_to(reader.found.get(name, constraints.real))
+        return cls({name: transform_to(reader.found.get(name, constraints.real))
                     for name in params})
 
     def flatten(self, params: Params) -> torch.Tensor:

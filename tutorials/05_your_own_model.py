@@ -57,7 +57,8 @@ STARTED = time.perf_counter()
 numbers: dict = {"smoke": SMOKE}  # every number the text promises; saved to numbers.json
 # the command line: the `lvm-zoo` next to this Python, else `python -m inference`
 LVM_ZOO = ([str(Path(sys.executable).with_name("lvm-zoo"))]
-           if Path(sys.executable).with_name("lvm-zoo").exists() else [sys.executable, "-m", "inference"])
+           if Path(sys.executable).with_name("lvm-zoo").exists()
+           else [sys.executable, "-m", "inference"])
 
 
 def lvm_zoo(*arguments: str) -> subprocess.CompletedProcess:

@@ -50,6 +50,7 @@ from zoo.gmm_em import (
     _quadratic_features,  # noqa: F401 - the tests of the E-step routes reach it here
     _quadratic_weights,  # noqa: F401 - the tests of the E-step routes reach it here
     e_step,
+    from_labels,
     m_step,
     maximize,
     sufficient_statistics,
@@ -273,8 +274,7 @@ def make_model(config: GMMConfig, params: Params | None = None) -> GaussianMixtu
 
 def from_assignments(config: GMMConfig, x: torch.Tensor, labels: torch.Tensor) -> Params:
     """The M-step on hard assignments ``labels : (N,)`` (K-means' clusters as a mixture)."""
-    resp = torch.nn.functional.one_hot(labels, config.components).to(x.dtype)
-    return m_step(config, x, resp)
+    return from_labels(config, x, labels)
 
 
 SPEC = register(ModelSpec(

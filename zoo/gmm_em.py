@@ -4,8 +4,9 @@ The E-step (:func:`e_step`) is EM's hot path. For data it sees again and again i
 quadratic features, so that an iteration is two GEMMs and a logsumexp, wherever their rounding
 error is provably negligible; otherwise one pass over row blocks whitens all K components with
 a single GEMM, takes the logsumexp and accumulates the sufficient statistics. Neither
-materializes N x K x D x D. The M-step (:func:`maximize`, or :func:`m_step` from
-responsibilities) is scikit-learn's, with ``reg_covar`` on the covariance diagonals.
+materializes N x K x D x D. The M-step (:func:`maximize`; :func:`m_step` from
+responsibilities, :func:`from_labels` from hard labels) is scikit-learn's, with ``reg_covar``
+on the covariance diagonals.
 
 The per-component constants and the whitened row blocks here are also what the closed forms of
 :mod:`zoo.gmm` (``log_marginal``, ``responsibilities``) are computed with. Parameters travel as
@@ -189,6 +190,35 @@ def sufficient_statistics(config: GMMConfig, x: torch.Tensor,
     return MixtureStatistics(counts, first, second, center, x.shape[0])
 
 
+def label_statistics(config: GMMConfig, x: torch.Tensor,
+                     labels: torch.Tensor) -> MixtureStatistics:
+    """:func:`sufficient_statistics` for hard labels ``labels : (N,)`` (one-hot
+    responsibilities), about each cluster's mean: the rows sorted by cluster once, then per
+    cluster its mean, its centred rows and one GEMM of them (full) or their squares (diag), so
+    the work is O(N D²), not the O(N K D²) of dense responsibilities."""
+    _check_data(config, x)
+    k, d = config.components, config.dim
+    if labels.shape != (x.shape[0],) or labels.dtype not in (torch.int32, torch.int64):
+        raise InputError(f"labels must be an integer tensor of shape ({x.shape[0]},), got "
+                         f"{tuple(labels.shape)} of {labels.dtype}")
+    sizes = torch.bincount(labels, minlength=k)
+    if sizes.numel() > k:
+        raise InputError(f"labels must lie in 0..{k - 1}")
+    counts = sizes.to(x.dtype)
+    rows = x[torch.argsort(labels)]
+    full = config.covariance_type == "full"
+    first, center = x.new_zeros(k, d), x.new_zeros(k, d)
+    second = x.new_zeros((k, d, d) if full else (k, d))
+    for j, block in enumerate(torch.split(rows, sizes.tolist())):
+        if block.shape[0] == 0:
+            continue  # an empty cluster: zero statistics, as its one-hot column gives
+        center[j] = block.mean(0)
+        diff = block.sub_(center[j])  # the sorted copy is ours to overwrite
+        first[j] = diff.sum(0)  # rounding only; the M-step adds it back to the mean
+        second[j] = diff.T @ diff if full else diff.square_().sum(0)
+    return MixtureStatistics(counts, first, second, center, x.shape[0])
+
+
 def maximize(config: GMMConfig, x: torch.Tensor | None,
              statistics: MixtureStatistics) -> Params:
     """The parameters that maximize the expected complete-data log-likelihood given the
@@ -242,6 +272,12 @@ def maximize(config: GMMConfig, x: torch.Tensor | None,
 def m_step(config: GMMConfig, x: torch.Tensor, resp: torch.Tensor) -> Params:
     """Weighted means, covariances (+ ``reg_covar``) and weights given ``resp : (N, K)``."""
     return maximize(config, x, sufficient_statistics(config, x, resp))
+
+
+def from_labels(config: GMMConfig, x: torch.Tensor, labels: torch.Tensor) -> Params:
+    """:func:`m_step` from hard labels ``labels : (N,)``, as from their one-hot
+    responsibilities, at the cost of one pass over the sorted rows."""
+    return maximize(config, x, label_statistics(config, x, labels))
 
 
 def e_step(config: GMMConfig, params: Params,
@@ -303,15 +339,22 @@ def _quadratic_features(config: GMMConfig, x: torch.Tensor) -> _Features | None:
         if cached.data() is x and cached.version == x._version and cached.full == full:
             return cached
     center = x.mean(0)
-    rows = (x - center).T.contiguous()  # (D, N): gathering whole rows is a copy of memory
+    # one buffer, written once: the centred rows (D, N), then their products in place (row i
+    # times rows i..D-1: the pairs i <= j in triu_indices order), then the 1s; no gathers,
+    # no concatenation (a fresh 100 MB buffer costs more than the arithmetic that fills it)
+    values = x.new_empty(quadratic + d + 1, n)
+    rows = values[quadratic:quadratic + d]
+    torch.sub(x.T, center[:, None], out=rows)
     if full:
-        first, second = torch.triu_indices(d, d, device=x.device)
-        products = rows[first] * rows[second]
+        offset = 0
+        for i in range(d):
+            torch.mul(rows[i:], rows[i], out=values[offset:offset + d - i])
+            offset += d - i
     else:
-        products = rows.square()
-    values = torch.cat([products, rows, rows.new_ones(1, n)])
-    features = _Features(weakref.ref(x), x._version, full, values, center,
-                         float(rows.square().sum(0).max()))
+        torch.square(rows, out=values[:d])
+    values[-1] = 1.0
+    radius = float(rows.square().sum(0).max())
+    features = _Features(weakref.ref(x), x._version, full, values, center, radius)
     _FEATURES[:] = [features]
     weakref.finalize(x, _forget_dead_features)  # free them with the data
     return features

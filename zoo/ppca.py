@@ -502,7 +502,11 @@ def _synthetic(noise: str):
 # --- registration ---------------------------------------------------------------------------
 
 
-_EM = EMSteps(init=em_init, e_step=e_step, m_step=m_step, init_methods=("random",))
+# SQUAREM on by default (``inference.em``): with PX-EM PPCA needs a handful of updates either
+# way, but factor analysis crawls where some psi_d heads for 0 (a Heywood case), and SQUAREM
+# cuts the updates to a given gap several-fold.
+_EM = EMSteps(init=em_init, e_step=e_step, m_step=m_step, init_methods=("random",),
+              accelerate=True)
 _COMMON = dict(
     make_model=make_model,
     init_params=em_init, log_marginal=log_marginal, posterior=posterior, sample=sample,

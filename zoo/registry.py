@@ -61,7 +61,8 @@ class EMSteps:
     init: Callable[..., Params]
     e_step: Callable[..., tuple[Any, torch.Tensor]]
     m_step: Callable[..., Params]
-    init_methods: tuple[str, ...] = ("random",)
+    init_methods: tuple[str, ...] = ("random",)  # the first is the default start
+    accelerate: bool = False  # SQUAREM by default (``inference.em``), where it helps
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ def test_list_names_models_guides_inference_and_datasets(capsys):
     assert code == 0
     listing = json.loads(out)
     assert {"closed-form", "em", "kmeans", "svi"} == set(listing["inference"])
-    assert listing["inference"]["em"]["options"] == ["n_init", "init", "tol", "max_iter"]
+    assert listing["inference"]["em"]["options"] == ["n_init", "init", "tol", "max_iter",
+                                                   "accelerate"]
     assert {"old-faithful", "iris", "digits", "mnist", "fashion-mnist", "frey-face"} <= set(
         listing["datasets"])
     assert "Trace_ELBO" in listing["elbo_estimators"]

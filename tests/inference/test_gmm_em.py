@@ -140,7 +140,7 @@ def test_bad_input_reaches_the_user_as_input_errors():
     x, _ = DATA["iris"]
     with pytest.raises(InputError, match="components=151 exceeds the 150 datapoints"):
         fit_em(SPEC, gmm.GMMConfig(dim=4, components=151), x)
-    with pytest.raises(InputError, match="kmeans\\+\\+, kmeans, random"):
+    with pytest.raises(InputError, match="kmeans, kmeans\\+\\+, random"):
         fit_em(SPEC, gmm.GMMConfig(dim=4, components=2), x, init="spectral")
     duplicated = torch.cat([x[:20], x[:1].expand(30, 4)])
     with pytest.raises(InputError, match="singular covariance"):
