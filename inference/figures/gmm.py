@@ -11,12 +11,15 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
+from inference.em import fit_em
 from inference.figures import figures_for, save_figure
 from inference.results import FitResult
 from zoo.gmm import SPEC, GMMConfig, log_marginal, responsibilities
@@ -69,11 +72,11 @@ def em_snapshots(config: GMMConfig, x: torch.Tensor, result: FitResult,
     for _ in range(result.info.get("best_restart", 0) + 1):
         params = SPEC.em.init(config, x, generator, method)
     snapshots = {0: params} if 0 in wanted else {}
-    for iteration in range(1, wanted[-1] + 1):
-        statistics, _ = SPEC.em.e_step(config, params, x)
-        params = SPEC.em.m_step(config, x, statistics)
-        if iteration in wanted:
-            snapshots[iteration] = params
+    with warnings.catch_warnings():  # stopping after i updates is the point here
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for iteration in (i for i in wanted if i > 0):  # the one EM loop, i updates from there
+            snapshots[iteration] = fit_em(SPEC, config, x, init=params, max_iter=iteration,
+                                          tol=0.0, accelerate=False).params
     return snapshots
 
 
