@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import chromium, headless
 from tests.test_tutorials import TUTORIALS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,23 +55,6 @@ window.addEventListener("load", function () {
   document.body.appendChild(probe);
 });
 </script>"""
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail("the docs test needs a real browser: install Debian's chromium with "
-                "`apt-get update && apt-get install -y chromium` (CI does it in .ci/run)")
-
-
-def headless(browser: str, profile, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=180, check=False)
 
 
 def untracked_or_changed() -> set[str] | None:

@@ -4,13 +4,12 @@ summary table and every image (each <img> complete with a natural width above 0)
 import html
 import json
 import re
-import shutil
-import subprocess
 
 import pytest
 
 from inference import api
 from inference.data import DataRequest
+from tests.browser import chromium, headless
 from tests.toy import TOY
 
 # Written into the DOM once the page has loaded, so that --dump-dom reports what the browser
@@ -29,23 +28,6 @@ window.addEventListener("load", function () {
   document.body.appendChild(probe);
 });
 </script>"""
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.fail("the report test needs a real browser: install Debian's chromium with "
-                "`apt-get update && apt-get install -y chromium` (CI does it in .ci/run)")
-
-
-def headless(browser: str, profile, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=180, check=False)
 
 
 @pytest.fixture(scope="module")
