@@ -19,7 +19,8 @@ import dataclasses
 from inference import strategies
 from inference.catalog import get_model, models
 from inference.compare import compare, strategy_grid
-from inference.data import DataRequest, LoadedData, choose_device, load
+from inference.data import DataRequest, LoadedData, choose_device
+from inference.data import load as load_data
 from inference.fitting import Fitted, evaluate_run, fit, save
 from inference.svi import ELBOS
 from zoo import datasets
@@ -27,15 +28,20 @@ from zoo import datasets
 evaluate = evaluate_run
 
 
-def load_estimator(run_dir, model: str | None = None, device: str = "cpu"):
-    """The fitted scikit-learn estimator of a run folder (weights only: nothing in the folder
-    is imported or unpickled; a run of a user-file model needs ``model=FILE.py``)."""
+def load(run_dir, model: str | None = None, device: str = "cpu"):
+    """The fitted scikit-learn estimator of a run folder, ready to predict, sample and score
+    (weights only: nothing in the folder is imported or unpickled; a run of a user-file model
+    needs ``model=FILE.py``). ``load_data(request, spec)`` loads a :class:`DataRequest`."""
     from inference.estimators_sklearn import load as load_run_estimator
 
     return load_run_estimator(run_dir, model=model, device=device)
 
+
+load_estimator = load
+
 __all__ = ["DataRequest", "Fitted", "LoadedData", "catalogue", "choose_device", "compare",
-           "evaluate", "fit", "get_model", "load", "load_estimator", "save", "strategy_grid"]
+           "evaluate", "fit", "get_model", "load", "load_data", "load_estimator", "save",
+           "strategy_grid"]
 
 
 def catalogue() -> dict:

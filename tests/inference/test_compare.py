@@ -107,7 +107,7 @@ def test_ppca_mean_field_gap_equals_its_closed_form(ppca_rows):
     row = _row(ppca_rows, "svi mean-field")
     _, params, guide_params, metrics = load_run(row["run_dir"])
     spec = get_model("ppca")
-    x_train = api.load(DataRequest("iris", device="cpu"), spec).train
+    x_train = api.load_data(DataRequest("iris", device="cpu"), spec).train
     kl = _mean_field_kl(params, guide_params, x_train)
     assert row["gap"] == pytest.approx(kl.mean(), abs=1e-4)
     assert row["gap"] > 1e-3  # a real gap, not a trivially tight bound
@@ -174,7 +174,7 @@ def _em_params(spec, config, x):
 
 def test_swapped_labels_compare_as_equal():
     spec = get_model("gmm")
-    x = api.load(DataRequest(device="cpu"), spec).train
+    x = api.load_data(DataRequest(device="cpu"), spec).train
     config = spec.make_config(dim=2, components=3)
     params = _em_params(spec, config, x)
     swapped = {name: value[torch.tensor([2, 0, 1])] for name, value in params.items()}
@@ -250,7 +250,7 @@ def test_fitted_per_datapoint_optimum_closes_the_approximation_gap():
     from inference.strategies import fit
 
     spec = get_model(TOY)
-    x = api.load(DataRequest(standardize=True, device="cpu"), spec).train
+    x = api.load_data(DataRequest(standardize=True, device="cpu"), spec).train
     config = spec.make_config(dim=2)
     result = fit(spec, config, x, inference="svi", guide="amortized", steps=60)
     split = amortization_split(spec, config, result, x[:16], steps=300)

@@ -18,7 +18,7 @@ DRAWS = 400
 @pytest.fixture(scope="module")
 def ppca():
     spec = get_model("ppca")
-    x = api.load(DataRequest("iris", device="cpu"), spec).train
+    x = api.load_data(DataRequest("iris", device="cpu"), spec).train
     config = spec.make_config(dim=4, latent_dim=2)
     return spec, config, x
 
@@ -86,7 +86,7 @@ def test_enumerated_guide_draws_from_the_responsibilities():
     """The GMM's 'enumerate' guide has no z: TraceEnum_ELBO sums it out, so its draws come
     from the exact conditional (infer_discrete) and match the responsibilities."""
     spec = get_model("gmm")
-    x = api.load(DataRequest(device="cpu"), spec).train
+    x = api.load_data(DataRequest(device="cpu"), spec).train
     config = spec.make_config(dim=2)
     result = _svi(spec, config, x, "enumerate", steps=50)
     rows = torch.arange(0, 200, 5)
@@ -106,7 +106,10 @@ def test_nuts_reference_matches_the_exact_posterior(ppca):
                                   num_draws=DRAWS, log_likelihood_rows=0)
     nuts = export.nuts_reference(spec, config, result, x, rows=rows, num_samples=200,
                                  warmup_steps=150)
-    assert nuts.local["z"].shape == (200, 2, 2) and nuts.diagnostics["divergences"] == 0
+    # two chains of 200 draws, one after the other, with R-hat and ESS across them
+    assert nuts.local["z"].shape == (400, 2, 2) and nuts.diagnostics["divergences"] == 0
+    assert nuts.diagnostics["chains"] == 2 and nuts.diagnostics["r_hat_max"] < 1.05
+    assert nuts.diagnostics["ess_bulk_min"] > 50
     near = export.reference_distance(exact, nuts)
     shifted = export.PosteriorDraws("shifted", rows, {"z": exact.local["z"] + 0.5})
     assert near < 0.1 < export.reference_distance(shifted, nuts)
