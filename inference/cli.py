@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import errno
 import json
 import sys
@@ -52,7 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = args = None
     try:
         spec = _model_in(argv)
-        args = build_parser(spec).parse_args(argv)
+        parser = build_parser(spec)
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            _unknown(parser, args, extras)
         if args.command is None:
             build_parser(None).print_help()
             return 2
@@ -129,8 +133,29 @@ def _model_in(argv: list[str]) -> ModelSpec | None:
     return None
 
 
+def _unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]):
+    """One line for flags the command does not take, with the closest one it does."""
+    command = getattr(args, "command", None)
+    commands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)),
+                    None)
+    known = list(commands.choices[command]._option_string_actions) if command else []
+    flag = next((e for e in extras if e.startswith("-")), extras[0]).split("=")[0]
+    close = difflib.get_close_matches(flag, known, n=1)
+    where = f"lvm-zoo {command}" if command else "lvm-zoo"
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise InputError(f"{where} takes no {' '.join(extras)}{hint} (see `{where} --help`)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's own error: one line naming the input and where the help is,
+    exit status 2 through ``main``, no usage block (unknown flags: :func:`_unknown`)."""
+
+    def error(self, message: str):
+        raise InputError(f"{message}; see `{self.prog} --help`")
+
+
 def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lvm-zoo", description="Latent-variable models in Pyro: fit, compare, evaluate.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -131,3 +131,17 @@ def test_sample_and_predict_use_a_saved_run(capsys, tmp_path):
     assert all(abs(p - 1) < 1e-6 for p in probabilities)
     assert main(["sample", str(run), "-n", "0"]) == 2
     assert "-n 0 must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["fit", "gmm", "--n-components", "3"], "takes no --n-components 3; did you mean "
+                                            "--components?"),
+    (["fit", "gmm", "--stepz", "5"], "did you mean --steps?"),
+    (["fit", "gmm", "--inference", "bogus"], "invalid choice: 'bogus'"),
+    (["compare"], "the following arguments are required: model"),
+])
+def test_command_line_mistakes_get_one_line_and_exit_2(capsys, argv, words):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and words in err
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err
