@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from inference import api, strategies
+from inference import api, fitting, strategies
 from inference.catalog import get_model
 from inference.compare.harness import grid_option_names
 from inference.compare.tables import format_table, summarize
@@ -173,6 +173,9 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
     _model_options(fit, spec)
     fit.add_argument("--resume", action="store_true",
                      help="continue an SVI run from the checkpoint in --out")
+    fit.add_argument("--reference", choices=("nuts",),
+                     help="nuts: NUTS draws of the global latents (models with priors), beside "
+                          "the fit's posterior, with R-hat and ESS; written as posterior-nuts.nc")
     fit.add_argument("--overwrite", action="store_true",
                      help="replace the finished run in --out (otherwise it is refused)")
     fit.set_defaults(handler=_fit)
@@ -384,6 +387,8 @@ def _fit(args: argparse.Namespace) -> int:
     spec, strategy, _, model_options = prepare(
         args.model, inference=args.inference, guide=args.guide,
         **options)  # every option checked before data or work
+    if args.reference == "nuts":
+        fitting.check_nuts_reference(spec)
     if args.resume and args.overwrite:
         raise InputError("--resume continues the run in --out and --overwrite replaces it; "
                          "give one of them")
@@ -403,6 +408,8 @@ def _fit(args: argparse.Namespace) -> int:
                          seed=args.seed, iwae_samples=args.iwae_samples,
                          checkpoint=run_dir / CHECKPOINT_FILE, resume=args.resume,
                          progress=not args.json and sys.stderr.isatty(), **options)
+        if args.reference == "nuts":
+            fitting.nuts_check(fitted)
         api.save(fitted, run_dir)
         remove_earlier(earlier)  # --overwrite: what the new run did not write anew
     _print_rows([fitted.record], args.json, single=True)
@@ -412,6 +419,13 @@ def _fit(args: argparse.Namespace) -> int:
         for row in summary:
             print(f"  {row['site']:<16} {row['mean']:>10.4f} {row['sd']:>9.4f}  "
                   f"[{row['hdi_3%']:.4f}, {row['hdi_97%']:.4f}]")
+    nuts = fitted.record.get("nuts_reference")
+    if nuts and not args.json:
+        print(f"NUTS reference ({nuts['chains']} chains): R-hat at most {nuts['r_hat_max']:.4f}, "
+              f"bulk ESS at least {nuts['ess_bulk_min']:.0f}, {nuts['divergences']} divergences")
+        for row in nuts["sites"]:
+            print(f"  {row['site']:<16} NUTS mean {_rounded(row['nuts_mean'])}, sd "
+                  f"{_rounded(row['nuts_sd'])}; the fit's mean {_rounded(row['fit_mean'])}")
     return 0
 
 
@@ -491,6 +505,13 @@ def _check(args: argparse.Namespace) -> int:
             print(problem.line())
         print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 2
+
+
+def _rounded(value) -> str:
+    """A number or a nested list of numbers at four decimals."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_rounded(v) for v in value) + "]"
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _sample(args: argparse.Namespace) -> int:

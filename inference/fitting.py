@@ -170,6 +170,42 @@ def global_posterior(fitted: Fitted, num_draws: int = export.DRAWS):
                                            "seed": fitted.seed})
 
 
+def check_nuts_reference(spec: ModelSpec) -> None:
+    """``fit --reference nuts`` needs global latents; say so before any work."""
+    if not spec.global_sites:
+        raise InputError(f"--reference nuts on fit checks a model's global latents, and "
+                         f"'{spec.name}' has none; use `lvm-zoo compare {spec.name} "
+                         "--reference nuts` for the local latents of chosen rows")
+
+
+def nuts_check(fitted: Fitted, *, num_samples: int = 400, warmup_steps: int = 300,
+               num_chains: int = 2) -> dict:
+    """NUTS draws of the global latents of a fitted Bayesian model (every training row, the
+    model's parameters held at the fit's), beside the fit's own posterior: per site the NUTS
+    mean and sd, the fit's mean, and R-hat / bulk ESS over the chains. Written into the run
+    folder as ``posterior-nuts.nc`` by :func:`save` when asked for (``fitted.extra``)."""
+    spec = fitted.spec
+    check_nuts_reference(spec)
+    x = fitted.data.train
+    reference = export.nuts_reference(
+        spec, fitted.config, fitted.result, x, rows=export.chosen_rows(x.shape[0]),
+        num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
+        seed=fitted.seed, label="nuts")
+    ours = global_posterior(fitted)
+    sites = []
+    for name, values in reference.globals.items():
+        draws = values.double()
+        own = (torch.as_tensor(ours.posterior[name].values).double().reshape(
+            -1, *draws.shape[1:]).mean(0) if ours is not None and name in ours.posterior
+            else None)
+        sites.append({"site": name, "nuts_mean": draws.mean(0).tolist(),
+                      "nuts_sd": draws.std(0).tolist(),
+                      "fit_mean": None if own is None else own.tolist()})
+    fitted.extra["nuts_reference"] = {"sites": sites, **reference.diagnostics}
+    fitted.extra["_nuts_draws"] = reference
+    return fitted.extra["nuts_reference"]
+
+
 def save(fitted: Fitted, out: str | Path | None = None, *, figures: bool = True,
          posterior: bool = True) -> Path:
     """Write ``fitted``'s run directory (``out``, default ``runs/<model>-<strategy>-...``):
@@ -180,6 +216,11 @@ def save(fitted: Fitted, out: str | Path | None = None, *, figures: bool = True,
         fitted.data.dataset.name, fitted.seed))  # never an earlier run's folder
     check_writable(run_dir)
     fitted.run_dir = run_dir
+    nuts = fitted.extra.pop("_nuts_draws", None)
+    if nuts is not None:
+        export.save_inference_data(export.to_inference_data(nuts, attrs={
+            "model": fitted.spec.name, "reference": "nuts", **nuts.diagnostics}),
+            run_dir / export.NUTS_FILE)
     idata = global_posterior(fitted) if posterior else None
     if idata is not None:
         fitted.extra["posterior_file"] = str(export.save_inference_data(

@@ -96,3 +96,22 @@ def test_auto_mvn_posterior_of_a_bayesian_mixture_agrees_with_nuts(tmp_path, dra
         reference_mean, reference_sd = values.double().mean(0), values.double().std(0)
         ours = torch.as_tensor(svi[site].values).double().reshape(-1, *values.shape[1:]).mean(0)
         assert ((ours - reference_mean).abs() < 0.5 * reference_sd).all(), site
+
+
+def test_fit_reference_nuts_checks_the_global_latents(capsys, tmp_path, data_file):
+    from inference.cli import main
+
+    out = tmp_path / "run"
+    code = main(["fit", f"{MODELS}:normal-normal", "--data", str(data_file), "--guide",
+                 "auto-mvn", "--reference", "nuts", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "NUTS reference (2 chains)" in printed
+    assert (out / "posterior-nuts.nc").is_file() and (out / "posterior.nc").is_file()
+    import json
+
+    nuts = json.loads((out / "metrics.json").read_text())["nuts_reference"]
+    assert nuts["r_hat_max"] < 1.05 and nuts["divergences"] == 0
+    (mu,) = nuts["sites"]
+    assert abs(mu["fit_mean"] - mu["nuts_mean"]) < mu["nuts_sd"]  # the two posteriors agree
+    assert main(["fit", "gmm", "--reference", "nuts", "--out", str(tmp_path / "gmm")]) == 2
+    assert "has none" in capsys.readouterr().err and not (tmp_path / "gmm").exists()
