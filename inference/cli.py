@@ -42,6 +42,7 @@ from inference.runs import (
     read_json,
     refuse_earlier,
     remove_earlier,
+    removed_on_failure,
 )
 from inference.svi import TrainingDiverged
 from zoo.errors import InputError
@@ -397,8 +398,9 @@ def _fit(args: argparse.Namespace) -> int:
                            if strategy.uses_guide else None)
     run_dir = Path(args.out) if args.out else fresh_folder(default_run_dir(
         spec.name, strategy.name, guide, request.name or spec.default_data, args.seed))
-    check_writable(run_dir)  # a folder that cannot be written fails now, not after training
-    with locked(run_dir):  # held until the run is saved: one writer per folder
+    with removed_on_failure(run_dir), locked(check_writable(run_dir)):
+        # the folder is checked writable now, not after training, and locked until the run
+        # is saved (one writer per folder); a fit that fails before writing leaves no folder
         refuse_earlier(run_dir, comparison=False, resume=args.resume, overwrite=args.overwrite)
         if args.resume:
             _check_resume(run_dir, spec, strategy.name, guide, model_options, request,

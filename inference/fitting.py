@@ -46,6 +46,7 @@ class Fitted:
     iwae_samples: int = DEFAULT_IWAE_SAMPLES
     extra: dict = field(default_factory=dict)  # more record fields (the comparison's)
     run_dir: Path | None = None  # set by :func:`save`
+    nuts_draws: object = None  # NUTS reference draws (:func:`nuts_check`), saved by :func:`save`
 
     @property
     def record(self) -> dict:
@@ -202,7 +203,7 @@ def nuts_check(fitted: Fitted, *, num_samples: int = 400, warmup_steps: int = 30
                       "nuts_sd": draws.std(0).tolist(),
                       "fit_mean": None if own is None else own.tolist()})
     fitted.extra["nuts_reference"] = {"sites": sites, **reference.diagnostics}
-    fitted.extra["_nuts_draws"] = reference
+    fitted.nuts_draws = reference
     return fitted.extra["nuts_reference"]
 
 
@@ -216,7 +217,7 @@ def save(fitted: Fitted, out: str | Path | None = None, *, figures: bool = True,
         fitted.data.dataset.name, fitted.seed))  # never an earlier run's folder
     check_writable(run_dir)
     fitted.run_dir = run_dir
-    nuts = fitted.extra.pop("_nuts_draws", None)
+    nuts = fitted.nuts_draws
     if nuts is not None:
         export.save_inference_data(export.to_inference_data(nuts, attrs={
             "model": fitted.spec.name, "reference": "nuts", **nuts.diagnostics}),

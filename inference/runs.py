@@ -108,6 +108,28 @@ def check_writable(run_dir: str | Path) -> Path:
     return run_dir
 
 
+@contextlib.contextmanager
+def removed_on_failure(run_dir: str | Path) -> Iterator[Path]:
+    """The folders this block creates for ``run_dir`` are removed again if the block fails
+    before anything was written into them: a typo in the data name must not leave an empty run
+    folder behind. A folder holding anything (a checkpoint of a killed fit) is kept."""
+    run_dir = Path(run_dir)
+    missing = []
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    try:
+        yield run_dir
+    except BaseException:
+        for folder in missing:  # deepest first; rmdir refuses a folder that is not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 _HELD: dict[Path, int] = {}  # folders this process holds the lock of -> depth
 
 

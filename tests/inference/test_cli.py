@@ -145,3 +145,16 @@ def test_command_line_mistakes_get_one_line_and_exit_2(capsys, argv, words):
     err = capsys.readouterr().err
     assert code == 2 and words in err
     assert len(err.strip().splitlines()) == 1 and "usage:" not in err
+
+
+def test_a_failed_fit_leaves_no_empty_run_folder(capsys, tmp_path, monkeypatch):
+    """A typo in the data name fails before any work: no runs/<...> folder is left behind;
+    a folder the user named and that already existed is kept as it was."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "gmm", "--data", "no-such-data"]) == 2
+    assert not (tmp_path / "runs").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main(["fit", "gmm", "--data", "no-such-data", "--out", str(mine)]) == 2
+    assert mine.is_dir() and not any(mine.iterdir())
+    assert "no-such-data" in capsys.readouterr().err
