@@ -21,11 +21,12 @@ import json
 import sys
 import typing
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
-from inference import api, fitting, strategies
+from inference import api, distributed, fitting, strategies
 from inference.catalog import get_model
 from inference.compare.harness import grid_option_names
 from inference.compare.tables import format_table, summarize
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_parser(None).print_help()
             return 2
         return args.handler(args)
-    except InputError as error:
+    except InputError as error:  # under torchrun the agent stops the other ranks
         print(f"lvm-zoo: error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lvm-zoo: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.leave()
 
 
 _OS_FIXES = {
@@ -256,7 +259,7 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
 
 
 DATA_FLAGS = ("data", "data_root", "download", "test_fraction", "binarize", "standardize",
-              "dtype", "device")
+              "dtype", "device", "chunk_rows")
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -276,6 +279,21 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", choices=DEVICES,
                        help="auto picks CUDA when present")
     group.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
+    group.add_argument("--chunk-rows", type=_positive_int, default=None,
+                       help="stream a .npy memory-mapped, this many rows at a time (EM and "
+                            "K-means pass over it chunk by chunk; SVI draws minibatches from "
+                            "it); default: in memory, unless the file is larger than half the "
+                            "memory available (then chunks of 64 MiB)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def _request(args: argparse.Namespace) -> DataRequest:
@@ -396,24 +414,36 @@ def _fit(args: argparse.Namespace) -> int:
     request = _request(args)
     guide = args.guide or ((spec.default_guide or next(iter(spec.guides), None))
                            if strategy.uses_guide else None)
+    # under torchrun every process fits its share; rank 0 alone writes the run folder
+    group = distributed.from_environment(request.device)
+    main = group is None or group.is_main
     run_dir = Path(args.out) if args.out else fresh_folder(default_run_dir(
         spec.name, strategy.name, guide, request.name or spec.default_data, args.seed))
-    with removed_on_failure(run_dir), locked(check_writable(run_dir)):
-        # the folder is checked writable now, not after training, and locked until the run
-        # is saved (one writer per folder); a fit that fails before writing leaves no folder
+    if group is not None:
+        run_dir = Path(_broadcast_text(str(run_dir), group))  # rank 0's time-stamped name
+    with ExitStack() as stack:
+        if main:
+            # the folder is checked writable now, not after training, and locked until the run
+            # is saved (one writer per folder); a fit that fails before writing leaves no folder
+            stack.enter_context(removed_on_failure(run_dir))
+            stack.enter_context(locked(check_writable(run_dir)))
         refuse_earlier(run_dir, comparison=False, resume=args.resume, overwrite=args.overwrite)
         if args.resume:
             _check_resume(run_dir, spec, strategy.name, guide, model_options, request,
                           args.seed)
-        earlier = earlier_files(run_dir, comparison=False) if args.overwrite else {}
+        earlier = earlier_files(run_dir, comparison=False) if args.overwrite and main else {}
         fitted = api.fit(spec, inference=strategy.name, guide=args.guide, data=request,
                          seed=args.seed, iwae_samples=args.iwae_samples,
                          checkpoint=run_dir / CHECKPOINT_FILE, resume=args.resume,
-                         progress=not args.json and sys.stderr.isatty(), **options)
+                         progress=main and not args.json and sys.stderr.isatty(), **options)
         if args.reference == "nuts":
             fitting.nuts_check(fitted)
-        api.save(fitted, run_dir)
-        remove_earlier(earlier)  # --overwrite: what the new run did not write anew
+        if main:
+            with distributed.alone():
+                api.save(fitted, run_dir)
+            remove_earlier(earlier)  # --overwrite: what the new run did not write anew
+    if not main:
+        return 0
     _print_rows([fitted.record], args.json, single=True)
     summary = fitted.record.get("posterior_summary")
     if summary and not args.json:
@@ -429,6 +459,20 @@ def _fit(args: argparse.Namespace) -> int:
             print(f"  {row['site']:<16} NUTS mean {_rounded(row['nuts_mean'])}, sd "
                   f"{_rounded(row['nuts_sd'])}; the fit's mean {_rounded(row['fit_mean'])}")
     return 0
+
+
+def _broadcast_text(text: str, group) -> str:
+    """Rank 0's ``text`` on every rank (as bytes in a tensor; nothing is pickled)."""
+    values = {"text": torch.tensor(list(text.encode()), dtype=torch.uint8)}
+    shared = group.broadcast(values if group.is_main else None)
+    return bytes(shared["text"].tolist()).decode()
+
+
+def _single_process(command: str) -> None:
+    """Commands other than ``fit`` run in one process: say so under torchrun."""
+    if distributed.launched():
+        raise InputError(f"`lvm-zoo {command}` runs in one process; under torchrun only "
+                         "`lvm-zoo fit` shares its work (run this one without torchrun)")
 
 
 def _check_resume(run_dir: Path, spec: ModelSpec, inference: str, guide: str | None,
@@ -469,6 +513,7 @@ def _plain(value):
 
 
 def _compare(args: argparse.Namespace) -> int:
+    _single_process("compare")
     spec = get_model(args.model)
     rows = api.compare(spec, seeds=args.seeds, progress=not args.json and sys.stderr.isatty(),
                        reference=args.reference, strategies=args.strategies,
@@ -490,6 +535,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    _single_process("check")
     """Exit status 2 and one line per problem (site, what, fix) when something would break a
     fit; 0 and one "ok" line otherwise."""
     from inference.check import check
@@ -517,6 +563,7 @@ def _rounded(value) -> str:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    _single_process("sample")
     from inference.estimators_sklearn.commands import sample_run
 
     if args.num < 1:
@@ -527,6 +574,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    _single_process("predict")
     from inference.estimators_sklearn.commands import predict_run
 
     out = args.out or Path(args.run_dir) / "predictions.csv"
@@ -535,6 +583,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    _single_process("evaluate")
     data = None if args.data is None and args.data_root is None else DataRequest(
         name=args.data, root=args.data_root)
     row = api.evaluate(args.run_dir, data=data, model=args.model, device=args.device,

@@ -10,12 +10,15 @@ a dataset name.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from inference import distributed
 from zoo import datasets
+from zoo.datasets import mapped
 from zoo.errors import InputError
 from zoo.registry import ModelSpec
 
@@ -37,6 +40,10 @@ class DataRequest:
     dtype: str = "float32"
     device: str = "auto"
     seed: int = 0  # the split's seed
+    chunk_rows: int | None = None  # stream a .npy this many rows at a time (memory-mapped)
+
+    # ``chunk_rows=None`` loads the rows into memory, unless the file is a .npy larger than
+    # half the memory available: that one is streamed in chunks of 64 MiB (and a line says so)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -46,6 +53,9 @@ class DataRequest:
             raise InputError(f"--device {self.device!r} is unknown; use auto, cpu or cuda")
         if isinstance(self.root, Path):
             object.__setattr__(self, "root", str(self.root))
+        if self.chunk_rows is not None and (isinstance(self.chunk_rows, bool) or not isinstance(
+                self.chunk_rows, int) or self.chunk_rows < 1):
+            raise InputError(f"--chunk-rows {self.chunk_rows!r} must be a positive integer")
 
     def to_dict(self) -> dict:
         """What run.json stores (with the file's absolute path, so that a run can be evaluated
@@ -77,6 +87,11 @@ class LoadedData:
     train: torch.Tensor
     test: torch.Tensor
     device: torch.device
+    chunk_rows: int | None = None  # streamed: train/test map the file (CPU), chunks go to device
+
+    @property
+    def streamed(self) -> bool:
+        return self.chunk_rows is not None
 
 
 def choose_device(name: str = "auto") -> torch.device:
@@ -90,8 +105,27 @@ def choose_device(name: str = "auto") -> torch.device:
 
 
 def load(request: DataRequest, spec: ModelSpec) -> LoadedData:
-    """Load ``request`` (``spec`` gives the default dataset) and move it to its device once."""
-    target = choose_device(request.device)
+    """Load ``request`` (``spec`` gives the default dataset) and move it to its device once;
+    a streamed request (``chunk_rows``, or a ``.npy`` too large for memory) maps the file and
+    leaves its rows where they are (:mod:`zoo.datasets.mapped`)."""
+    target = distributed.local_device(choose_device(request.device), distributed.current())
+    name = request.name or spec.default_data
+    chunk_rows = request.chunk_rows
+    if chunk_rows is None and Path(name).suffix.lower() == ".npy" and \
+            mapped.too_large_for_memory(name):
+        chunk_rows = mapped.default_chunk_rows(1, DTYPES[request.dtype])  # set below by width
+        print(f"lvm-zoo: {name} is larger than half the memory available; streaming it in "
+              "chunks of 64 MiB (--chunk-rows sets the size)", file=sys.stderr)
+    if chunk_rows is not None:
+        if request.standardize or request.binarize:
+            raise InputError("--standardize and --binarize need the rows in memory; streamed "
+                             "rows (--chunk-rows) are used as they are in the file")
+        dataset = mapped.map_npy(name, dtype=DTYPES[request.dtype],
+                                 test_fraction=request.test_fraction,
+                                 chunk_rows=request.chunk_rows)
+        if request.chunk_rows is None:
+            chunk_rows = mapped.default_chunk_rows(dataset.dim, DTYPES[request.dtype])
+        return LoadedData(request, dataset, dataset.train, dataset.test, target, chunk_rows)
     dataset = datasets.load_dataset(
         request.name or spec.default_data, root=request.root,
         test_fraction=request.test_fraction, seed=request.seed, dtype=DTYPES[request.dtype],

@@ -29,7 +29,9 @@ from sklearn.exceptions import ConvergenceWarning
 from torch.distributions import constraints, transform_to
 from tqdm.auto import tqdm
 
+from inference import distributed
 from inference.results import FitResult
+from inference.shards import Rows
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, Params
 
@@ -88,22 +90,23 @@ def fit_em(
                          + ", ".join(spec.em.init_methods))
     if accelerate is None:
         accelerate = accelerates_by_default(spec)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
+    rows = x if isinstance(x, Rows) else Rows(x, group=distributed.current())
     start = time.perf_counter()
+    data = _EMData(spec, config, rows)
+    generator = torch.Generator(device=rows.device).manual_seed(seed)
     best = None
     finals = []
     coordinates = None
     for restart in range(n_init):
-        params = (dict(method) if isinstance(method, dict)
-                  else spec.em.init(config, x, generator, method))
+        params = (dict(method) if isinstance(method, dict) else data.init(generator, method))
         bar = tqdm(total=max_iter, desc=f"EM {spec.name}", leave=False,
                    disable=not (progress and restart == 0))
         if accelerate:
             if coordinates is None:
-                coordinates = _Coordinates.of(spec, config, params, x)
-            run = _squarem_run(spec, config, x, params, tol, max_iter, bar, coordinates)
+                coordinates = _Coordinates.of(spec, config, params, rows.probe())
+            run = _squarem_run(data, params, tol, max_iter, bar, coordinates)
         else:
-            run = _em_run(spec, config, x, params, tol, max_iter, bar)
+            run = _em_run(data, params, tol, max_iter, bar)
         bar.close()
         finals.append(run.history[-1])
         if best is None or run.history[-1] > best[0].history[-1]:
@@ -119,8 +122,9 @@ def fit_em(
     return FitResult(
         model=spec.name, inference="em", guide=None, params=run.params,
         history={"log_likelihood": history}, seconds=time.perf_counter() - start,
-        steps=len(history) - 1, converged=run.converged, device=str(x.device), seed=seed,
-        info={"n_init": n_init, "best_restart": restart, "restart_log_likelihoods": finals,
+        steps=len(history) - 1, converged=run.converged, device=str(rows.device), seed=seed,
+        info={**rows.describe(), "n_init": n_init, "best_restart": restart,
+              "restart_log_likelihoods": finals,
               "tol": tol, "max_iter": max_iter, "accelerate": accelerate,
               "em_updates": run.updates, "e_steps": run.e_steps,
               "extrapolations_kept": run.kept, "extrapolations_rejected": run.rejected,
@@ -135,39 +139,102 @@ class _Run:
         self.updates, self.e_steps, self.kept, self.rejected = updates, e_steps, kept, rejected
 
 
-def _evaluate(spec, config, x, params, iteration):
+class _EMData:
+    """The E and M steps on the rows as the fit sees them (:class:`inference.shards.Rows`):
+
+    - one tensor: the model's steps as they are;
+    - a summary (the model's ``summarize`` hook, PPCA and FA): the shards' and chunks' summaries
+      combined once, then the steps on the summary; the rows are read once;
+    - chunks and shards (the ``combine`` hook, the mixtures): every E-step passes over the
+      chunks, combines their statistics, gathers every rank's and combines those in rank
+      order; the log-likelihood is the row-weighted mean; the M-step sees only statistics.
+
+    A start from the data is computed once, on rank 0 (on every row when they are in memory,
+    on a seeded subsample of one chunk's size when they are streamed), and broadcast.
+    """
+
+    def __init__(self, spec: ModelSpec, config, rows: Rows):
+        self.spec, self.config, self.rows, self.em = spec, config, rows, spec.em
+        self.x = None  # what the model's steps take in place of the rows, where they can
+        if not rows.parted:
+            self.x = rows.tensor
+        elif self.em.summarize is not None and self.em.combine_summaries is not None:
+            local = self.em.combine_summaries(
+                [self.em.summarize(config, chunk) for chunk in rows.chunks()])
+            self.x = self.em.combine_summaries(rows.gather(local))
+        elif self.em.combine is None:
+            raise InputError(
+                f"EM on {rows.world_size} processes or on chunks of a file needs the model's "
+                f"statistics to combine, and '{spec.name}' declares no combine hook (EMSteps"
+                ".combine); fit it in one process with its rows in memory")
+
+    def e_step(self, params: Params):
+        if self.x is not None:
+            return self.em.e_step(self.config, params, self.x)
+        parts, total = [], 0.0
+        for chunk in self.rows.chunks():
+            statistics, mean = self.em.e_step(self.config, params, chunk)
+            parts.append(statistics)
+            total = total + mean.double() * chunk.shape[0]
+        local = (self.em.combine(parts), torch.as_tensor(total, dtype=torch.float64))
+        gathered = self.rows.gather(local)
+        statistics = self.em.combine([part for part, _ in gathered])
+        return statistics, sum(value for _, value in gathered) / self.rows.num_data
+
+    def m_step(self, statistics) -> Params:
+        return self.em.m_step(self.config, self.x, statistics)
+
+    def init(self, generator: torch.Generator, method: str) -> Params:
+        rows = self.rows
+        if self.x is not None and rows.group is None:
+            return self.em.init(self.config, self.x, generator, method)
+        params = None
+        if rows.group is None or rows.group.is_main:
+            if self.x is not None:
+                source = self.x
+            elif rows.streamed:
+                source = rows.sample(rows._views[0].shape[0], generator)
+            else:
+                source = rows.x.to(rows.device)
+            params = self.em.init(self.config, source, generator, method)
+        if rows.group is not None:
+            params = rows.group.broadcast(params, like=rows.probe(1))
+        return params
+
+
+def _evaluate(data: _EMData, params, iteration):
     """The E-step at ``params``: ``(statistics, mean log p(x) as a float)``; one host sync per
     iteration, for the tolerance."""
-    statistics, log_likelihood = spec.em.e_step(config, params, x)
+    statistics, log_likelihood = data.e_step(params)
     log_likelihood = float(log_likelihood)
     if not math.isfinite(log_likelihood):
         raise FloatingPointError(
-            f"EM on {spec.name} reached a non-finite log-likelihood at iteration {iteration}; "
-            "the data may have duplicated points or a constant column: raise reg_covar or "
-            "standardize the data")
+            f"EM on {data.spec.name} reached a non-finite log-likelihood at iteration "
+            f"{iteration}; the data may have duplicated points or a constant column: raise "
+            "reg_covar or standardize the data")
     return statistics, log_likelihood
 
 
-def _em_run(spec, config, x, params, tol, max_iter, bar) -> _Run:
+def _em_run(data: _EMData, params, tol, max_iter, bar) -> _Run:
     """Plain EM, scikit-learn's loop: stop when the E-step's log-likelihood changed by less
     than ``tol``, after the M-step that followed it (so ``steps`` is scikit-learn's n_iter_)."""
     history: list[float] = []
     converged = False
     for _ in range(max_iter):
-        statistics, log_likelihood = _evaluate(spec, config, x, params, len(history) + 1)
-        params = spec.em.m_step(config, x, statistics)
+        statistics, log_likelihood = _evaluate(data, params, len(history) + 1)
+        params = data.m_step(statistics)
         history.append(log_likelihood)
         bar.update()
         bar.set_postfix(log_likelihood=f"{history[-1]:.5f}")
         if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
             converged = True
             break
-    _, final = _evaluate(spec, config, x, params, len(history) + 1)
+    _, final = _evaluate(data, params, len(history) + 1)
     history.append(final)
     return _Run(params, history, converged, len(history) - 1, len(history))
 
 
-def _squarem_run(spec, config, x, params, tol, max_iter, bar, coordinates) -> _Run:
+def _squarem_run(data: _EMData, params, tol, max_iter, bar, coordinates) -> _Run:
     """SQUAREM (scheme S3) with the step bound of Varadhan & Roland's ``squarem``: ``|α|`` is
     at most ``bound``, which grows by :data:`STEP_GROWTH` each time it binds and the step is
     kept, and shrinks (to no less than 1) when a bound step is rejected.
@@ -175,19 +242,18 @@ def _squarem_run(spec, config, x, params, tol, max_iter, bar, coordinates) -> _R
     One iteration, for ``tol``, is one SQUAREM step: its gain in log p(x) from ``θ0`` to the
     point kept. An EM update cannot lower log p(x); one that does is rounding, so the run
     stops there, at the better point before it."""
-    em = spec.em
-    statistics, current = _evaluate(spec, config, x, params, 0)
+    statistics, current = _evaluate(data, params, 0)
     history = [current]
     cost = {"updates": 0, "e_steps": 1, "kept": 0, "rejected": 0}
     bound = 1.0
     converged = False
 
     def update(statistics):
-        new = em.m_step(config, x, statistics)
+        new = data.m_step(statistics)
         cost["updates"] += 1
         cost["e_steps"] += 1
         bar.update()
-        return (new, *_evaluate(spec, config, x, new, cost["updates"]))
+        return (new, *_evaluate(data, new, cost["updates"]))
 
     while cost["updates"] < max_iter and not converged:
         start = (params, statistics, current)
@@ -210,7 +276,7 @@ def _squarem_run(spec, config, x, params, tol, max_iter, bar, coordinates) -> _R
                 if jumped is not None:
                     cost["updates"] += 1  # the stabilizing update, made or not, counts as one
                     bar.update()
-                    stabilized, used = _stabilized(spec, config, x, jumped)
+                    stabilized, used = _stabilized(data, jumped)
                     cost["e_steps"] += used
                     if stabilized is not None and stabilized[2] >= current:
                         params, statistics, current = stabilized
@@ -245,16 +311,16 @@ def _squarem_step(coordinates, first: Params, middle: Params, last: Params, boun
     return alpha, coordinates.unflatten(u0 - 2 * alpha * r + alpha**2 * v, last)
 
 
-def _stabilized(spec, config, x, jumped: Params):
+def _stabilized(data: _EMData, jumped: Params):
     """One EM update from the extrapolated point: ``((params, statistics, log p(x)) or None,
     E-steps spent)``, ``None`` where the point or its update is no valid parameter (a
     singular covariance, a non-finite log-likelihood)."""
     try:
-        statistics, log_likelihood = spec.em.e_step(config, jumped, x)
+        statistics, log_likelihood = data.e_step(jumped)
         if not math.isfinite(float(log_likelihood)):
             return None, 1
-        stabilized = spec.em.m_step(config, x, statistics)
-        statistics, log_likelihood = spec.em.e_step(config, stabilized, x)
+        stabilized = data.m_step(statistics)
+        statistics, log_likelihood = data.e_step(stabilized)
     except (ValueError, RuntimeError, ArithmeticError):
         # InputError (a ValueError) for a singular covariance, LinAlgError (a RuntimeError)
         return None, 2

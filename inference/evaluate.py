@@ -19,6 +19,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import transform_to
 
+from inference import distributed
 from inference.global_latents import global_yardstick
 from inference.results import FitResult
 from inference.sampling import own_random_stream, vectorized
@@ -46,12 +47,17 @@ def fitted(spec: ModelSpec, config, params: Params, x: torch.Tensor, *,
     with pyro.get_param_store().scope():
         model = spec.make_model(config, {k: v.to(x.device) for k, v in params.items()})
         guide_fn = spec.guides[guide](model, config) if guide is not None else None
+        # a few rows register the parameters (a streamed x is never read whole)
+        rows = torch.arange(min(x.shape[0], 8), device=x.device)
+        kwargs = {"num_data": x.shape[0], "subsample_size": rows.numel()}
         with torch.no_grad(), poutine.block():
             if guide_fn is not None:
-                trace = poutine.trace(guide_fn).get_trace(x, num_data=x.shape[0])
-                poutine.replay(model, trace=trace)(x, num_data=x.shape[0])
+                trace = poutine.trace(poutine.condition(guide_fn, {"data": rows})).get_trace(
+                    x, **kwargs)
+                poutine.replay(poutine.condition(model, {"data": rows}), trace=trace)(
+                    x, **kwargs)
             else:
-                model(x, num_data=x.shape[0])
+                poutine.condition(model, {"data": rows})(x, **kwargs)
         load_params({**params, **(guide_params or {})})
         yield model, guide_fn
 
@@ -126,7 +132,8 @@ def iwae(log_weights: torch.Tensor) -> torch.Tensor:
 def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tensor,
                  x_test: torch.Tensor | None = None, *, num_samples: int = 1000,
                  elbo_samples: int = 100, seed: int = 0,
-                 max_train_rows: int = MAX_TRAIN_ROWS) -> dict:
+                 max_train_rows: int = MAX_TRAIN_ROWS, device: torch.device | None = None
+                 ) -> dict:
     """The yardstick for one fit, every figure in mean nats per datapoint.
 
     Returns ``train_log_likelihood``, ``test_log_likelihood`` (``None`` without test rows),
@@ -137,18 +144,41 @@ def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tens
     numbers. Importance-sampled figures of a training set larger than ``max_train_rows`` are
     taken on a seeded subsample of that many rows (``train_rows_evaluated`` says how many), so
     that judging a fit costs no more than the fit; exact figures use every row.
+
+    Rows are judged in chunks of :data:`EVAL_ROWS` moved to ``device`` (default: the rows'
+    own), so a memory-mapped training set is read, never held. Under a process group
+    (:mod:`inference.distributed`) every rank judges its shard of the rows and the sums are
+    reduced: every rank returns the same figures.
     """
+    group = distributed.current()
     with own_random_stream(seed, x_train.device):
         rows = None
         if x_train.shape[0] > max_train_rows:
             rows = torch.randperm(x_train.shape[0], device=x_train.device)[:max_train_rows]
         metrics = _evaluate_fit(spec, config, result, x_train, x_test, num_samples,
-                                elbo_samples, rows)
+                                elbo_samples, rows, group, device or x_train.device)
     return metrics
 
 
+EVAL_ROWS = 2**16  # rows per chunk of the exact log-likelihood
+
+
+def _row_mean(values_of, x: torch.Tensor, group, device, indices=None) -> float:
+    """The mean over the rows ``x[indices]`` (default all) of ``values_of(rows) -> (n,)``, this
+    rank's shard of them chunk by chunk, summed in float64 over the ranks."""
+    count = x.shape[0] if indices is None else indices.numel()
+    mine = distributed.shard(count, group) if count >= (group.world_size if group else 1) \
+        else slice(0, count if group is None or group.is_main else 0)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(mine.start, mine.stop, EVAL_ROWS):
+        stop = min(start + EVAL_ROWS, mine.stop)
+        chosen = slice(start, stop) if indices is None else indices[start:stop]
+        total += values_of(chosen).double().sum().to(device)
+    return float(distributed.total(total, group)) / count
+
+
 def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples,
-                  rows=None) -> dict:
+                  rows=None, group=None, device=None) -> dict:
     metrics: dict = {"log_likelihood_method": "exact", "train_rows_evaluated": x_train.shape[0]}
     guide = result.guide if result.guide in spec.guides else None
     if spec.log_marginal is None and spec.global_sites and guide is not None:
@@ -156,10 +186,11 @@ def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_sampl
     splits = {"train": x_train, "test": x_test}
     if spec.log_marginal is not None:
         metrics["log_likelihood_method"] = "exact"
+        params = _on(result.params, torch.empty(0, device=device))
         for split, x in splits.items():
-            metrics[f"{split}_log_likelihood"] = _mean_or_none(
-                None if x is None or x.shape[0] == 0
-                else spec.log_marginal(config, _on(result.params, x), x))
+            metrics[f"{split}_log_likelihood"] = None if x is None or x.shape[0] == 0 else \
+                _row_mean(lambda chosen, x=x: spec.log_marginal(
+                    config, params, x[chosen].to(device)), x, group, device)
     else:
         metrics["log_likelihood_method"] = f"iwae-{num_samples}"
         if rows is not None:
@@ -170,17 +201,18 @@ def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_sampl
                     split == "train" or not _per_datapoint(spec, guide)):
                 with fitted(spec, config, result.params, x, guide=guide,
                             guide_params=result.guide_params) as (model, guide_fn):
-                    value = iwae(pointwise_log_weights(
-                        model, guide_fn, x, num_samples,
-                        indices=rows if split == "train" else None))
-            metrics[f"{split}_log_likelihood"] = _mean_or_none(value)
+                    value = _row_mean(lambda chosen, x=x: iwae(pointwise_log_weights(
+                        model, guide_fn, x, num_samples, indices=_positions(chosen, x))),
+                        x, group, x.device, rows if split == "train" else None)
+            metrics[f"{split}_log_likelihood"] = value
     metrics.update(elbo=None, gap=None)
     if guide is not None:
         with fitted(spec, config, result.params, x_train, guide=guide,
                     guide_params=result.guide_params) as (model, guide_fn):
-            weights = pointwise_log_weights(model, guide_fn, x_train, elbo_samples,
-                                            indices=rows)
-        metrics["elbo"] = float(weights.mean())
+            metrics["elbo"] = _row_mean(lambda chosen: pointwise_log_weights(
+                model, guide_fn, x_train, elbo_samples,
+                indices=_positions(chosen, x_train)).mean(0), x_train, group, x_train.device,
+                rows)
         if metrics["train_log_likelihood"] is not None:
             metrics["gap"] = metrics["train_log_likelihood"] - metrics["elbo"]
     return metrics
@@ -198,6 +230,13 @@ def _evaluate_global(spec, config, result, guide, x_train, x_test, num_samples) 
     metrics["gap"] = metrics["train_log_likelihood"] - metrics["elbo"]
     metrics["train_rows_evaluated"] = x_train.shape[0]  # the joint evidence needs every row
     return metrics
+
+
+def _positions(chosen, x: torch.Tensor) -> torch.Tensor:
+    """Row positions: a slice as an index tensor, an index tensor as it is."""
+    if isinstance(chosen, slice):
+        return torch.arange(chosen.start, chosen.stop, device=x.device)
+    return chosen
 
 
 def _per_datapoint(spec: ModelSpec, guide: str) -> bool:

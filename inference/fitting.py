@@ -56,6 +56,8 @@ class Fitted:
                 "data": data.dataset.name, "n_train": int(data.train.shape[0]),
                 "n_test": int(data.test.shape[0]), **self.metrics, "seconds": result.seconds,
                 "steps": result.steps, "converged": result.converged, "device": result.device,
+                "world_size": result.info.get("world_size", 1),
+                "backend": result.info.get("backend"), "chunk_rows": self.data.chunk_rows,
                 "seed": self.seed, **self.extra,
                 "run_dir": None if self.run_dir is None else str(self.run_dir)}
 
@@ -134,14 +136,20 @@ def fit(spec: ModelSpec | str, *, inference: str | None = None, guide: str | Non
     loaded = loaded or load(DataRequest.coerce(data, seed=seed) if not isinstance(
         data, DataRequest) else data, spec)
     config = make_config(spec, loaded, model_options)
+    if loaded.streamed and strategy.uses_guide and loaded.device.type != "cpu":
+        raise InputError(f"--inference {strategy.name} draws its minibatches from the mapped "
+                         "file on the CPU; give --device cpu for streamed rows, or load them "
+                         "in memory (leave out --chunk-rows)")
     context = FitContext(seed=seed, progress=progress,
                          checkpoint=None if checkpoint is None else Path(checkpoint),
-                         resume=resume, binarize=loaded.dataset.binarize)
+                         resume=resume, binarize=loaded.dataset.binarize,
+                         chunk_rows=loaded.chunk_rows,
+                         device=str(loaded.device) if loaded.streamed else None)
     torch.manual_seed(seed)
     result = strategy.fit(spec, config, loaded.train, chosen, guide=guide, context=context)
     samples = iwae_samples or DEFAULT_IWAE_SAMPLES
     metrics = evaluate_fit(spec, config, result, loaded.train, loaded.test, seed=seed,
-                           num_samples=samples)
+                           num_samples=samples, device=loaded.device)
     return Fitted(spec, config, loaded, strategy, chosen, result, metrics, seed, samples)
 
 
@@ -157,7 +165,7 @@ def global_posterior(fitted: Fitted, num_draws: int = export.DRAWS):
     few training rows' local ones), or ``None`` for a model without global latents or a fit
     without a guide. ``export.summary(idata)`` gives mean, sd and HDI per site."""
     spec, result = fitted.spec, fitted.result
-    if not spec.global_sites or result.guide is None:
+    if not spec.global_sites or result.guide is None or fitted.data.streamed:
         return None
     x = fitted.data.train
     draws = export.draw_posterior(spec, fitted.config, result, x,
@@ -244,7 +252,7 @@ def _figures(fitted: Fitted, run_dir: Path) -> None:
         plot_curves({f"{result.inference} {result.guide or ''}".strip(): result.history[key]},
                     run_dir / "curves.png",
                     title=f"{spec.name} on {fitted.data.dataset.name}: {label}")
-    if spec.name in MODEL_FIGURES:
+    if spec.name in MODEL_FIGURES and not fitted.data.streamed:  # they plot every row
         MODEL_FIGURES[spec.name](fitted.data.dataset, fitted.config, result, run_dir)
 
 
@@ -284,7 +292,7 @@ def evaluate_run(run_dir: str | Path, *, data: DataRequest | str | None = None,
         seed=run["seed"], device=str(loaded.device))
     samples = iwae_samples or run.get("iwae_samples", DEFAULT_IWAE_SAMPLES)
     metrics = evaluate_fit(spec, config, result, loaded.train, loaded.test, seed=run["seed"],
-                           num_samples=samples)
+                           num_samples=samples, device=loaded.device)
     return {"model": spec.name, "guide": run["guide"], "inference": run["inference"],
             "data": loaded.dataset.name, "n_train": int(loaded.train.shape[0]),
             "n_test": int(loaded.test.shape[0]), **metrics,

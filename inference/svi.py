@@ -5,6 +5,14 @@ the param store's unconstrained tensors, in a param-store scope of its own so th
 one process never share parameters. It checkpoints atomically (resumable bit for bit, the time
 and history of the whole run kept), returns the best window's parameters when the ELBO
 collapsed late, and stops on a non-finite loss or gradient before the bad update is applied.
+
+Minibatches are drawn by the loop itself (:class:`RowDraw`: a seeded generator of its own, its
+state in the checkpoint) and fixed onto the data plate by conditioning its subsample site, the
+way :mod:`inference.evaluate` chooses rows. Under a ``torch.distributed`` process group
+(:func:`inference.distributed.current`) the same loop is data-parallel with
+``DistributedDataParallel``'s semantics: every rank draws the same ``W B`` rows and takes its
+own ``B`` of them, the gradients are averaged over the ranks before Adam's step, so that every
+rank takes the update a single process takes on the global batch.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pyro
@@ -24,6 +34,8 @@ from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
+from inference import distributed
+from inference.distributed import Group
 from inference.results import FitResult
 from inference.runs import load_checkpoint, save_checkpoint
 from zoo.errors import InputError
@@ -141,29 +153,62 @@ def fit_svi(
     A non-finite loss or gradient raises :class:`TrainingDiverged` before the bad update is
     applied; no checkpoint is written after it, so the file on disk (its step is named in the
     message) holds a state whose loss was finite.
+
+    Minibatches: :class:`RowDraw` draws each step's rows from a generator of the loop's own,
+    seeded from ``seed`` (its state is in the checkpoint), and :class:`OnRows` fixes them onto
+    the data plate's subsample site, so a JIT-compiled estimator takes them as an input of its
+    graph. A full-batch fit in one process runs the model on ``x`` as it is.
+
+    Data parallelism (a process group of ``W`` ranks, :func:`inference.distributed.current`):
+    every rank holds all of ``x`` and indexes only its rows. ``batch_size`` is per rank
+    (``B``, as ``DistributedDataParallel``'s): each step draws one set of ``W B`` rows, the same
+    on every rank, rank ``r`` fits rows ``[r B, (r + 1) B)`` of it (the plate scales its ELBO by
+    ``N / B``), and the gradients are all-reduced and divided by ``W``: the update of one
+    process on all ``W B`` rows. A full-batch fit shards the rows
+    (:func:`~inference.distributed.shard`) and weights rank ``r``'s ELBO by its share
+    ``n_r / N``, so the sum over ranks is the full ELBO. The loss, the non-finite check and the
+    checkpoint clock are reduced with the gradients, so ``history`` and every decision are the
+    same on every rank. Rank 0's initial parameters are broadcast; each rank's own random
+    stream (the ELBO's noise) is seeded ``seed + rank``. Only rank 0 writes the checkpoint, with
+    every rank's random streams in it; a resume reads it on every rank, and refuses (an
+    :class:`InputError`) a checkpoint of another world size. ``info`` records ``world_size``
+    and ``backend`` (1 and ``None`` alone).
     """
     num_data = x.shape[0]
+    group = distributed.current()
+    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
+    main = rank == 0
     if steps < 1:
         raise InputError(f"steps={steps} must be at least 1")
-    if batch_size is not None and not 1 <= batch_size <= num_data:
+    if batch_size is not None and world == 1 and not 1 <= batch_size <= num_data:
         raise InputError(f"batch_size={batch_size} must be between 1 and the {num_data} "
                          "training rows")
+    if batch_size is not None and world > 1 and not 1 <= batch_size * world <= num_data:
+        raise InputError(f"batch_size={batch_size} rows per process times {world} processes "
+                         f"must be between 1 and the {num_data} training rows; use a smaller "
+                         "--batch-size or fewer processes")
     if stop_window < 1:
         raise InputError(f"stop_window={stop_window} must be at least 1")
-    batch = None if batch_size is None or batch_size == num_data else batch_size
-    steps_per_epoch = math.ceil(num_data / (batch or num_data))
+    batch = None if batch_size is None or (world == 1 and batch_size == num_data) else batch_size
+    shard = distributed.shard(num_data, group) if group is not None and batch is None else None
+    # the rows one rank fits per step (None: all of x, alone) and its share of the global batch
+    size = batch if batch is not None else (shard.stop - shard.start if shard else None)
+    weight = 1.0 / world if batch is not None else (size / num_data if shard else 1.0)
+    steps_per_epoch = math.ceil(num_data / (world * batch)) if batch is not None else 1
     loss = make_elbo(elbo, num_particles=num_particles) if isinstance(elbo, str) else elbo
     plain = None  # the estimator to fall back to when the JIT-compiled one cannot trace
     if jit and isinstance(elbo, str) and elbo in JIT_VARIANTS:
         plain, loss = loss, make_elbo(JIT_VARIANTS[elbo], num_particles=num_particles)
-    kwargs = {"num_data": num_data, "subsample_size": batch}
+    kwargs = {"num_data": num_data, "subsample_size": size}
+    on_rows = size is not None  # the rows are chosen here, not by the plate
+    model_fn, guide_fn = (OnRows(model), OnRows(guide)) if on_rows else (model, guide)
     history: list[float] = []
     start_step, trained_before, resumed_from = 0, 0.0, None
     rule = StoppingRule(stop_tol, stop_window)
     best = _BestWindow(stop_window)
     jit_fallback = None
     dynamic = binarize == "dynamic"
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(seed + rank)  # each rank its own noise; rank 0 as a fit alone
     validate = is_validation_enabled()
     with pyro.get_param_store().scope():
         store = pyro.get_param_store()
@@ -177,47 +222,66 @@ def fit_svi(
         names = sorted(model_names + guide_names)  # not those hidden by poutine.block
         registered = len(store)
         optimizer = torch.optim.Adam([unconstrained[n] for n in names], lr=lr)
-        if resume and checkpoint is not None and Path(checkpoint).exists():
-            state = _restore(checkpoint, names, unconstrained, optimizer, seed, x.device)
+        if group is not None and names:  # every rank starts where rank 0 does
+            _broadcast_params(group, names, unconstrained)
+        draw = RowDraw(num_data, batch, world=world, rank=rank, seed=seed,
+                       device=x.device) if batch is not None else None
+        fixed_rows = (torch.arange(shard.start, shard.stop, device=x.device)
+                      if shard is not None else None)
+        if resume and checkpoint is not None and _exists(checkpoint, group):
+            state = _restore(checkpoint, names, unconstrained, optimizer, seed, x.device,
+                             rank=rank, world=world)
             start_step, history = int(state["step"]), state["history"].tolist()
             trained_before = float(state.get("seconds", 0.0))
             resumed_from = start_step
             best.restore(history, state)
+            if draw is not None:
+                draw.restore(state)
             if dynamic:  # the same binarization as the uninterrupted run, then its streams
-                epoch_rng = state.get("epoch_rng", epoch_rng)
+                streams = _rank_streams(state, rank, world, checkpoint)
+                epoch_rng = streams.get("epoch_rng", epoch_rng)
                 _set_rng_state(epoch_rng, x.device)
                 data = _binarized(x, binarize)
-                _set_rng_state(state, x.device)
+                _set_rng_state(streams, x.device)
         finished = start_step >= steps or rule.converged(history)
-        if resumed_from is not None:
+        if resumed_from is not None and main:
             _announce(checkpoint, restart, start_step, steps, finished)
         saved_step = resumed_from  # the step the file at ``checkpoint`` holds, for this fit
         start = last_save = time.perf_counter()
 
         def save(taken: int) -> None:
+            streams = {**_rng_state(x.device), **({"epoch_rng": epoch_rng} if dynamic else {})}
+            every_rank = group.gather(streams) if group is not None else None
+            if not main:
+                return
             _save(checkpoint, {
-                "step": taken, "seed": seed,
+                "step": taken, "seed": seed, "world_size": world,
                 "seconds": trained_before + time.perf_counter() - start,
                 "history": torch.tensor(history, dtype=torch.float64),
                 # unconstrained values: the constraints are re-created by running model, guide
                 "params": {n: unconstrained[n].detach().clone() for n in names},
-                "optimizer": optimizer.state_dict(), **_rng_state(x.device),
-                **({"epoch_rng": epoch_rng} if dynamic else {}), **best.state()})
+                "optimizer": optimizer.state_dict(), **streams,
+                **({"rank_streams": every_rank} if every_rank is not None else {}),
+                **(draw.state() if draw is not None else {}), **best.state()})
 
         step = start_step - 1
         bar = tqdm(range(start_step, start_step if finished else steps),
-                   desc=f"SVI {model_name} {guide_name}".rstrip(), disable=not progress,
-                   leave=False)
+                   desc=f"SVI {model_name} {guide_name}".rstrip(),
+                   disable=not (progress and main), leave=False)
         for step in bar:
             if dynamic and step % steps_per_epoch == 0 and step > start_step:
                 epoch_rng = _rng_state(x.device)
                 data = _binarized(x, binarize)
+            rows = draw() if draw is not None else fixed_rows
+            args = (data,) if rows is None else (data, rows)
             optimizer.zero_grad(set_to_none=True)
             # Pyro's validation (shapes, supports) runs on the first step, where mistakes show;
             # after that it only costs time (5-10x per step on small models).
-            with pyro.validation_enabled(validate and step == start_step):
+            checked = validate and step == start_step
+            with pyro.validation_enabled(checked), (
+                    _rows_fixed_quietly() if on_rows and checked else nullcontext()):
                 try:
-                    value = float(loss.loss_and_grads(model, guide, data, **kwargs))
+                    value = float(loss.loss_and_grads(model_fn, guide_fn, *args, **kwargs))
                 except (RuntimeError, TypeError, ValueError, NotImplementedError) as error:
                     if plain is None or step != start_step:
                         raise
@@ -225,7 +289,11 @@ def fit_svi(
                     loss, plain = plain, None
                     jit_fallback = f"{type(error).__name__}: {str(error).splitlines()[0]}"
                     optimizer.zero_grad(set_to_none=True)
-                    value = float(loss.loss_and_grads(model, guide, data, **kwargs))
+                    value = float(loss.loss_and_grads(model_fn, guide_fn, *args, **kwargs))
+            if group is not None:  # the global batch's loss and mean gradient on every rank
+                clock = (checkpoint is not None and not checkpoint_every
+                         and _due(step + 1, 0, last_save, checkpoint_seconds))
+                value, clock = _all_reduce(group, names, unconstrained, value, weight, clock)
             bad = (f"the loss became {value}" if not math.isfinite(value) else
                    _nonfinite_gradient(names, unconstrained))
             if bad:
@@ -242,8 +310,13 @@ def fit_svi(
             best.update(history, names, unconstrained)
             if step % 25 == 0:
                 bar.set_postfix(elbo=f"{history[-1]:.4f}")
-            if checkpoint is not None and _due(step + 1, checkpoint_every, last_save,
-                                               checkpoint_seconds):
+            if group is None:
+                due = checkpoint is not None and _due(step + 1, checkpoint_every, last_save,
+                                                      checkpoint_seconds)
+            else:  # the clock of any rank, as reduced: every rank saves at the same steps
+                due = checkpoint is not None and (
+                    (step + 1) % checkpoint_every == 0 if checkpoint_every else clock)
+            if due:
                 save(step + 1)
                 saved_step, last_save = step + 1, time.perf_counter()
             if rule.converged(history):
@@ -270,7 +343,120 @@ def fit_svi(
               "num_particles": num_particles, "max_steps": steps, "stop_tol": stop_tol,
               "stop_window": stop_window, "stopping_rule_met": rule_met,
               "resumed_from_step": resumed_from,
+              **(group.describe() if group is not None else {"world_size": 1, "backend": None}),
               **(collapse or {"kept": "last"})})
+
+
+DATA_PLATE = "data"  # the model contract's data plate; its subsample site has this name
+
+
+class OnRows:
+    """``fn(x, rows, **kwargs)`` is ``fn(x, **kwargs)`` with the data plate's subsample indices
+    fixed to ``rows`` (conditioned, as :mod:`inference.evaluate` fixes them). The rows are a
+    positional tensor: a JIT-compiled estimator takes them as an input of its graph, new rows
+    every step, never as constants baked into the trace. One object per fit, so that the
+    estimator's compiled graph (keyed by the callables' identity) is reused."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, x, rows, **kwargs):
+        with poutine.condition(data={DATA_PLATE: rows}):
+            return self.fn(x, **kwargs)
+
+
+@contextmanager
+def _rows_fixed_quietly():
+    """Silence the one warning Pyro's validation gives because :class:`OnRows` conditions the
+    model's subsample site too (Pyro counts an observed one as no plate of the model's)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Found plate statements in guide but not "
+                                f"model: \\{{'{DATA_PLATE}'\\}}$")
+        yield
+
+
+class RowDraw:
+    """Each step's minibatch rows: one global draw of ``world * batch`` distinct rows of
+    ``range(num_data)`` (the head of a uniform random permutation, as ``pyro.plate`` draws a
+    subsample) from a generator of its own on ``device``, seeded alike on every rank; rank
+    ``r`` takes rows ``[r batch, (r + 1) batch)`` of it. A fit alone is ``world=1``: the draws
+    of a ``W``-rank fit with ``batch`` rows each are those of one process with ``W batch``.
+    Its state goes into the checkpoint (:meth:`state`, :meth:`restore`)."""
+
+    def __init__(self, num_data: int, batch: int, *, world: int = 1, rank: int = 0,
+                 seed: int = 0, device: torch.device | str = "cpu"):
+        self.num_data, self.device = num_data, torch.device(device)
+        self.rows = slice(rank * batch, (rank + 1) * batch)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(_row_seed(seed))
+
+    def __call__(self) -> torch.Tensor:
+        order = torch.randperm(self.num_data, generator=self.generator, device=self.device)
+        return order[self.rows]
+
+    def state(self) -> dict:
+        return {"row_rng": self.generator.get_state()}
+
+    def restore(self, state: dict) -> None:
+        if "row_rng" in state:  # a checkpoint of an older lvm-zoo has none: drawn afresh
+            self.generator.set_state(state["row_rng"])
+
+
+def _row_seed(seed: int) -> int:
+    """The rows' generator seed: a fixed mix of ``seed``, so that its stream is not the one
+    ``torch.manual_seed(seed)`` gives the ELBO's noise."""
+    return (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64
+
+
+def _broadcast_params(group: Group, names: list[str], unconstrained: dict) -> None:
+    """Rank 0's unconstrained values of ``names`` into every rank's parameters."""
+    values = group.broadcast({n: unconstrained[n].detach() for n in names}
+                             if group.is_main else None, like=unconstrained[names[0]])
+    with torch.no_grad():
+        for name in names:
+            unconstrained[name].copy_(values[name])
+
+
+def _all_reduce(group: Group, names: list[str], unconstrained: dict, value: float,
+                weight: float, flag: bool) -> tuple[float, bool]:
+    """Replace every rank's gradients by the ``weight``-ed sum over the ranks (``weight = 1/W``:
+    their mean) and return the same sum of the losses, and whether any rank raised ``flag``.
+    A parameter without a gradient on every rank keeps none, as Adam then skips it; gradients
+    are summed in one buffer per dtype and device, the numbers in one more."""
+    params = [unconstrained[n] for n in names]
+    scalars = torch.tensor([value * weight, float(flag)]
+                           + [float(p.grad is not None) for p in params], dtype=torch.float64)
+    buckets: dict[tuple, list] = {}
+    for p in params:
+        buckets.setdefault((p.dtype, p.device), []).append(p)
+    for bucket in buckets.values():
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in bucket])
+        if weight != 1.0:
+            flat.mul_(weight)
+        flat = group.sum(flat)
+        offset = 0
+        for p in bucket:
+            p.grad = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+    scalars = group.sum(scalars)
+    for p, count in zip(params, scalars[2:].tolist(), strict=True):
+        if count == 0:
+            p.grad = None
+    return float(scalars[0]), bool(scalars[1] > 0)
+
+
+def _exists(checkpoint, group: Group | None) -> bool:
+    """Whether ``checkpoint`` is there to resume from; under a process group every rank must
+    see the same (a file only some ranks see cannot be resumed alike)."""
+    here = Path(checkpoint).exists()
+    if group is None:
+        return here
+    seen = int(group.sum(torch.tensor([float(here)], dtype=torch.float64)))
+    if 0 < seen < group.world_size:
+        raise InputError(f"checkpoint {checkpoint} is seen by {seen} of {group.world_size} "
+                         "processes; a resume needs it on a filesystem every process reads")
+    return seen > 0
 
 
 class StoppingRule:
@@ -445,13 +631,32 @@ def _save(path, state: dict) -> None:
     save_checkpoint(path, state)
 
 
-def _restore(path, names, unconstrained, optimizer, seed: int, device: torch.device) -> dict:
+def _rank_streams(state: dict, rank: int, world: int, path) -> dict:
+    """The random streams of rank ``rank`` in a checkpoint (the top level alone)."""
+    if world == 1:
+        return state
+    streams = state.get("rank_streams")
+    if not isinstance(streams, list) or len(streams) != world:
+        raise InputError(f"checkpoint {path} lacks the random streams of its {world} "
+                         "processes; use a new --out folder")
+    return streams[rank]
+
+
+def _restore(path, names, unconstrained, optimizer, seed: int, device: torch.device, *,
+             rank: int = 0, world: int = 1) -> dict:
     """Load ``path`` into the parameters, Adam and the random streams; returns its state."""
     state = load_checkpoint(path)
     missing = [k for k in _CHECKPOINT_KEYS if k not in state]
     if missing:
         raise InputError(f"checkpoint {path} lacks {', '.join(missing)}; it is not an SVI "
                          "checkpoint of lvm-zoo: fit again into a new --out folder")
+    written = int(state.get("world_size", 1))
+    if written != world:
+        raise InputError(f"checkpoint {path} was written by a fit of world size {written} "
+                         f"({written} process{'es' if written > 1 else ''}), and this fit has "
+                         f"world size {world}; resume it with {written} process"
+                         f"{'es' if written > 1 else ''} (torchrun --nproc-per-node), or use a "
+                         "new --out folder")
     for key in ("params", "best_params"):
         if key in state and sorted(state[key]) != names:
             raise InputError(f"checkpoint {path} holds parameters {sorted(state[key])}, not "
@@ -477,5 +682,5 @@ def _restore(path, names, unconstrained, optimizer, seed: int, device: torch.dev
                          f"model and guide ({error}); use a new --out folder") from None
     for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr  # a resumed fit takes the learning rate it is given now
-    _set_rng_state(state, device)
+    _set_rng_state(_rank_streams(state, rank, world, path), device)
     return state

@@ -49,11 +49,14 @@ from zoo.gmm_em import (
     _prepare,
     _quadratic_features,  # noqa: F401 - the tests of the E-step routes reach it here
     _quadratic_weights,  # noqa: F401 - the tests of the E-step routes reach it here
+    combine,
     e_step,
     from_labels,
+    label_statistics,
     m_step,
     maximize,
     sufficient_statistics,
+    weighted_moments,
 )
 from zoo.gmm_init import (
     INIT_METHODS,
@@ -287,7 +290,8 @@ SPEC = register(ModelSpec(
     log_marginal=log_marginal,
     posterior=posterior,
     sample=sample,
-    em=EMSteps(init=_em_initialize, e_step=e_step, m_step=maximize, init_methods=INIT_METHODS),
+    em=EMSteps(init=_em_initialize, e_step=e_step, m_step=maximize, init_methods=INIT_METHODS,
+               combine=combine, label_statistics=label_statistics),
     from_assignments=from_assignments,
     synthetic=synthetic,
     local_sites=("z",),
@@ -302,8 +306,9 @@ __all__ = [
     "log_prior", "log_responsibilities", "make_model", "posterior", "responsibilities", "sample",
     "synthetic",
     # EM's numerics (zoo.gmm_em)
-    "BLOCK_VALUES", "FEATURE_VALUES", "QUADRATIC_ERROR", "MixtureStatistics", "e_step", "m_step",
-    "maximize", "sufficient_statistics",
+    "BLOCK_VALUES", "FEATURE_VALUES", "QUADRATIC_ERROR", "MixtureStatistics", "combine",
+    "e_step", "label_statistics", "m_step", "maximize", "sufficient_statistics",
+    "weighted_moments",
     # starts (zoo.gmm_init)
     "INIT_METHODS", "LloydResult", "init_params", "initialize", "kmeans_plus_plus", "lloyd",
     "nearest_centers", "squared_distances",

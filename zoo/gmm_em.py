@@ -174,11 +174,18 @@ def sufficient_statistics(config: GMMConfig, x: torch.Tensor,
     if resp.shape != (x.shape[0], config.components):
         raise InputError(f"responsibilities have shape {tuple(resp.shape)}, expected "
                          f"({x.shape[0]}, {config.components})")
+    return weighted_moments(x, resp, full=config.covariance_type == "full")
+
+
+def weighted_moments(x: torch.Tensor, resp: torch.Tensor, *, full: bool = True
+                     ) -> MixtureStatistics:
+    """:class:`MixtureStatistics` of ``x : (N, D)`` under any non-negative weights ``resp :
+    (N, K)``, about the weighted means; ``full=False`` keeps only the diagonal second moments.
+    (Also the statistics of the other mixtures of the zoo.)"""
     counts = resp.sum(0)
     center = (resp.T @ x) / (counts + 10 * torch.finfo(x.dtype).eps)[:, None]
     first = resp.T @ x - counts[:, None] * center
     k, d = center.shape
-    full = config.covariance_type == "full"
     second = x.new_zeros((k, d, d) if full else (k, d))
     for rows in _row_blocks(x, k * d):
         diff = x[rows, None, :] - center  # (n, K, D)
@@ -217,6 +224,58 @@ def label_statistics(config: GMMConfig, x: torch.Tensor,
         first[j] = diff.sum(0)  # rounding only; the M-step adds it back to the mean
         second[j] = diff.T @ diff if full else diff.square_().sum(0)
     return MixtureStatistics(counts, first, second, center, x.shape[0])
+
+
+def combine(parts, weights=None) -> MixtureStatistics:
+    """The statistics of the union of disjoint row sets from theirs: ``Σ_i w_i s_i`` (``w_i = 1``
+    by default; stepwise EM weighs its running statistics against a minibatch's).
+
+    Each part's moments are moved to one common centre per component, the pooled weighted
+    mean, before they are added (Chan, Golub & LeVeque's update): about it the pooled first
+    moments vanish and the between-part scatter enters as the exact, positive term
+    ``n_i δ δᵀ``, so parts whose means differ widely (shards sorted by cluster) lose no
+    precision. The order of ``parts`` fixes the rounding: ranks that fold the same parts in
+    the same order hold bit-identical results."""
+    parts = list(parts)
+    if weights is None and len(parts) == 1:
+        return parts[0]
+    weights = [1.0] * len(parts) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(parts) or not parts:
+        raise InputError(f"combine takes one weight per part; got {len(weights)} weights for "
+                         f"{len(parts)} parts")
+    counts = sum(w * p.counts for w, p in zip(weights, parts, strict=True))
+    sums = sum(w * (p.first + p.counts[:, None] * p.center)
+               for w, p in zip(weights, parts, strict=True))
+    center = torch.where((counts > 0)[:, None], sums / counts.clamp_min(
+        torch.finfo(counts.dtype).tiny)[:, None], parts[0].center)
+    first = torch.zeros_like(parts[0].first)
+    second = torch.zeros_like(parts[0].second)
+    full = second.dim() == 3
+    for w, p in zip(weights, parts, strict=True):
+        delta = p.center - center  # x - c = (x - c_i) + δ_i
+        moved = p.first + p.counts[:, None] * delta
+        if full:
+            cross = p.first[:, :, None] * delta[:, None, :]
+            second = second + w * (p.second + cross + cross.transpose(1, 2)
+                                   + p.counts[:, None, None] * delta[:, :, None]
+                                   * delta[:, None, :])
+        else:
+            second = second + w * (p.second + 2 * p.first * delta
+                                   + p.counts[:, None] * delta.square())
+        first = first + w * moved
+    num_data = sum(w * p.num_data for w, p in zip(weights, parts, strict=True))
+    if all(w == 1.0 for w in weights):
+        num_data = int(num_data)
+    return MixtureStatistics(counts, first, second, center, num_data)
+
+
+def mean_variance(spread: MixtureStatistics) -> torch.Tensor:
+    """The mean over columns of the rows' unbiased variances (``x.var(0).mean()``), from the
+    diagonal moments of unit weights (one component) that :func:`weighted_moments` gives."""
+    count = spread.counts[0]
+    offset = spread.first[0] / count  # the rows' mean minus the centre
+    scatter = spread.second[0] - count * offset.square()
+    return (scatter / (count - 1).clamp_min(1)).mean()
 
 
 def maximize(config: GMMConfig, x: torch.Tensor | None,

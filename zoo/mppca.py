@@ -26,6 +26,7 @@ sigma_k^2 = the mean of the discarded eigenvalues, so the likelihood never decre
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -34,6 +35,8 @@ from torch.distributions import constraints
 
 from zoo.declare import declare
 from zoo.errors import InputError
+from zoo.gmm_em import MixtureStatistics, mean_variance, weighted_moments
+from zoo.gmm_em import combine as combine_moments
 from zoo.registry import EMSteps, Params
 
 PARAM_NAMES = ("weights", "locs", "factors", "noise")
@@ -130,21 +133,51 @@ def sample(config: MPPCAConfig, params: Params, num_data: int,
     return x, component
 
 
-def m_step(config: MPPCAConfig, x: torch.Tensor, responsibilities: torch.Tensor) -> Params:
+class MPPCAStatistics(NamedTuple):
+    """The E-step's statistics, sums over rows (so shards and chunks of the data add up with
+    :func:`combine`): the responsibility-weighted moments of the rows per component, and the
+    unweighted diagonal moments of all rows (the data's variances, for the noise floor)."""
+
+    moments: MixtureStatistics  # counts (K,), first (K, D), second (K, D, D), about centres
+    spread: MixtureStatistics  # one component of unit weights, diagonal second moments
+
+
+def statistics(x: torch.Tensor, responsibilities: torch.Tensor) -> MPPCAStatistics:
+    """:class:`MPPCAStatistics` of ``x : (N, D)`` under ``responsibilities : (N, K)``."""
+    return MPPCAStatistics(weighted_moments(x, responsibilities, full=True),
+                           weighted_moments(x, x.new_ones(x.shape[0], 1), full=False))
+
+
+def combine(parts, weights=None) -> MPPCAStatistics:
+    """The statistics of the union of disjoint row sets, Σ_i w_i s_i (:func:`zoo.gmm.combine`
+    on each part)."""
+    parts = list(parts)
+    return MPPCAStatistics(combine_moments([p.moments for p in parts], weights),
+                           combine_moments([p.spread for p in parts], weights))
+
+
+def m_step(config: MPPCAConfig, x: torch.Tensor | None,
+           stats: MPPCAStatistics | torch.Tensor) -> Params:
     """The parameters that maximize sum_nk r_nk log pi_k N(x_n | mu_k, C_k) exactly: weighted
-    means, and PPCA maximum likelihood from each weighted covariance."""
-    dtype = x.dtype
-    counts = responsibilities.sum(0) + 10 * torch.finfo(dtype).tiny  # (K,)
-    weights = counts / counts.sum()
-    locs = (responsibilities.T @ x) / counts[:, None]  # (K, D)
-    centred = x.unsqueeze(0) - locs.unsqueeze(1)  # (K, N, D)
-    weighted = centred * responsibilities.T.unsqueeze(-1)
-    covariance = weighted.transpose(-1, -2) @ centred / counts[:, None, None]  # (K, D, D)
+    means, and PPCA maximum likelihood from each weighted covariance. ``stats`` are the
+    E-step's :class:`MPPCAStatistics`, or responsibilities ``(N, K)`` of the rows ``x``."""
+    if isinstance(stats, torch.Tensor):
+        stats = statistics(x, stats)
+    counts, first, second, center, _ = stats.moments
+    dtype = center.dtype
+    totals = counts + 10 * torch.finfo(dtype).tiny  # (K,)
+    weights = totals / totals.sum()
+    locs = center + first / totals[:, None]  # (K, D) the weighted means
+    shift = locs - center  # the scatter about the weighted means, from the moments' centres
+    cross = first[:, :, None] * shift[:, None, :]
+    scatter = (second - cross - cross.transpose(1, 2)
+               + counts[:, None, None] * shift[:, :, None] * shift[:, None, :])
+    covariance = scatter / totals[:, None, None]  # (K, D, D)
     # float64 for the D x D eigendecompositions: small eigenvalues are the noise
     values, vectors = torch.linalg.eigh(covariance.double())
     values, vectors = values.flip(-1).clamp_min(0), vectors.flip(-1)
     q = config.latent_dim
-    floor = config.min_noise * x.var(0).mean().double()
+    floor = config.min_noise * mean_variance(stats.spread).double()
     noise = values[:, q:].mean(-1).clamp_min(floor)
     factors = vectors[..., :q] * (values[:, :q] - noise[:, None]).clamp_min(0).sqrt()[:, None]
     return {"weights": weights, "locs": locs, "factors": factors.to(dtype),
@@ -152,11 +185,12 @@ def m_step(config: MPPCAConfig, x: torch.Tensor, responsibilities: torch.Tensor)
 
 
 def e_step(config: MPPCAConfig, params: Params, x: torch.Tensor
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Responsibilities ``(N, K)`` and the mean log p(x) at ``params`` (nats per datapoint)."""
+           ) -> tuple[MPPCAStatistics, torch.Tensor]:
+    """The statistics of the responsibilities r_nk = p(c_n = k | x_n) (:class:`MPPCAStatistics`)
+    and the mean log p(x) at ``params`` (nats per datapoint)."""
     joint = component_log_densities(params, x)
     log_likelihood = torch.logsumexp(joint, dim=-1)
-    return (joint - log_likelihood[:, None]).exp(), log_likelihood.mean()
+    return statistics(x, (joint - log_likelihood[:, None]).exp()), log_likelihood.mean()
 
 
 def em_init(config: MPPCAConfig, x: torch.Tensor, generator: torch.Generator,
@@ -219,7 +253,8 @@ SPEC = declare(
     default_data="synthetic-mppca",
     log_marginal=log_marginal,
     sample=sample,
-    em=EMSteps(init=em_init, e_step=e_step, m_step=m_step, init_methods=("kmeans++",)),
+    em=EMSteps(init=em_init, e_step=e_step, m_step=m_step, init_methods=("kmeans++",),
+               combine=combine),
     init_params=init_params,
     synthetic=synthetic,
     svi_defaults={"steps": 1500, "lr": 0.02},
@@ -227,5 +262,5 @@ SPEC = declare(
           "enumerate the component (TraceEnum_ELBO)",
 )
 
-__all__ = ["MPPCAConfig", "e_step", "em_init", "log_marginal", "m_step", "mppca_model",
-           "sample", "synthetic", "true_params"]
+__all__ = ["MPPCAConfig", "MPPCAStatistics", "combine", "e_step", "em_init", "log_marginal",
+           "m_step", "mppca_model", "sample", "statistics", "synthetic", "true_params"]

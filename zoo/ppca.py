@@ -86,6 +86,12 @@ class FactorAnalysisConfig(PPCAConfig):
 
 
 def _check_data(config: PPCAConfig, x: torch.Tensor) -> None:
+    if isinstance(x, Moments):  # a summary of rows (EM on shards or chunks)
+        if x.mean.shape != (config.dim,):
+            raise InputError(f"data of dimension {x.mean.shape[0]} do not match dim="
+                             f"{config.dim}; build the config from the data")
+        config.validate(x.num_data)
+        return
     if x.dim() != 2 or x.shape[1] != config.dim:
         raise InputError(f"data of shape {tuple(x.shape)} do not match dim={config.dim}; build "
                          "the config from the data (spec.make_config(x.shape[1], ...))")
@@ -156,15 +162,38 @@ def _centred_covariance(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return gram / num_data - torch.outer(offset, offset)
 
 
+def summarize(config: PPCAConfig, x: torch.Tensor) -> Moments:
+    """The rows' :class:`Moments`: all EM needs of them. EM on the shards of a process group or
+    the chunks of a memory-mapped file combines these (:func:`combine_moments`) once and then
+    runs on the summary, passing over the rows no more."""
+    _check_data(config, x)
+    return moments(x)
+
+
+def combine_moments(parts) -> Moments:
+    """The moments of the union of disjoint row sets (Chan, Golub & LeVeque): the pooled mean,
+    and the pooled covariance with the between-part scatter added exactly."""
+    parts = list(parts)
+    if len(parts) == 1:
+        return parts[0]
+    num_data = sum(p.num_data for p in parts)
+    mean = sum(p.num_data * p.mean for p in parts) / num_data
+    covariance = sum(p.num_data * (p.covariance + torch.outer(p.mean - mean, p.mean - mean))
+                     for p in parts) / num_data
+    return Moments(num_data, mean, 0.5 * (covariance + covariance.T))
+
+
 _last_moments: dict = {}
 
 
-def data_moments(x: torch.Tensor) -> Moments:
+def data_moments(x: torch.Tensor | Moments) -> Moments:
     """:func:`moments` of ``x``, remembered for the last tensor seen (EM asks every iteration).
 
     The memo holds a weak reference and the tensor's version counter, so a different tensor or
-    an in-place change of this one recomputes.
+    an in-place change of this one recomputes. A :class:`Moments` summary is its own.
     """
+    if isinstance(x, Moments):
+        return x
     key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device, x._version)
     ref = _last_moments.get("ref")
     if ref is not None and ref() is x and _last_moments["key"] == key:
@@ -282,7 +311,8 @@ def em_init(config: PPCAConfig, x: torch.Tensor, generator: torch.Generator,
     _check_columns(config, variances)
     dim, q = config.dim, config.latent_dim
     scale = (variances.sum() / (2 * dim * q)).sqrt()
-    weight = torch.randn(dim, q, generator=generator, dtype=x.dtype, device=x.device) * scale
+    weight = torch.randn(dim, q, generator=generator, dtype=data.mean.dtype,
+                         device=data.mean.device) * scale
     noise = variances.mean() / 2 if config.noise == "isotropic" else variances / 2
     return {"loc": data.mean.clone(), "weight": weight, "noise": noise.clone()}
 
@@ -351,6 +381,7 @@ def m_step(config: PPCAConfig, x: torch.Tensor, statistics: Statistics) -> Param
     row, then the noise given that W (conditional maximization keeps the ascent monotone).
     """
     data, scale, cross, second, _ = statistics
+    dtype = x.mean.dtype if isinstance(x, Moments) else x.dtype
     column = scale[..., None]
     if config.prior_precision > 0:
         ridge = config.prior_precision * statistics.noise.expand(config.dim) / data.num_data
@@ -364,7 +395,7 @@ def m_step(config: PPCAConfig, x: torch.Tensor, statistics: Statistics) -> Param
                 + ((weight @ second) * weight).sum(1))  # mean_n E (x_nd - w_d^T z_n)^2
     eps = torch.finfo(residual.dtype).eps
     if config.noise == "isotropic":
-        noise = residual.mean().clamp_min(torch.finfo(x.dtype).eps)
+        noise = residual.mean().clamp_min(torch.finfo(dtype).eps)
     else:
         # where psi_d / S_dd nears 0 the cancellation in `residual` costs eps (S_dd / psi_d)^2
         # relative error; the floor keeps it below 1%. Clamping is the exact M-step on the
@@ -374,7 +405,7 @@ def m_step(config: PPCAConfig, x: torch.Tensor, statistics: Statistics) -> Param
         weight = weight @ torch.linalg.cholesky(second)  # PX-EM: back from z ~ N(0, second)
     weight = _canonical_rotation(weight, noise.expand(config.dim))
     params = {"loc": data.mean.clone(), "weight": weight * column, "noise": noise * scale ** 2}
-    return {name: value.to(x.dtype) for name, value in params.items()}
+    return {name: value.to(dtype) for name, value in params.items()}
 
 
 def _canonical_rotation(weight: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
@@ -506,7 +537,7 @@ def _synthetic(noise: str):
 # way, but factor analysis crawls where some psi_d heads for 0 (a Heywood case), and SQUAREM
 # cuts the updates to a given gap several-fold.
 _EM = EMSteps(init=em_init, e_step=e_step, m_step=m_step, init_methods=("random",),
-              accelerate=True)
+              accelerate=True, summarize=summarize, combine_summaries=combine_moments)
 _COMMON = dict(
     make_model=make_model,
     init_params=em_init, log_marginal=log_marginal, posterior=posterior, sample=sample,

@@ -55,7 +55,11 @@ class EMSteps:
     - ``e_step(config, params, x) -> (statistics, mean_log_likelihood)``: posterior statistics
       of the latents under ``params`` and the mean log p(x) in nats per datapoint at ``params``.
     - ``m_step(config, x, statistics) -> Params``: the parameters that maximize the expected
-      complete-data log-likelihood.
+      complete-data log-likelihood (``x`` is ``None`` where EM ran on shards or chunks: the
+      statistics must then carry everything the M-step needs).
+
+    The optional hooks below make EM run past one tensor: on the shards of a process group,
+    on the chunks of a memory-mapped file, or stepwise on minibatches.
     """
 
     init: Callable[..., Params]
@@ -63,6 +67,18 @@ class EMSteps:
     m_step: Callable[..., Params]
     init_methods: tuple[str, ...] = ("random",)  # the first is the default start
     accelerate: bool = False  # SQUAREM by default (``inference.em``), where it helps
+    combine: Callable[..., Any] | None = None
+    # ^ (parts, weights=None) -> the E-step statistics of the union of disjoint row sets,
+    #   Σ_i w_i s_i: EM on shards (torch.distributed), on chunks of a memory-mapped file, and
+    #   stepwise (online) EM need it
+    summarize: Callable[..., Any] | None = None
+    # ^ (config, x) -> a summary of the rows that ``init``, ``e_step`` and ``m_step`` take in
+    #   place of ``x`` (PPCA and FA: the mean and covariance), for models whose E-step sees the
+    #   data only through it: EM on shards or chunks then passes over the rows once
+    combine_summaries: Callable[..., Any] | None = None  # (parts) -> the union's summary
+    label_statistics: Callable[..., Any] | None = None
+    # ^ (config, x, labels) -> the statistics of hard labels, combinable like the E-step's:
+    #   K-means on shards or chunks ends with ``m_step`` on them
 
 
 @dataclass(frozen=True)

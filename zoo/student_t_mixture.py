@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -34,6 +35,8 @@ from torch.distributions import constraints
 
 from zoo.declare import declare
 from zoo.errors import InputError
+from zoo.gmm_em import MixtureStatistics, mean_variance, weighted_moments
+from zoo.gmm_em import combine as combine_moments
 from zoo.registry import EMSteps, Params
 from zoo.seeding import own_random_stream
 
@@ -134,9 +137,39 @@ def sample(config: StudentTMixtureConfig, params: Params, num_data: int,
     return x, component
 
 
+class StudentTStatistics(NamedTuple):
+    """The E-step's statistics, sums over rows (shards and chunks add up with :func:`combine`):
+    the moments of the rows weighted by r_nk u_nk (responsibility times expected precision),
+    the counts Σ_n r_nk, and the unweighted diagonal moments of all rows (the floor)."""
+
+    moments: MixtureStatistics  # weights r u: counts (K,), first (K, D), second (K, D, D)
+    counts: torch.Tensor  # (K,) Σ_n r_nk
+    spread: MixtureStatistics  # one component of unit weights, diagonal second moments
+
+
+def statistics(x: torch.Tensor, responsibilities: torch.Tensor,
+               precisions: torch.Tensor) -> StudentTStatistics:
+    """:class:`StudentTStatistics` of ``x : (N, D)`` given ``responsibilities`` and expected
+    ``precisions``, both ``(N, K)``."""
+    return StudentTStatistics(weighted_moments(x, responsibilities * precisions, full=True),
+                              responsibilities.sum(0),
+                              weighted_moments(x, x.new_ones(x.shape[0], 1), full=False))
+
+
+def combine(parts, weights=None) -> StudentTStatistics:
+    """The statistics of the union of disjoint row sets, Σ_i w_i s_i."""
+    parts = list(parts)
+    scale = [1.0] * len(parts) if weights is None else [float(w) for w in weights]
+    return StudentTStatistics(
+        combine_moments([p.moments for p in parts], weights),
+        sum(w * p.counts for w, p in zip(scale, parts, strict=True)),
+        combine_moments([p.spread for p in parts], weights))
+
+
 def e_step(config: StudentTMixtureConfig, params: Params, x: torch.Tensor
-           ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``(responsibilities (N, K), expected precisions (N, K))`` and the mean log p(x)."""
+           ) -> tuple[StudentTStatistics, torch.Tensor]:
+    """The statistics of the responsibilities and expected precisions
+    (:class:`StudentTStatistics`) and the mean log p(x)."""
     joint = component_log_densities(config, params, x)
     log_likelihood = torch.logsumexp(joint, dim=-1)
     responsibilities = (joint - log_likelihood[:, None]).exp()
@@ -145,22 +178,28 @@ def e_step(config: StudentTMixtureConfig, params: Params, x: torch.Tensor
                                            centred.unsqueeze(-1), upper=False)
     mahalanobis = solved.squeeze(-1).square().sum(-1)  # (N, K)
     precisions = (config.df + x.shape[-1]) / (config.df + mahalanobis)
-    return (responsibilities, precisions), log_likelihood.mean()
+    return statistics(x, responsibilities, precisions), log_likelihood.mean()
 
 
-def m_step(config: StudentTMixtureConfig, x: torch.Tensor,
-           statistics: tuple[torch.Tensor, torch.Tensor]) -> Params:
-    """pi, mu and Sigma maximizing the expected complete-data log-likelihood (nu fixed)."""
-    responsibilities, precisions = statistics
-    tiny = 10 * torch.finfo(x.dtype).tiny
-    counts = responsibilities.sum(0) + tiny  # (K,)
-    weighted = responsibilities * precisions  # (N, K)
-    locs = (weighted.T @ x) / (weighted.sum(0) + tiny)[:, None]
-    centred = x.unsqueeze(0) - locs.unsqueeze(1)  # (K, N, D)
-    covariance = (centred * weighted.T.unsqueeze(-1)).transpose(-1, -2) @ centred \
-        / counts[:, None, None]
-    floor = config.reg_covar * x.var(0).mean() + tiny
-    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+def m_step(config: StudentTMixtureConfig, x: torch.Tensor | None,
+           stats: StudentTStatistics | tuple[torch.Tensor, torch.Tensor]) -> Params:
+    """pi, mu and Sigma maximizing the expected complete-data log-likelihood (nu fixed).
+    ``stats`` are the E-step's :class:`StudentTStatistics`, or ``(responsibilities,
+    precisions)`` of the rows ``x``."""
+    if not isinstance(stats, StudentTStatistics):
+        stats = statistics(x, *stats)
+    weighted, first, second, center, _ = stats.moments
+    dtype = center.dtype
+    tiny = 10 * torch.finfo(dtype).tiny
+    counts = stats.counts + tiny  # (K,)
+    locs = center + first / (weighted + tiny)[:, None]  # Σ r u x / Σ r u
+    shift = locs - center
+    cross = first[:, :, None] * shift[:, None, :]
+    scatter = (second - cross - cross.transpose(1, 2)
+               + weighted[:, None, None] * shift[:, :, None] * shift[:, None, :])
+    covariance = scatter / counts[:, None, None]
+    floor = config.reg_covar * mean_variance(stats.spread) + tiny
+    eye = torch.eye(center.shape[-1], dtype=dtype, device=center.device)
     scale_trils = torch.linalg.cholesky(covariance + floor * eye)
     return {"weights": counts / counts.sum(), "locs": locs, "scale_trils": scale_trils}
 
@@ -226,7 +265,8 @@ SPEC = declare(
     default_data="old-faithful",
     log_marginal=log_marginal,
     sample=sample,
-    em=EMSteps(init=em_init, e_step=e_step, m_step=m_step, init_methods=("kmeans++",)),
+    em=EMSteps(init=em_init, e_step=e_step, m_step=m_step, init_methods=("kmeans++",),
+               combine=combine),
     init_params=init_params,
     synthetic=synthetic,
     svi_defaults={"steps": 1500, "lr": 0.02},
@@ -234,5 +274,6 @@ SPEC = declare(
           "fixed); the generic guides enumerate the component (TraceEnum_ELBO)",
 )
 
-__all__ = ["StudentTMixtureConfig", "e_step", "em_init", "log_marginal", "m_step", "sample",
-           "student_t_mixture_model", "synthetic", "true_params"]
+__all__ = ["StudentTMixtureConfig", "StudentTStatistics", "combine", "e_step", "em_init",
+           "log_marginal", "m_step", "sample", "student_t_mixture_model", "synthetic",
+           "true_params"]

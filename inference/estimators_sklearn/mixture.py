@@ -3,12 +3,26 @@
 The parameters are scikit-learn's (``n_components``, ``covariance_type``, ``tol``,
 ``reg_covar``, ``max_iter``, ``n_init``, ``init_params``, ``weights_init``, ``means_init``,
 ``precisions_init``, ``random_state``, ``warm_start``, ``verbose``) with the same meanings and
-defaults, plus ``inference`` (``"em"``, ``"svi"`` or ``"kmeans"``), ``guide``, ``elbo``,
-``steps``, ``lr``, ``batch_size`` and ``device``. Names map onto the zoo's: ``n_components`` is
-the config's ``components``; ``init_params`` ``"kmeans"`` / ``"k-means++"`` / ``"random"`` are
-EM's ``init`` ``"kmeans"`` / ``"kmeans++"`` / ``"random"``; ``tol`` is EM's, on the change of
-the mean log-likelihood per datapoint (scikit-learn's rule and unit), or under SVI the stopping
-rule's ``stop_tol`` (nats per datapoint per window).
+defaults, plus ``inference`` (``"em"``, ``"online-em"``, ``"svi"`` or ``"kmeans"``), ``guide``,
+``elbo``, ``steps``, ``lr``, ``batch_size``, ``passes``, ``step_decay`` and ``device``. Names
+map onto the zoo's: ``n_components`` is the config's ``components``; ``init_params``
+``"kmeans"`` / ``"k-means++"`` / ``"random"`` are EM's ``init`` ``"kmeans"`` / ``"kmeans++"`` /
+``"random"``; ``tol`` is EM's, on the change of the mean log-likelihood per datapoint
+(scikit-learn's rule and unit), under online EM the same between its last two passes, or under
+SVI the stopping rule's ``stop_tol`` (nats per datapoint per window).
+
+``inference="online-em"`` is stepwise EM (:mod:`inference.online_em`): ``fit`` makes ``passes``
+passes (default 1) of minibatches of ``batch_size`` rows; ``partial_fit(X)`` is one update on
+the rows of ``X`` (one minibatch, whatever ``batch_size``), so a stream of ``partial_fit`` calls
+is online EM. The first call on an unfitted estimator starts from its rows, by
+``init_params`` (as scikit-learn's ``MiniBatchKMeans.partial_fit``); later calls continue the
+running statistics (``statistics_``, normalized to one datapoint) and the step count
+(``n_steps_``, which sets the step size ``η_t = t^-step_decay``) kept on the estimator. After a
+fit by another strategy, or a run folder loaded, the first call continues from the fitted
+parameters with fresh statistics. ``n_iter_`` counts the updates and ``lower_bounds_`` holds
+every minibatch's mean log-likelihood before its update; ``converged_`` is False after
+``partial_fit`` (a stream has no convergence test). With ``inference="svi"``, ``partial_fit`` is
+the base class's: one epoch of SVI on ``X``.
 
 Differences from scikit-learn: ``covariance_type="tied"`` is not offered; ``lower_bound_`` is
 the exact mean log-likelihood of the returned parameters (EM), or the last ELBO (SVI);
@@ -24,16 +38,21 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_array
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_array, validate_data
 
+from inference import online_em
 from inference.em import MAX_ITER, TOL, fit_em
 from inference.estimators_sklearn.base import (
     COMMON_CONSTRAINTS,
     LatentModelEstimator,
+    _can_partial_fit,
     as_numpy,
+    kept_random_state,
+    seed_from,
     strategy_options,
 )
 from inference.results import FitResult
@@ -49,12 +68,14 @@ SKLEARN_INIT = {"kmeans": "kmeans", "kmeans++": "k-means++", "random": "random"}
 
 
 class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
-    """Gaussian mixture with scikit-learn's interface: EM (default), SVI or K-means.
+    """Gaussian mixture with scikit-learn's interface: EM (default), online EM, SVI or K-means.
 
     Fitted attributes (scikit-learn's): ``weights_``, ``means_``, ``covariances_``,
     ``precisions_``, ``precisions_cholesky_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
     ``lower_bounds_``, ``n_features_in_``; and the zoo's ``params_`` / ``guide_params_`` (tensors
-    keyed by ``pyro.param`` names), ``history_``, ``inference_``, ``guide_``, ``seed_``.
+    keyed by ``pyro.param`` names), ``history_``, ``inference_``, ``guide_``, ``seed_``; after
+    online EM also ``statistics_`` (the running E-step statistics of one datapoint) and
+    ``n_steps_`` (its updates).
     """
 
     _model = "gmm"
@@ -71,7 +92,9 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
         "precisions_init": ["array-like", None],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
-        "inference": [StrOptions({"em", "svi", "kmeans"})],
+        "inference": [StrOptions({"em", "online-em", "svi", "kmeans"})],
+        "passes": [Interval(Integral, 1, None, closed="left"), None],
+        "step_decay": [Interval(Real, 0.5, 1.0, closed="right"), None],
         **COMMON_CONSTRAINTS,
     }
 
@@ -79,7 +102,7 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
                  max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
                  means_init=None, precisions_init=None, random_state=None, warm_start=False,
                  verbose=0, inference="em", guide=None, elbo=None, steps=None, lr=None,
-                 batch_size=None, device="cpu"):
+                 batch_size=None, passes=None, step_decay=None, device="cpu"):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -99,6 +122,8 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
         self.steps = steps
         self.lr = lr
         self.batch_size = batch_size
+        self.passes = passes
+        self.step_decay = step_decay
         self.device = device
 
     # --- the zoo's names -----------------------------------------------------------------------
@@ -114,7 +139,11 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
         return {"n_init": self.n_init, "init": EM_INIT.get(self.init_params),
                 "kmeans_init": KMEANS_INIT[self.init_params], "tol": self._tol(),
                 "max_iter": self.max_iter or None, "steps": self.steps, "lr": self.lr,
-                "batch_size": self.batch_size, "elbo": self.elbo, "stop_tol": float(self.tol)}
+                "batch_size": self.batch_size, "elbo": self.elbo, "stop_tol": float(self.tol),
+                "passes": self.passes, "step_decay": self._step_decay()}
+
+    def _step_decay(self) -> float | None:
+        return None if self.step_decay is None else float(self.step_decay)
 
     def _check_sizes(self, n_samples, n_features) -> None:
         if n_samples < self.n_components:
@@ -196,6 +225,8 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
         return dict(old)
 
     def _run(self, spec, config, x, seed):
+        if self.inference == "online-em":
+            return self._fit_online(spec, config, x, seed)
         if self.inference != "em":
             return self._fit_strategy(spec, config, x, seed)
         warm = self._warm_params(config)
@@ -228,6 +259,81 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
                           "parameters, or increase max_iter, tol, or check for degenerate data.",
                           ConvergenceWarning, stacklevel=3)
         return best, None
+
+    # --- online EM: fit and partial_fit -----------------------------------------------------
+
+    def _online_settings(self, n_features: int) -> dict:
+        """The step-size schedule and warm-up of :func:`inference.online_em.stepwise_update`:
+        ``fit``'s defaults, so that ``partial_fit`` on the same minibatches is ``fit``."""
+        step_decay = self._step_decay()
+        return {"step_decay": online_em.STEP_DECAY if step_decay is None else step_decay,
+                "step_offset": online_em.STEP_OFFSET,
+                "warmup": online_em.default_warmup(n_features)}
+
+    def _fit_online(self, spec, config, x, seed):
+        """``fit`` by online EM: the start by ``init_params`` (or the given arrays, or the
+        warm start) on online EM's init subsample, then ``passes`` passes of minibatches."""
+        options = self._options_for("online-em", x.shape[0])
+        options.pop("init", None)
+        warm = self._warm_params(config)
+        init = ({k: v.to(x) for k, v in warm.items()} if warm is not None
+                else lambda config, rows, generator: self._start(spec, config, rows, generator))
+        options.update(self._online_settings(x.shape[1]))
+        return online_em.run_online_em(spec, config, x, init=init, seed=seed,
+                                       progress=self._progress(), **options)
+
+    def _supports_partial_fit(self) -> bool:
+        if self.inference == "online-em":
+            return True
+        return super()._supports_partial_fit()
+
+    @available_if(_can_partial_fit)
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """Online EM (``inference="online-em"``): one stepwise-EM update on the rows of ``X``,
+        continuing the running statistics and step count; the first call on an unfitted
+        estimator starts from ``X`` (see the module docstring). SVI: one epoch of SVI steps
+        on ``X``, continuing the fit before it."""
+        if self.inference != "online-em":
+            return super().partial_fit(X, y)
+        first = not self.__sklearn_is_fitted__()
+        X = validate_data(self, X, reset=first, dtype=np.float64, ensure_min_samples=1)
+        spec = self._spec()
+        device = self._device()
+        history: list[float] = []
+        if first:
+            config = self._make_config(spec, *X.shape)
+            seed = seed_from(self.random_state)
+            x = torch.tensor(X, dtype=self._dtype_default, device=device)
+            generator = torch.Generator(device=device).manual_seed(seed)
+            with kept_random_state(device):
+                state = online_em.StepwiseState(self._start(spec, config, x, generator))
+        else:
+            config, seed = self._config(), self.seed_
+            x = torch.tensor(X, dtype=self._dtype(), device=device)
+            state = getattr(self, "_online_state", None)
+            if state is None:  # fitted by another strategy, or loaded: fresh statistics
+                state = online_em.StepwiseState(self._params_on(x))
+            else:
+                history = list(self.history_.get("log_likelihood", []))
+        history.append(online_em.stepwise_update(spec, config, state, x,
+                                                 **self._online_settings(X.shape[1])))
+        result = FitResult(model=spec.name, inference="online-em", guide=None,
+                           params=state.params, history={"log_likelihood": history},
+                           steps=state.updates, converged=False, device=str(device), seed=seed,
+                           info={"updates": state.updates, "rows_seen": state.rows})
+        self._store(spec, config, result, seed, state, x)
+        return self
+
+    def _store(self, spec, config, result, seed, state, x=None) -> None:
+        online = state if isinstance(state, online_em.StepwiseState) else None
+        super()._store(spec, config, result, seed, None if online is not None else state, x)
+        self._online_state = online
+        for name in ("statistics_", "n_steps_"):
+            vars(self).pop(name, None)
+        if online is not None:
+            self.statistics_ = online.statistics
+            self.n_steps_ = int(online.updates)
 
     # --- fitted attributes (scikit-learn's) ---------------------------------------------------
 
@@ -304,8 +410,10 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
                   # the zoo's defaults where the run took them, so that a refit is the run's
                   "max_iter": options.get("max_iter", {"em": MAX_ITER, "kmeans": 300}.get(
                       run["inference"])),
-                  "tol": options.get("tol", TOL) if run["inference"] == "em" else
-                  options.get("stop_tol", STOP_TOL), "steps": options.get("steps"),
-                  "lr": options.get("lr"), "elbo": options.get("elbo"),
-                  "batch_size": options.get("batch_size")}
+                  "tol": {"em": options.get("tol", TOL),
+                          "online-em": options.get("tol", online_em.TOL)}.get(
+                      run["inference"], options.get("stop_tol", STOP_TOL)),
+                  "steps": options.get("steps"), "lr": options.get("lr"),
+                  "elbo": options.get("elbo"), "batch_size": options.get("batch_size"),
+                  "passes": options.get("passes"), "step_decay": options.get("step_decay")}
         return {k: v for k, v in chosen.items() if v is not None or k == "guide"}

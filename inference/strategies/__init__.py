@@ -32,12 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from inference import distributed
 from inference.results import FitResult
+from inference.shards import Rows
 from zoo.errors import InputError
 from zoo.registry import ModelSpec
 
 _BUILTIN_MODULES = ("inference.strategies.closed_form", "inference.strategies.em",
-                    "inference.strategies.kmeans", "inference.strategies.svi")
+                    "inference.strategies.online_em", "inference.strategies.kmeans",
+                    "inference.strategies.svi")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,14 @@ class FitContext:
     checkpoint: Path | None = None  # where a long fit saves its state (None: nowhere)
     resume: bool = False  # continue from ``checkpoint``
     binarize: str | None = None  # "dynamic": the data are re-binarized every epoch
+    chunk_rows: int | None = None  # streamed rows: at most this many in memory at a time
+    device: str | None = None  # where streamed chunks go (None: the rows' own device)
+
+    def rows(self, x) -> Rows:
+        """``x`` as this process sees it: its shard under a process group, in chunks when the
+        rows are streamed (:class:`inference.shards.Rows`)."""
+        return Rows(x, group=distributed.current(), chunk_rows=self.chunk_rows,
+                    device=self.device)
 
 
 DEFAULT_CONTEXT = FitContext()
@@ -240,7 +251,8 @@ def _is(value: Any, kind: Any) -> bool:
 
 def fit(spec: ModelSpec, config, x, *, inference: str | None = None, guide: str | None = None,
         seed: int = 0, progress: bool = False, checkpoint: Path | None = None,
-        resume: bool = False, binarize: str | None = None, **options) -> FitResult:
+        resume: bool = False, binarize: str | None = None, chunk_rows: int | None = None,
+        **options) -> FitResult:
     """Fit ``spec`` to the tensor ``x : (N, D)`` with the named strategy (default: the first
     that applies) and its options by keyword; no data loading, no judging, nothing written."""
     strategy = get(inference, spec)
@@ -249,5 +261,5 @@ def fit(spec: ModelSpec, config, x, *, inference: str | None = None, guide: str 
                          f"--inference {strategy.name}")
     chosen = make_options(strategy.Options, options, owner=f"--inference {strategy.name}")
     context = FitContext(seed=seed, progress=progress, checkpoint=checkpoint, resume=resume,
-                         binarize=binarize)
+                         binarize=binarize, chunk_rows=chunk_rows)
     return strategy.fit(spec, config, x, chosen, guide=guide, context=context)

@@ -59,8 +59,8 @@ class ExpectationMaximization(Strategy):
     def fit(self, spec, config, x, options: EMOptions, *, guide=None,
             context: FitContext = DEFAULT_CONTEXT) -> FitResult:
         chosen = {k: v for k, v in vars(options).items() if v is not None}
-        return em.fit_em(spec, config, x, seed=context.seed, progress=context.progress,
-                         **chosen)
+        return em.fit_em(spec, config, context.rows(x), seed=context.seed,
+                         progress=context.progress, **chosen)
 
 
 register(ExpectationMaximization())

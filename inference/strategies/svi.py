@@ -17,6 +17,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from inference import distributed
 from inference.results import FitResult
 from inference.strategies import DEFAULT_CONTEXT, Cell, FitContext, Strategy, register
 from inference.svi import ELBOS, fit_svi
@@ -91,7 +92,9 @@ class StochasticVariationalInference(Strategy):
         if context.binarize == "dynamic":
             settings["binarize"] = "dynamic"
         restarts = options.restarts or 1
-        if context.checkpoint is not None and not context.resume:
+        group = distributed.current()
+        if context.checkpoint is not None and not context.resume and (
+                group is None or group.is_main):  # rank 0 alone writes checkpoints
             _remove_restart_checkpoints(context.checkpoint)  # an older run's, into this folder
         best, scores, seconds, resumed = None, [], 0.0, []
         for restart in range(restarts):
@@ -120,16 +123,25 @@ class StochasticVariationalInference(Strategy):
 
     @staticmethod
     def settings(spec, config, x, options: SVIOptions, guide: str) -> dict:
-        """``fit_svi``'s keywords: the options given, else the model's ``svi_defaults``."""
+        """``fit_svi``'s keywords: the options given, else the model's ``svi_defaults``.
+
+        Under a process group of ``W`` ranks ``batch_size`` is per rank (``W`` of them make a
+        step's global batch): a default one larger than the data's share, ``N // W``, is cut to
+        it, and ``--epochs`` counts passes of global batches."""
         chosen = {**spec.svi_defaults,
                   **{k: v for k, v in vars(options).items()
                      if v is not None and k != "restarts"}}
         chosen.setdefault("elbo", spec.default_elbo.get(guide, "Trace_ELBO"))
         num_data = x.shape[0]
-        if options.batch_size is None and (chosen.get("batch_size") or 0) > num_data:
-            chosen["batch_size"] = num_data  # a default minibatch larger than small data
+        group = distributed.current()
+        world = group.world_size if group is not None else 1
+        share = max(1, num_data // world)
+        if options.batch_size is None and (chosen.get("batch_size") or 0) > share:
+            chosen["batch_size"] = share  # a default minibatch larger than small data
         if options.steps is None and hasattr(config, "steps_for"):  # the model's --epochs
-            chosen["steps"] = config.steps_for(num_data, chosen.get("batch_size"))
+            batch = chosen.get("batch_size")
+            chosen["steps"] = config.steps_for(num_data, None if batch is None else
+                                               batch * world)
         return chosen
 
     def cells(self, spec, config, x, grid_options: SVIGridOptions | None) -> list[Cell]:

@@ -112,7 +112,7 @@ def test_student_t_log_marginal_matches_scipy():
 @pytest.mark.parametrize("name", ["mppca", "student-t-mixture"])
 def test_examples_are_declared_with_the_generic_guides_and_their_closed_forms(name):
     spec = get_model(name)
-    assert strategies.applicable(spec) == ["em", "svi"]
+    assert strategies.applicable(spec) == ["em", "online-em", "svi"]
     assert list(spec.guides) == ["auto-normal", "amortized", "flow"]
     assert spec.local_sites[0] == "component" and spec.log_marginal is not None
     assert spec.__class__.__name__ == "ModelSpec" and spec.summary

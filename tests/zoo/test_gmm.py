@@ -379,7 +379,7 @@ def test_spec_is_registered_with_every_guide_and_closed_form():
     spec = get_model("gmm")
     assert spec.em is gmm.SPEC.em and spec.config_class is gmm.SPEC.config_class
     assert set(spec.guides) == {"exact", "mean-field", "amortized", "enumerate"}
-    assert strategies.applicable(spec) == ["em", "kmeans", "svi"]
+    assert strategies.applicable(spec) == ["em", "online-em", "kmeans", "svi"]
     assert spec.guides["mean-field"].per_datapoint and not spec.guides["exact"].per_datapoint
     assert spec.default_elbo["enumerate"] == "TraceEnum_ELBO"
     assert spec.local_sites == ("z",)
