@@ -91,7 +91,7 @@ class Rows:
                 "chunk_rows": self._views[0].shape[0] if self.streamed and self._views else None}
 
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD = -3, -1  # glibc mallopt parameters
 _LARGE = 2**20
 
 
@@ -109,5 +109,6 @@ def _return_large_buffers() -> None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, _LARGE)
+        libc.mallopt(_M_TRIM_THRESHOLD, _LARGE)
     except (OSError, AttributeError):
         pass
