@@ -375,6 +375,9 @@ def _rows_fixed_quietly():
         yield
 
 
+LARGE_ROWS = 2**22  # beyond this many rows minibatches are drawn without a permutation
+
+
 class RowDraw:
     """Each step's minibatch rows: one global draw of ``world * batch`` distinct rows of
     ``range(num_data)`` (the head of a uniform random permutation, as ``pyro.plate`` draws a
@@ -387,12 +390,25 @@ class RowDraw:
                  seed: int = 0, device: torch.device | str = "cpu"):
         self.num_data, self.device = num_data, torch.device(device)
         self.rows = slice(rank * batch, (rank + 1) * batch)
+        self.wanted = world * batch  # one global draw of this many rows
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(_row_seed(seed))
 
     def __call__(self) -> torch.Tensor:
-        order = torch.randperm(self.num_data, generator=self.generator, device=self.device)
-        return order[self.rows]
+        wanted = self.wanted
+        if self.num_data <= LARGE_ROWS:
+            order = torch.randperm(self.num_data, generator=self.generator, device=self.device)
+            return order[self.rows]
+        # a streamed file of many rows: no permutation of all of them per step (8 bytes a
+        # row). The distinct values of 2k uniform draws, in random order, are a uniform
+        # k-subset by symmetry; with k² far below N there are k of them almost always.
+        while True:
+            draws = torch.unique(torch.randint(self.num_data, (2 * wanted,),
+                                               generator=self.generator, device=self.device))
+            if draws.numel() >= wanted:
+                order = torch.randperm(draws.numel(), generator=self.generator,
+                                       device=self.device)
+                return draws[order[self.rows]]
 
     def state(self) -> dict:
         return {"row_rng": self.generator.get_state()}

@@ -101,7 +101,10 @@ class StochasticVariationalInference(Strategy):
             run_seed = context.seed + 1000 * restart
             pyro.set_rng_seed(run_seed)  # networks are initialized when model and guide are built
             generator = torch.Generator(device=x.device).manual_seed(run_seed)
-            init = spec.init_params(config, x, generator) if spec.init_params else None
+            # a streamed file starts from a seeded subsample of one chunk's size
+            source = (context.rows(x).sample(context.chunk_rows, generator)
+                      if context.chunk_rows is not None else x)
+            init = spec.init_params(config, source, generator) if spec.init_params else None
             model = spec.make_model(config, init)
             result = fit_svi(model, spec.guides[guide](model, config), x, seed=run_seed,
                              progress=context.progress, model_name=spec.name, guide_name=guide,
