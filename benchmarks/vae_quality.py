@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--curve-rows", type=int, default=1000,
                         help="test rows for the per-epoch IWAE-100 curve")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop-tol", type=float, default=0.0,
+                        help="SVI's stopping rule (default 0: a schedule runs every epoch)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2]
                                                     / "shared" / "data"))
@@ -116,7 +118,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         result = fit_svi(model, guide, x_train, steps=epoch * steps_per_epoch, lr=args.lr,
                          batch_size=batch_size, seed=args.seed, binarize=binarize,
-                         checkpoint=checkpoint, resume=True, model_name="dglvm",
+                         checkpoint=checkpoint, resume=True, stop_tol=args.stop_tol,
+                         model_name="dglvm",
                          guide_name="amortized")
         seconds += time.perf_counter() - start
         result.guide = "amortized"

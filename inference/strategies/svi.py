@@ -48,7 +48,8 @@ class SVIOptions:
         "min": 1})
     stop_tol: float | None = field(default=None, metadata={
         "help": "SVI stops when the smoothed ELBO gains less than this many nats per "
-                "datapoint over a window, three windows in a row (default 1e-4; 0: never)",
+                "datapoint over a window, three windows in a row, with confidence (the gain "
+                "plus two standard errors of the steps' noise; default 1e-4; 0: never)",
         "min": 0.0})
     stop_window: int | None = field(default=None, metadata={
         "help": "steps per window of the stopping rule (default 100)", "min": 2})

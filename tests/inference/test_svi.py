@@ -106,3 +106,24 @@ def test_evaluate_fit_uses_the_exact_marginal_when_the_model_has_one(toy):
     assert metrics["train_log_likelihood"] == pytest.approx(
         float(toy.log_marginal(config, result.params, x).mean().detach()), rel=1e-6)
     assert metrics["gap"] >= 0  # the ELBO is a lower bound (checked with 100 particles)
+
+
+def test_the_stopping_rule_stops_flat_fits_and_not_noisy_climbing_ones():
+    from inference.svi import StoppingRule
+    rule = StoppingRule(tol=1e-4, window=100, patience=3)
+    generator = torch.Generator().manual_seed(0)
+    steps = torch.arange(400, dtype=torch.float64)
+    # exact ELBO, flat: converged
+    assert rule.converged((-1.0 + 0.0 * steps).tolist())
+    # exact ELBO, still climbing 1e-3 per window: not converged
+    assert not rule.converged((-1.0 + 1e-5 * steps).tolist())
+    # noisy (per-step sd 0.3 nats, window means +-0.03) and climbing 0.01 per window: the
+    # window means often differ by less than tol by chance; the rule must not stop it
+    stops = 0
+    for _ in range(200):
+        noise = 0.3 * torch.randn(400, generator=generator, dtype=torch.float64)
+        stops += rule.converged((-100.0 + 1e-4 * steps + noise).tolist())
+    assert stops == 0, f"stopped {stops} of 200 noisy fits that still climb"
+    # flat with noise small enough to certify 1e-4 per window: converged
+    noise = 1e-4 * torch.randn(400, generator=generator, dtype=torch.float64)
+    assert rule.converged((-1.0 + noise).tolist())
