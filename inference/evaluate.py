@@ -64,7 +64,7 @@ def fitted(spec: ModelSpec, config, params: Params, x: torch.Tensor, *,
 
 def pointwise_log_weights(model, guide, x: torch.Tensor, num_samples: int, *,
                           indices: torch.Tensor | None = None,
-                          max_elements: int = 2**25, grad: bool = False) -> torch.Tensor:
+                          max_elements: int = 2**22, grad: bool = False) -> torch.Tensor:
     """Log importance weights log p(x_n, z) − log q(z | x_n), shape ``(num_samples, N)``.
 
     ``z`` is drawn from ``guide``; particles are vectorized in a plate outside the data plate

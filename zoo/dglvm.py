@@ -87,6 +87,11 @@ class DGLVMConfig:
     # σ² when variance="fixed"; 1.0 gives log p(x | z) = −‖x − μ(z)‖²/2 + const
     fixed_variance: float = field(default=1.0, metadata={
         "help": "σ² of the gaussian likelihood when --variance fixed"})
+    # the Gaussian mean through a sigmoid, in (0, 1): Kingma & Welling's Frey Face decoder,
+    # whose manifold then stays a face everywhere (an unbounded mean drifts off [0, 1])
+    bounded_mean: bool = field(default=False, metadata={
+        "help": "gaussian mean sigmoid(·) in (0, 1), as Kingma & Welling for Frey Face; for "
+                "data in [0, 1]"})
     # floor on a learned σ, in data units: keeps the density finite on constant pixels
     min_scale: float = field(default=0.01, metadata={
         "help": "smallest learned σ, in data units (densities of quantized pixels are "
@@ -131,6 +136,9 @@ class DGLVMConfig:
                              "the plain autoencoder")
         if self.epochs < 1:
             raise InputError(f"--epochs {self.epochs} must be at least 1")
+        if self.bounded_mean and self.likelihood != "gaussian":
+            raise InputError("--bounded-mean bounds the gaussian mean; the bernoulli "
+                             "likelihood's mean is a probability already: leave it out")
 
     def steps_for(self, num_data: int, batch_size: int | None) -> int:
         """SVI steps for ``epochs`` passes over ``num_data`` rows in minibatches of
@@ -173,6 +181,7 @@ class Decoder(nn.Module):
     def __init__(self, config: DGLVMConfig):
         super().__init__()
         self.learned_scale = config.likelihood == "gaussian" and config.variance == "learned"
+        self.bounded = config.likelihood == "gaussian" and config.bounded_mean
         self.min_scale = config.min_scale
         out = config.dim * (2 if self.learned_scale else 1)
         self.net = mlp((config.latent_dim, *config.hidden, out))
@@ -180,8 +189,10 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.net(z)
         if not self.learned_scale:
-            return out, None
+            return (torch.sigmoid(out) if self.bounded else out), None
         loc, raw_scale = out.chunk(2, dim=-1)
+        if self.bounded:
+            loc = torch.sigmoid(loc)
         return loc, nn.functional.softplus(raw_scale) + self.min_scale
 
 

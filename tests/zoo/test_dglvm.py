@@ -261,3 +261,22 @@ def test_deep_model_beats_ppca_with_the_same_q_on_held_out_digits():
     assert metrics["gap"] > 0  # IWAE ≥ ELBO on the training rows
     assert bits_per_dim(metrics["test_log_likelihood"], 64, 1.0) < bits_per_dim(
         ppca_test, 64, 1.0)
+
+
+def test_a_bounded_mean_stays_in_the_unit_interval_everywhere():
+    """Kingma & Welling's Frey Face decoder: sigmoid means, so the manifold is an image even
+    far from the prior's mass (z = ±30); the unbounded mean of the same weights leaves [0, 1]."""
+    from zoo.dglvm import decode
+    torch.manual_seed(0)
+    z = 30 * torch.randn(500, 2)
+    bounded = small_config(bounded_mean=True)
+    model = make_model(bounded)
+    model(torch.rand(4, 6))  # draws the weights
+    params = {f"decoder$$$net.{k}": v for k, v in model.decoder.net.state_dict().items()}
+    means = decode(bounded, params, z)
+    assert bool(((means >= 0) & (means <= 1)).all())  # (float32 sigmoid saturates at 1)
+    plain = decode(small_config(), params, z)
+    assert bool(((plain < 0) | (plain > 1)).any())
+    assert torch.allclose(torch.sigmoid(plain), means)
+    with pytest.raises(InputError, match="--bounded-mean"):
+        small_config(bounded_mean=True, likelihood="bernoulli").validate(10)
