@@ -139,7 +139,9 @@ def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tens
     Returns ``train_log_likelihood``, ``test_log_likelihood`` (``None`` without test rows),
     ``log_likelihood_method`` ("exact", "iwae-K" per row, or for models with global latents
     "iwae-joint-K" / "iwae-nested-KxM": :mod:`inference.global_latents`), ``elbo`` (train;
-    ``None`` without a guide) and ``gap`` = log p(x) − ELBO on the training rows. Monte Carlo
+    ``None`` without a guide; where log p(x) is importance-sampled, the mean of the same K
+    log-weights whose log-mean-exp is IWAE-K, so both cost one pass; else ``elbo_samples``
+    draws) and ``gap`` = log p(x) − ELBO on the training rows. Monte Carlo
     draws use their own random stream seeded by ``seed``, so the same files give the same
     numbers. Importance-sampled figures of a training set larger than ``max_train_rows`` are
     taken on a seeded subsample of that many rows (``train_rows_evaluated`` says how many), so
@@ -163,18 +165,24 @@ def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tens
 EVAL_ROWS = 2**16  # rows per chunk of the exact log-likelihood
 
 
-def _row_mean(values_of, x: torch.Tensor, group, device, indices=None) -> float:
-    """The mean over the rows ``x[indices]`` (default all) of ``values_of(rows) -> (n,)``, this
-    rank's shard of them chunk by chunk, summed in float64 over the ranks."""
+def _row_mean(values_of, x: torch.Tensor, group, device, indices=None):
+    """The mean over the rows ``x[indices]`` (default all) of ``values_of(rows) -> (..., n)``,
+    this rank's shard of them chunk by chunk, summed in float64 over the ranks: a float, or a
+    list of floats for several figures per row."""
     count = x.shape[0] if indices is None else indices.numel()
     mine = distributed.shard(count, group) if count >= (group.world_size if group else 1) \
         else slice(0, count if group is None or group.is_main else 0)
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    total = None
     for start in range(mine.start, mine.stop, EVAL_ROWS):
         stop = min(start + EVAL_ROWS, mine.stop)
         chosen = slice(start, stop) if indices is None else indices[start:stop]
-        total += values_of(chosen).double().sum().to(device)
-    return float(distributed.total(total, group)) / count
+        part = values_of(chosen).double().sum(-1).to(device)
+        total = part if total is None else total + part
+    if total is None:  # a rank without rows: the shape of one figure or of several
+        probe = values_of(slice(0, 1) if indices is None else indices[:1])
+        total = torch.zeros(probe.shape[:-1], dtype=torch.float64, device=device)
+    means = distributed.total(total, group) / count
+    return float(means) if means.dim() == 0 else means.tolist()
 
 
 def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples,
@@ -195,16 +203,22 @@ def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_sampl
         metrics["log_likelihood_method"] = f"iwae-{num_samples}"
         if rows is not None:
             metrics["train_rows_evaluated"] = int(rows.numel())
+        metrics.update(elbo=None, gap=None)
         for split, x in splits.items():
             value = None
             if guide is not None and x is not None and x.shape[0] and (
                     split == "train" or not _per_datapoint(spec, guide)):
                 with fitted(spec, config, result.params, x, guide=guide,
                             guide_params=result.guide_params) as (model, guide_fn):
-                    value = _row_mean(lambda chosen, x=x: iwae(pointwise_log_weights(
-                        model, guide_fn, x, num_samples, indices=_positions(chosen, x))),
+                    # one set of K log-weights per row gives IWAE-K and the ELBO (their mean)
+                    value, elbo = _row_mean(lambda chosen, x=x: _iwae_and_elbo(
+                        pointwise_log_weights(model, guide_fn, x, num_samples,
+                                              indices=_positions(chosen, x))),
                         x, group, x.device, rows if split == "train" else None)
+                if split == "train":
+                    metrics.update(elbo=elbo, gap=value - elbo)
             metrics[f"{split}_log_likelihood"] = value
+        return metrics
     metrics.update(elbo=None, gap=None)
     if guide is not None:
         with fitted(spec, config, result.params, x_train, guide=guide,
@@ -230,6 +244,11 @@ def _evaluate_global(spec, config, result, guide, x_train, x_test, num_samples) 
     metrics["gap"] = metrics["train_log_likelihood"] - metrics["elbo"]
     metrics["train_rows_evaluated"] = x_train.shape[0]  # the joint evidence needs every row
     return metrics
+
+
+def _iwae_and_elbo(log_weights: torch.Tensor) -> torch.Tensor:
+    """``(K, n)`` log-weights -> ``(2, n)``: IWAE-K and the mean log-weight (the ELBO)."""
+    return torch.stack([iwae(log_weights), log_weights.mean(0)])
 
 
 def _positions(chosen, x: torch.Tensor) -> torch.Tensor:
