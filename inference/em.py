@@ -206,13 +206,19 @@ def _evaluate(data: _EMData, params, iteration):
     """The E-step at ``params``: ``(statistics, mean log p(x) as a float)``; one host sync per
     iteration, for the tolerance."""
     statistics, log_likelihood = data.e_step(params)
-    log_likelihood = float(log_likelihood)
-    if not math.isfinite(log_likelihood):
+    return statistics, finite(log_likelihood, f"EM on {data.spec.name}",
+                              f"iteration {iteration}")
+
+
+def finite(log_likelihood, what: str, where: str) -> float:
+    """``log_likelihood`` as a float; a non-finite one is a ``FloatingPointError`` naming the
+    likely causes and the fixes."""
+    value = float(log_likelihood)
+    if not math.isfinite(value):
         raise FloatingPointError(
-            f"EM on {data.spec.name} reached a non-finite log-likelihood at iteration "
-            f"{iteration}; the data may have duplicated points or a constant column: raise "
-            "reg_covar or standardize the data")
-    return statistics, log_likelihood
+            f"{what} reached a non-finite log-likelihood at {where}; the data may have "
+            "duplicated points or a constant column: raise reg_covar or standardize the data")
+    return value
 
 
 def _em_run(data: _EMData, params, tol, max_iter, bar) -> _Run:

@@ -73,6 +73,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
+from inference.em import finite
 from inference.results import FitResult
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, Params
@@ -144,12 +145,8 @@ def stepwise_update(spec: ModelSpec, config, state: StepwiseState, batch: torch.
         raise InputError("a minibatch of stepwise EM needs at least one row")
     em = spec.em
     statistics, log_likelihood = em.e_step(config, state.params, batch)
-    log_likelihood = float(log_likelihood)
-    if not math.isfinite(log_likelihood):
-        raise FloatingPointError(
-            f"online EM on {spec.name} reached a non-finite log-likelihood at update "
-            f"{state.updates + 1}; the data may have duplicated points or a constant column: "
-            "raise reg_covar or standardize the data")
+    log_likelihood = finite(log_likelihood, f"online EM on {spec.name}",
+                            f"update {state.updates + 1}")
     t = state.updates + 1
     seen = state.rows + rows
     eta = rows / seen if state.m_steps == 0 else step_size(t, step_decay, step_offset)
