@@ -22,9 +22,8 @@ import math
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import pyro
@@ -35,9 +34,16 @@ from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from inference import distributed
-from inference.distributed import Group
 from inference.results import FitResult
 from inference.runs import load_checkpoint, save_checkpoint
+from inference.svi_rows import (
+    OnRows,
+    RowDraw,
+    all_reduce,
+    broadcast_params,
+    checkpoint_exists,
+    rows_fixed_quietly,
+)
 from zoo.errors import InputError
 
 # The ELBO estimators a user can name; each is Pyro's own class.
@@ -223,12 +229,12 @@ def fit_svi(
         registered = len(store)
         optimizer = torch.optim.Adam([unconstrained[n] for n in names], lr=lr)
         if group is not None and names:  # every rank starts where rank 0 does
-            _broadcast_params(group, names, unconstrained)
+            broadcast_params(group, names, unconstrained)
         draw = RowDraw(num_data, batch, world=world, rank=rank, seed=seed,
                        device=x.device) if batch is not None else None
         fixed_rows = (torch.arange(shard.start, shard.stop, device=x.device)
                       if shard is not None else None)
-        if resume and checkpoint is not None and _exists(checkpoint, group):
+        if resume and checkpoint is not None and checkpoint_exists(checkpoint, group):
             state = _restore(checkpoint, names, unconstrained, optimizer, seed, x.device,
                              rank=rank, world=world)
             start_step, history = int(state["step"]), state["history"].tolist()
@@ -279,7 +285,7 @@ def fit_svi(
             # after that it only costs time (5-10x per step on small models).
             checked = validate and step == start_step
             with pyro.validation_enabled(checked), (
-                    _rows_fixed_quietly() if on_rows and checked else nullcontext()):
+                    rows_fixed_quietly() if on_rows and checked else nullcontext()):
                 try:
                     value = float(loss.loss_and_grads(model_fn, guide_fn, *args, **kwargs))
                 except (RuntimeError, TypeError, ValueError, NotImplementedError) as error:
@@ -293,7 +299,7 @@ def fit_svi(
             if group is not None:  # the global batch's loss and mean gradient on every rank
                 clock = (checkpoint is not None and not checkpoint_every
                          and _due(step + 1, 0, last_save, checkpoint_seconds))
-                value, clock = _all_reduce(group, names, unconstrained, value, weight, clock)
+                value, clock = all_reduce(group, names, unconstrained, value, weight, clock)
             bad = (f"the loss became {value}" if not math.isfinite(value) else
                    _nonfinite_gradient(names, unconstrained))
             if bad:
@@ -345,134 +351,6 @@ def fit_svi(
               "resumed_from_step": resumed_from,
               **(group.describe() if group is not None else {"world_size": 1, "backend": None}),
               **(collapse or {"kept": "last"})})
-
-
-DATA_PLATE = "data"  # the model contract's data plate; its subsample site has this name
-
-
-class OnRows:
-    """``fn(x, rows, **kwargs)`` is ``fn(x, **kwargs)`` with the data plate's subsample indices
-    fixed to ``rows`` (conditioned, as :mod:`inference.evaluate` fixes them). The rows are a
-    positional tensor: a JIT-compiled estimator takes them as an input of its graph, new rows
-    every step, never as constants baked into the trace. One object per fit, so that the
-    estimator's compiled graph (keyed by the callables' identity) is reused."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, x, rows, **kwargs):
-        with poutine.condition(data={DATA_PLATE: rows}):
-            return self.fn(x, **kwargs)
-
-
-@contextmanager
-def _rows_fixed_quietly():
-    """Silence the one warning Pyro's validation gives because :class:`OnRows` conditions the
-    model's subsample site too (Pyro counts an observed one as no plate of the model's)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Found plate statements in guide but not "
-                                f"model: \\{{'{DATA_PLATE}'\\}}$")
-        yield
-
-
-LARGE_ROWS = 2**22  # beyond this many rows minibatches are drawn without a permutation
-
-
-class RowDraw:
-    """Each step's minibatch rows: one global draw of ``world * batch`` distinct rows of
-    ``range(num_data)`` (the head of a uniform random permutation, as ``pyro.plate`` draws a
-    subsample) from a generator of its own on ``device``, seeded alike on every rank; rank
-    ``r`` takes rows ``[r batch, (r + 1) batch)`` of it. A fit alone is ``world=1``: the draws
-    of a ``W``-rank fit with ``batch`` rows each are those of one process with ``W batch``.
-    Its state goes into the checkpoint (:meth:`state`, :meth:`restore`)."""
-
-    def __init__(self, num_data: int, batch: int, *, world: int = 1, rank: int = 0,
-                 seed: int = 0, device: torch.device | str = "cpu"):
-        self.num_data, self.device = num_data, torch.device(device)
-        self.rows = slice(rank * batch, (rank + 1) * batch)
-        self.wanted = world * batch  # one global draw of this many rows
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(_row_seed(seed))
-
-    def __call__(self) -> torch.Tensor:
-        wanted = self.wanted
-        if self.num_data <= LARGE_ROWS:
-            order = torch.randperm(self.num_data, generator=self.generator, device=self.device)
-            return order[self.rows]
-        # a streamed file of many rows: no permutation of all of them per step (8 bytes a
-        # row). The distinct values of 2k uniform draws, in random order, are a uniform
-        # k-subset by symmetry; with k² far below N there are k of them almost always.
-        while True:
-            draws = torch.unique(torch.randint(self.num_data, (2 * wanted,),
-                                               generator=self.generator, device=self.device))
-            if draws.numel() >= wanted:
-                order = torch.randperm(draws.numel(), generator=self.generator,
-                                       device=self.device)
-                return draws[order[self.rows]]
-
-    def state(self) -> dict:
-        return {"row_rng": self.generator.get_state()}
-
-    def restore(self, state: dict) -> None:
-        if "row_rng" in state:  # a checkpoint of an older lvm-zoo has none: drawn afresh
-            self.generator.set_state(state["row_rng"])
-
-
-def _row_seed(seed: int) -> int:
-    """The rows' generator seed: a fixed mix of ``seed``, so that its stream is not the one
-    ``torch.manual_seed(seed)`` gives the ELBO's noise."""
-    return (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64
-
-
-def _broadcast_params(group: Group, names: list[str], unconstrained: dict) -> None:
-    """Rank 0's unconstrained values of ``names`` into every rank's parameters."""
-    values = group.broadcast({n: unconstrained[n].detach() for n in names}
-                             if group.is_main else None, like=unconstrained[names[0]])
-    with torch.no_grad():
-        for name in names:
-            unconstrained[name].copy_(values[name])
-
-
-def _all_reduce(group: Group, names: list[str], unconstrained: dict, value: float,
-                weight: float, flag: bool) -> tuple[float, bool]:
-    """Replace every rank's gradients by the ``weight``-ed sum over the ranks (``weight = 1/W``:
-    their mean) and return the same sum of the losses, and whether any rank raised ``flag``.
-    A parameter without a gradient on every rank keeps none, as Adam then skips it; gradients
-    are summed in one buffer per dtype and device, the numbers in one more."""
-    params = [unconstrained[n] for n in names]
-    scalars = torch.tensor([value * weight, float(flag)]
-                           + [float(p.grad is not None) for p in params], dtype=torch.float64)
-    buckets: dict[tuple, list] = {}
-    for p in params:
-        buckets.setdefault((p.dtype, p.device), []).append(p)
-    for bucket in buckets.values():
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in bucket])
-        if weight != 1.0:
-            flat.mul_(weight)
-        flat = group.sum(flat)
-        offset = 0
-        for p in bucket:
-            p.grad = flat[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
-    scalars = group.sum(scalars)
-    for p, count in zip(params, scalars[2:].tolist(), strict=True):
-        if count == 0:
-            p.grad = None
-    return float(scalars[0]), bool(scalars[1] > 0)
-
-
-def _exists(checkpoint, group: Group | None) -> bool:
-    """Whether ``checkpoint`` is there to resume from; under a process group every rank must
-    see the same (a file only some ranks see cannot be resumed alike)."""
-    here = Path(checkpoint).exists()
-    if group is None:
-        return here
-    seen = int(group.sum(torch.tensor([float(here)], dtype=torch.float64)))
-    if 0 < seen < group.world_size:
-        raise InputError(f"checkpoint {checkpoint} is seen by {seen} of {group.world_size} "
-                         "processes; a resume needs it on a filesystem every process reads")
-    return seen > 0
 
 
 class StoppingRule:
