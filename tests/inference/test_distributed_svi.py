@@ -32,7 +32,7 @@ from zoo.errors import InputError
 from zoo.gmm import synthetic
 
 WORLD = 2
-TIMEOUT = 60  # seconds: any one group of workers, and gloo's own collectives
+TIMEOUT = 240  # seconds: any one group of workers, and gloo's own collectives
 GMM_STEPS, GMM_BATCH = 50, 10  # rows per rank; one process alone takes 2 x GMM_BATCH
 
 
