@@ -10,7 +10,7 @@ IWAE-100 on the 10,000 test images; lvm-zoo's is the command a user types,
         --epochs E --batch-size 128 --lr 1e-3 --iwae-samples 100 --out DIR --json
 
 run as a subprocess (start-up, data loading, the JIT trace, training, the yardstick on a
-10,000-row training subsample and the whole test set, the run folder and its figures
+5,000-row training subsample and the whole test set, the run folder and its figures
 included). Reported: training seconds, end-to-end seconds, test IWAE-100 of each, and the
 ratios. Run the two back to back, alternating, ``--repeats`` times; each one's fastest counts.
 

@@ -25,7 +25,7 @@ from inference.results import FitResult
 from inference.sampling import own_random_stream, vectorized
 from zoo.registry import ModelSpec, Params
 
-MAX_TRAIN_ROWS = 10_000  # importance-sampled training figures on a seeded subsample beyond
+MAX_TRAIN_ROWS = 5_000  # importance-sampled training figures on a seeded subsample beyond
 
 
 def load_params(values: Params) -> None:
