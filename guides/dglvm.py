@@ -26,20 +26,8 @@ from torch import nn
 from torch.distributions import constraints
 
 from guides.registry import register
-from zoo.dglvm import DGLVMConfig, check_data, mlp
+from zoo.dglvm import DGLVMConfig, Encoder, check_data
 from zoo.errors import InputError
-
-
-class Encoder(nn.Module):
-    """x : (..., D) → (loc, scale) of q(z | x), each (..., Q); widths mirror the decoder's."""
-
-    def __init__(self, config: DGLVMConfig):
-        super().__init__()
-        self.net = mlp((config.dim, *reversed(config.hidden), 2 * config.latent_dim))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw_scale = self.net(x).chunk(2, dim=-1)
-        return loc, nn.functional.softplus(raw_scale) + 1e-6
 
 
 class ScoreFunctionNormal(dist.Normal):
@@ -94,7 +82,8 @@ class AmortizedGuide(nn.Module):
         if x is None:
             raise InputError("the amortized guide needs the data x: it encodes q(z | x)")
         self._prepare(x)
-        pyro.module("encoder", self.encoder)
+        # update_module_params: a VampPrior model that registered "encoder" first shares it
+        pyro.module("encoder", self.encoder, update_module_params=True)
         with pyro.plate("data", x.shape[0], subsample_size=subsample_size,
                         device=x.device) as idx:
             loc, scale = self.encoder(x[idx])

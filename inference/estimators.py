@@ -86,8 +86,9 @@ def gradient_variance(config: DGLVMConfig, x: torch.Tensor, *, params: Params | 
         with torch.no_grad(), poutine.block():  # register every parameter, then load the fit's
             trace = poutine.trace(guide).get_trace(x)
             poutine.replay(model, trace=trace)(x)
-        if guide_params:
-            load_params(guide_params)
+        # the model's too: a VampPrior model owns the encoder it shares with the guide
+        if guide_params or any(k.startswith("encoder$$$") for k in params or {}):
+            load_params({**(params or {}), **(guide_params or {})})
         encoder = [p for name, p in pyro.get_param_store().named_parameters()
                    if name.startswith("encoder$$$")]
         for name in estimators:

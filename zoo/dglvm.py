@@ -8,6 +8,11 @@
 learned per pixel as a function of z (``variance="learned"``: the lecture's Σ(z)), one learned
 σ² for every pixel (``"isotropic"``: PPCA's noise model, so a linear decoder *is* PPCA), or fixed
 (``"fixed"``: log p(x | z) = −‖x − μ(z)‖² / 2σ² + const, the notes' squared-error form).
+``prior="vamp"`` replaces N(0, I) by the VampPrior (Tomczak & Welling, 2018), the mixture of
+the encoder's posteriors at K learned pseudo-inputs u_k, p(z) = (1/K) Σ_k q_φ(z | u_k). The
+model then owns the encoder (``pyro.module("encoder", ...)``, the same Pyro name as the amortized
+guide's, so the two share one set of weights) and the parameter ``pseudo_inputs`` (K, D),
+started at K rows of the data drawn with the fit's seed.
 ``beta`` weights the KL term through ``poutine.scale`` on the z site (β-VAE; β → 0 approaches
 the plain autoencoder; Pyro's scale must be positive); the guides scale their z site by the same
 β, so the ELBO estimators see E[log p(x | z)] − β KL(q ‖ p) and nothing is hand-written.
@@ -43,6 +48,7 @@ from zoo.seeding import own_random_stream
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 VARIANCES = ("learned", "isotropic", "fixed")
+PRIORS = ("standard", "vamp")
 
 
 def parse_widths(text: str | int | tuple | list | None) -> tuple[int, ...]:
@@ -96,6 +102,13 @@ class DGLVMConfig:
     min_scale: float = field(default=0.01, metadata={
         "help": "smallest learned σ, in data units (densities of quantized pixels are "
                 "otherwise unbounded)"})
+    # p(z): N(0, I), or the VampPrior, a mixture of the encoder's posteriors at pseudo-inputs
+    prior: str = field(default="standard", metadata={
+        "choices": PRIORS, "help": "p(z): standard N(0, I), or vamp (the VampPrior: the "
+                                   "encoder's posteriors at --pseudo-inputs learned inputs)"})
+    # K, the VampPrior's pseudo-inputs (Tomczak & Welling use 500 on MNIST)
+    pseudo_inputs: int = field(default=500, metadata={
+        "help": "K, the number of the VampPrior's learned pseudo-inputs (--prior vamp)"})
     # weight of KL(q ‖ p) in the ELBO (β-VAE); β → 0 approaches the plain autoencoder
     beta: float = field(default=1.0, metadata={
         "help": "weight of the KL term (β-VAE), > 0; β → 0 approaches the plain autoencoder"})
@@ -136,6 +149,11 @@ class DGLVMConfig:
                              "the plain autoencoder")
         if self.epochs < 1:
             raise InputError(f"--epochs {self.epochs} must be at least 1")
+        if self.prior not in PRIORS:
+            raise InputError(f"--prior {self.prior} is unknown; choose one of: "
+                             + ", ".join(PRIORS))
+        if self.pseudo_inputs < 1:
+            raise InputError(f"--pseudo-inputs {self.pseudo_inputs} must be at least 1")
         if self.bounded_mean and self.likelihood != "gaussian":
             raise InputError("--bounded-mean bounds the gaussian mean; the bernoulli "
                              "likelihood's mean is a probability already: leave it out")
@@ -196,6 +214,65 @@ class Decoder(nn.Module):
         return loc, nn.functional.softplus(raw_scale) + self.min_scale
 
 
+class Encoder(nn.Module):
+    """x : (..., D) → (loc, scale) of q(z | x), each (..., Q); widths mirror the decoder's.
+
+    The amortized guide's network, defined here because the VampPrior is built from it."""
+
+    def __init__(self, config: DGLVMConfig):
+        super().__init__()
+        self.net = mlp((config.dim, *reversed(config.hidden), 2 * config.latent_dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_scale = self.net(x).chunk(2, dim=-1)
+        return loc, nn.functional.softplus(raw_scale) + 1e-6
+
+
+class VampPrior(dist.TorchDistribution):
+    """p(z) = (1/K) Σ_k N(z; m_k, diag s_k²) for ``locs, scales : (K, Q)``; event shape (Q,).
+
+    ``log_prob`` expands the quadratic form into matrix products, so M draws cost an (M, K)
+    matrix, never the (M, K, Q) tensor of ``MixtureSameFamily``; it is done in float64,
+    because z²/s² and 2 z m/s² are large and nearly cancel when the posteriors are narrow.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, locs: torch.Tensor, scales: torch.Tensor,
+                 batch_shape: tuple = (), validate_args=None):
+        self.locs, self.scales = locs, scales
+        super().__init__(torch.Size(batch_shape), locs.shape[-1:], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return VampPrior(self.locs, self.scales, torch.Size(batch_shape))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        latent_dim = self.locs.shape[-1]
+        precision = self.scales.double().pow(-2)                               # (K, Q)
+        locs = self.locs.double()
+        flat = value.double().reshape(-1, latent_dim)                          # (M, Q)
+        quadratic = (flat.square() @ precision.T - 2.0 * flat @ (locs * precision).T
+                     + (locs.square() * precision).sum(-1))                     # (M, K)
+        log_norm = (-0.5 * latent_dim * math.log(2 * math.pi)
+                    - self.scales.double().log().sum(-1))                       # (K,)
+        components = log_norm - 0.5 * quadratic
+        # log of the mean over k (logsumexp − log K, with K kept inside the graph for the JIT)
+        top = components.amax(-1, keepdim=True).detach()
+        log_mixture = (components - top).exp().mean(-1).log() + top.squeeze(-1)
+        shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
+        return log_mixture.to(value.dtype).reshape(value.shape[:-1]).expand(shape)
+
+    def sample(self, sample_shape: tuple = ()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        with torch.no_grad():
+            component = torch.randint(self.locs.shape[0], shape, device=self.locs.device)
+            noise = torch.randn(shape + self.event_shape, dtype=self.locs.dtype,
+                                device=self.locs.device)
+            return self.locs[component] + self.scales[component] * noise
+
+
 def _reset(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
@@ -233,12 +310,18 @@ class DGLVM(nn.Module):
         self.decoder = Decoder(config)
         rest = load_module(self.decoder, "decoder", params or {})
         self.noise_scale_init = rest.get("noise_scale")
+        self.encoder = Encoder(config) if config.prior == "vamp" else None
+        if self.encoder is not None:
+            rest = load_module(self.encoder, "encoder", rest)
+        self.pseudo_inputs_init = rest.get("pseudo_inputs")
         self._draw_weights = params is None
         self._checked: torch.Tensor | None = None
 
     def _prepare(self, x: torch.Tensor | None) -> None:
         if self._draw_weights:
             _reset(self.decoder)
+            if self.encoder is not None:
+                _reset(self.encoder)
             self._draw_weights = False
         if x is None:
             return
@@ -248,6 +331,29 @@ class DGLVM(nn.Module):
         weight = self.decoder.net[0].weight
         if weight.device != x.device or weight.dtype != x.dtype:
             self.decoder.to(device=x.device, dtype=x.dtype)
+            if self.encoder is not None:
+                self.encoder.to(device=x.device, dtype=x.dtype)
+
+    def prior(self, x: torch.Tensor | None, weight: torch.Tensor) -> dist.TorchDistribution:
+        """p(z) with event shape (Q,): N(0, I), or the VampPrior of the pseudo-inputs."""
+        if self.encoder is None:
+            zeros = torch.zeros(self.config.latent_dim, dtype=weight.dtype,
+                                device=weight.device)
+            return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+        # one set of weights with the amortized guide's "encoder", whichever registers first
+        pyro.module("encoder", self.encoder, update_module_params=True)
+        pseudo_inputs = pyro.param("pseudo_inputs", lambda: self._first_pseudo_inputs(x, weight))
+        return VampPrior(*self.encoder(pseudo_inputs))
+
+    def _first_pseudo_inputs(self, x: torch.Tensor | None, weight: torch.Tensor):
+        count = self.config.pseudo_inputs
+        if self.pseudo_inputs_init is not None:
+            return self.pseudo_inputs_init.detach().to(weight).clone()
+        if x is None:  # no data to start from: small values around the middle of [0, 1]
+            return 0.5 + 0.01 * torch.randn(count, self.config.dim, dtype=weight.dtype,
+                                            device=weight.device)
+        rows = torch.randint(x.shape[0], (count,), device=x.device)
+        return x[rows].to(weight).clone()
 
     def likelihood(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z) for z : (..., Q), with event shape (D,)."""
@@ -275,11 +381,11 @@ class DGLVM(nn.Module):
         num_data = x.shape[0] if x is not None else num_data
         weight = self.decoder.net[0].weight
         pyro.module("decoder", self.decoder)
-        zeros = torch.zeros(self.config.latent_dim, dtype=weight.dtype, device=weight.device)
+        prior = self.prior(x, weight)
         with pyro.plate("data", num_data, subsample_size=subsample_size,
                         device=weight.device) as idx:
             with poutine.scale(scale=self.config.beta):
-                z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))
+                z = pyro.sample("z", prior)
             return pyro.sample("x", self.likelihood(z), obs=None if x is None else x[idx])
 
 
@@ -319,6 +425,15 @@ def sample(config: DGLVMConfig, params: Params, num_data: int,
     weight = params["decoder$$$net.0.weight"]
     z = torch.randn(num_data, config.latent_dim, generator=generator, dtype=weight.dtype,
                     device=weight.device)
+    if config.prior == "vamp":  # z = m_k + s_k ε for a uniformly drawn pseudo-input k
+        encoder = Encoder(config)
+        load_module(encoder, "encoder", params)
+        encoder.to(weight)
+        with torch.no_grad():
+            locs, scales = encoder(params["pseudo_inputs"].to(weight))
+        component = torch.randint(locs.shape[0], (num_data,), generator=generator,
+                                  device=weight.device)
+        z = locs[component] + scales[component] * z
     decoder = Decoder(config)
     load_module(decoder, "decoder", params)
     decoder.to(weight)

@@ -32,7 +32,6 @@ from sklearn.base import (
 )
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from guides.dglvm import Encoder
 from inference.estimators_sklearn.base import (
     COMMON_CONSTRAINTS,
     LatentModelEstimator,
@@ -123,7 +122,7 @@ class DeepLatentGaussian(LatentModelEstimator, ClassNamePrefixFeaturesOutMixin, 
         if not any(k.startswith("encoder$$$") for k in self.guide_params_):
             raise ValueError(f"DeepLatentGaussian: guide={self.guide_!r} has no encoder, so it "
                              "says nothing about new rows; fit with guide='amortized'")
-        encoder = Encoder(self._config())
+        encoder = dglvm.Encoder(self._config())
         dglvm.load_module(encoder, "encoder", self._params_on(x, self.guide_params_))
         with torch.no_grad():
             return encoder.to(x)(x)[0]

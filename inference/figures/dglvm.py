@@ -19,9 +19,8 @@ import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import make_grid
 
-from guides.dglvm import Encoder
 from inference.figures import figures_for, save_figure
-from zoo.dglvm import DGLVMConfig, decode, load_module
+from zoo.dglvm import DGLVMConfig, Encoder, decode, load_module
 from zoo.registry import Params
 
 
@@ -40,7 +39,7 @@ def dglvm_figures(dataset, config: DGLVMConfig, result, out_dir: str | Path) -> 
     x = dataset.train.detach().cpu()
     value_range = (float(x.min()), float(x.max()))
     shape = dataset.obs_shape
-    latent = posterior_means(config, guide_params, x[:16])
+    latent = posterior_means(config, {**params, **guide_params}, x[:16])
     if latent is not None:
         paths.append(reconstructions(config, params, x[:16], latent, shape,
                                      out_dir / "reconstructions.png", value_range=value_range))
@@ -55,15 +54,17 @@ def dglvm_figures(dataset, config: DGLVMConfig, result, out_dir: str | Path) -> 
 def posterior_means(config: DGLVMConfig, guide_params: Params,
                     x: torch.Tensor) -> torch.Tensor | None:
     """The guide's mean of z for the first rows ``x : (n, D)`` of the training data: the
-    encoder's μ_φ(x), or the mean-field locations; ``None`` when the fit has no guide."""
+    mean-field locations, or the encoder's μ_φ(x); ``None`` when the fit has no guide.
+    ``guide_params`` may hold the model's too: a VampPrior model owns the encoder it shares with
+    the amortized guide (and a mean-field fit's own ``z_loc`` comes first)."""
+    if "z_loc" in guide_params:
+        return guide_params["z_loc"][: x.shape[0]].to(x)
     if any(k.startswith("encoder$$$") for k in guide_params):
         encoder = Encoder(config)
         load_module(encoder, "encoder", guide_params)
         encoder.to(x)
         with torch.no_grad():
             return encoder(x)[0]
-    if "z_loc" in guide_params:
-        return guide_params["z_loc"][: x.shape[0]].to(x)
     return None
 
 
