@@ -75,8 +75,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pseudo-inputs", type=int, default=500,
                         help="K, the VampPrior's pseudo-inputs")
     parser.add_argument("--min-scale", type=float, default=None,
-                        help="floor on the gaussian σ (default: the config's 0.01; on "
-                             "dequantized 8-bit pixels 1/(256·√12) ≈ 0.0011 is a bin's spread)")
+                        help="floor on the gaussian σ (default: 1/(256·√12) ≈ 0.0011, the "
+                             "spread of one bin of the dequantized 8-bit pixels)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
     parser.add_argument("--iwae-samples", type=int, default=5000)
     parser.add_argument("--iwae-rows", type=int, default=500,
@@ -110,9 +110,10 @@ def main(argv=None) -> int:
         x_test = torch.bernoulli(x_test, generator=generator)
 
     spec = get_model("dglvm")
+    min_scale = args.min_scale or (1 / (256 * math.sqrt(12)) if gaussian else None)
     config = spec.make_config(dim=784, latent_dim=preset["latent_dim"],
                               hidden=preset["hidden"], likelihood=args.likelihood,
-                              epochs=args.epochs, min_scale=args.min_scale,
+                              epochs=args.epochs, min_scale=min_scale,
                               prior=args.prior, pseudo_inputs=args.pseudo_inputs)
     config.validate(x_train.shape[0])
     batch_size = args.batch_size or preset["batch_size"]

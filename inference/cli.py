@@ -259,7 +259,7 @@ def build_parser(spec: ModelSpec | None) -> argparse.ArgumentParser:
 
 
 DATA_FLAGS = ("data", "data_root", "download", "test_fraction", "binarize", "standardize",
-              "dtype", "device", "chunk_rows")
+              "dequantize", "dtype", "device", "chunk_rows")
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -276,6 +276,10 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
                        help="binarize images for Bernoulli likelihoods")
     group.add_argument("--standardize", action="store_true",
                        help="z-score every column with the training mean and deviation")
+    group.add_argument("--dequantize", action="store_true",
+                       help="8-bit images (mnist, fashion-mnist, frey-face): spread pixel k/255 "
+                            "over its bin, (k + u)/256 with u ~ U[0, 1) seeded by --seed, for "
+                            "a bounded density; the record adds bits per dimension")
     group.add_argument("--device", default="auto", choices=DEVICES,
                        help="auto picks CUDA when present")
     group.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
@@ -499,7 +503,8 @@ def _check_resume(run_dir: Path, spec: ModelSpec, inference: str, guide: str | N
         now = request.to_dict()
         differences += [f"{strategies.flag(key) if key != 'name' else '--data'} "
                         f"{data[key]}, not {now[key]}"
-                        for key in ("name", "test_fraction", "binarize", "standardize", "dtype")
+                        for key in ("name", "test_fraction", "binarize", "standardize",
+                                    "dequantize", "dtype")
                         if key in data and data[key] != now[key]]
     if differences:
         raise InputError(f"--resume: the run in {run_dir} was fitted with "
@@ -543,7 +548,8 @@ def _check(args: argparse.Namespace) -> int:
     spec = get_model(args.model)
     report = check(spec, data=args.data, data_root=args.data_root, download=args.download,
                    test_fraction=args.test_fraction, binarize=args.binarize,
-                   standardize=args.standardize, device=args.device, dtype=args.dtype,
+                   standardize=args.standardize, dequantize=args.dequantize,
+                   device=args.device, dtype=args.dtype,
                    seed=args.seed, rows=args.rows, guides=args.guides,
                    **_model_kwargs(args, spec))
     if args.json:

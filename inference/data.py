@@ -37,9 +37,10 @@ class DataRequest:
     test_fraction: float = 0.2  # held-out share for datasets without an official split
     binarize: str | None = None  # "static" or "dynamic" (images, Bernoulli likelihoods)
     standardize: bool = False  # z-score columns with the training mean and deviation
+    dequantize: bool = False  # 8-bit images: k/255 -> (k + u)/256, u ~ U[0, 1) seeded by seed
     dtype: str = "float32"
     device: str = "auto"
-    seed: int = 0  # the split's seed
+    seed: int = 0  # the split's seed (and static binarization's, dequantization's)
     chunk_rows: int | None = None  # stream a .npy this many rows at a time (memory-mapped)
 
     # ``chunk_rows=None`` loads the rows into memory, unless the file is a .npy larger than
@@ -117,9 +118,10 @@ def load(request: DataRequest, spec: ModelSpec) -> LoadedData:
         print(f"lvm-zoo: {name} is larger than half the memory available; streaming it in "
               "chunks of 64 MiB (--chunk-rows sets the size)", file=sys.stderr)
     if chunk_rows is not None:
-        if request.standardize or request.binarize:
-            raise InputError("--standardize and --binarize need the rows in memory; streamed "
-                             "rows (--chunk-rows) are used as they are in the file")
+        if request.standardize or request.binarize or request.dequantize:
+            raise InputError("--standardize, --binarize and --dequantize need the rows in "
+                             "memory; streamed rows (--chunk-rows) are used as they are in "
+                             "the file")
         dataset = mapped.map_npy(name, dtype=DTYPES[request.dtype],
                                  test_fraction=request.test_fraction,
                                  chunk_rows=request.chunk_rows)
@@ -129,6 +131,7 @@ def load(request: DataRequest, spec: ModelSpec) -> LoadedData:
     dataset = datasets.load_dataset(
         request.name or spec.default_data, root=request.root,
         test_fraction=request.test_fraction, seed=request.seed, dtype=DTYPES[request.dtype],
-        binarize=request.binarize, download=request.download, standardize=request.standardize)
+        binarize=request.binarize, download=request.download, standardize=request.standardize,
+        dequantize=request.dequantize)
     return LoadedData(request, dataset, dataset.train.to(target), dataset.test.to(target),
                       target)

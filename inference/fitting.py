@@ -9,6 +9,7 @@ from its files alone. The command line, the Python API and the comparison all fi
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from inference.results import FitResult
 from inference.runs import check_writable, fresh_folder, load_run, save_run
 from inference.strategies import FitContext, Strategy
 from zoo import registry
+from zoo.dglvm import bits_per_dim
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, model_reference
 
@@ -80,9 +82,53 @@ def split_options(spec: ModelSpec, options: dict) -> tuple[dict, dict]:
 
 
 def make_config(spec: ModelSpec, loaded: LoadedData, model_options: dict):
+    """The model's config for these data: ``model_options`` (``None`` values take the
+    default), D from the data, validated against the number of training rows."""
+    bin_width = loaded.dataset.bin_width
+    if bin_width is not None:
+        model_options = _on_dequantized(spec, bin_width, model_options)
     config = spec.make_config(dim=loaded.dataset.dim, **model_options)
+    if bin_width is not None and getattr(config, "likelihood", None) == "bernoulli":
+        raise InputError("--likelihood bernoulli is not a density of dequantized pixels (a "
+                         "Bernoulli is a distribution of 0/1 values): use --binarize instead "
+                         "of --dequantize, or --likelihood gaussian")
     config.validate(loaded.train.shape[0])
     return config
+
+
+def _on_dequantized(spec: ModelSpec, bin_width: float, model_options: dict) -> dict:
+    """The defaults that fit dequantized data. Here, the one place that knows both the config
+    and the data: a config with a field named ``min_scale`` (the deep model's smallest learned
+    σ, in data units, 0.01 by default) gets the spread of one bin, bin_width / √12 (the
+    standard deviation of U[0, bin_width): 1/(256·√12) ≈ 0.00113 for 8-bit pixels), unless
+    the user set it. A σ below it would model the added noise, not the pixels."""
+    names = {f.name for f in dataclasses.fields(spec.config_class)}
+    if "min_scale" in names and model_options.get("min_scale") is None:
+        return {**model_options, "min_scale": bin_width / math.sqrt(12)}
+    return model_options
+
+
+# the log-densities (mean nats per datapoint) of the yardstick, and their bits per dimension
+BITS_PER_DIM = {"train_log_likelihood": "train_bits_per_dim",
+                "test_log_likelihood": "test_bits_per_dim", "elbo": "elbo_bits_per_dim"}
+
+
+def judge(spec: ModelSpec, config, result: FitResult, loaded: LoadedData, *, seed: int,
+          num_samples: int) -> dict:
+    """The yardstick's metrics (:func:`~inference.evaluate.evaluate_fit`) of a fit on
+    ``loaded``, with ``bin_width`` and, on dequantized data, bits per dimension beside every
+    log-density: −(log p + D log bin_width) / (D log 2), the bin probability's −log₂ per
+    value (Theis et al., 2016). :func:`fit` and :func:`evaluate_run` both judge here."""
+    metrics = evaluate_fit(spec, config, result, loaded.train, loaded.test, seed=seed,
+                           num_samples=num_samples, device=loaded.device)
+    bin_width = loaded.dataset.bin_width
+    metrics["bin_width"] = bin_width
+    if bin_width is not None:
+        dim = loaded.dataset.dim
+        metrics.update({bits: None if metrics.get(nats) is None else
+                        float(bits_per_dim(metrics[nats], dim, bin_width))
+                        for nats, bits in BITS_PER_DIM.items()})
+    return metrics
 
 
 def prepare(spec: ModelSpec | str, *, inference: str | None = None, guide: str | None = None,
@@ -148,8 +194,7 @@ def fit(spec: ModelSpec | str, *, inference: str | None = None, guide: str | Non
     torch.manual_seed(seed)
     result = strategy.fit(spec, config, loaded.train, chosen, guide=guide, context=context)
     samples = iwae_samples or DEFAULT_IWAE_SAMPLES
-    metrics = evaluate_fit(spec, config, result, loaded.train, loaded.test, seed=seed,
-                           num_samples=samples, device=loaded.device)
+    metrics = judge(spec, config, result, loaded, seed=seed, num_samples=samples)
     return Fitted(spec, config, loaded, strategy, chosen, result, metrics, seed, samples)
 
 
@@ -268,9 +313,13 @@ def evaluate_run(run_dir: str | Path, *, data: DataRequest | str | None = None,
     stored = DataRequest(**{k: source.get(k, f.default) for k, f in
                             DataRequest.__dataclass_fields__.items()
                             if k not in ("device",)}, device=device)
-    request = (stored if data is None else dataclasses.replace(
-        DataRequest.coerce(data), seed=stored.seed, test_fraction=stored.test_fraction,
-        binarize=stored.binarize, standardize=stored.standardize, dtype=stored.dtype,
+    other = None if data is None else DataRequest.coerce(data)
+    # the preprocessing is the run's; a request without a name (only --data-root) is the
+    # run's own dataset, found elsewhere, not the model's default one
+    request = (stored if other is None else dataclasses.replace(
+        other, name=other.name or stored.name, seed=stored.seed,
+        test_fraction=stored.test_fraction, binarize=stored.binarize,
+        standardize=stored.standardize, dequantize=stored.dequantize, dtype=stored.dtype,
         device=device))
     loaded = load(request, spec)
     try:
@@ -291,8 +340,7 @@ def evaluate_run(run_dir: str | Path, *, data: DataRequest | str | None = None,
         guide_params={k: v.to(loaded.device, dtype) for k, v in guide_params.items()},
         seed=run["seed"], device=str(loaded.device))
     samples = iwae_samples or run.get("iwae_samples", DEFAULT_IWAE_SAMPLES)
-    metrics = evaluate_fit(spec, config, result, loaded.train, loaded.test, seed=run["seed"],
-                           num_samples=samples, device=loaded.device)
+    metrics = judge(spec, config, result, loaded, seed=run["seed"], num_samples=samples)
     return {"model": spec.name, "guide": run["guide"], "inference": run["inference"],
             "data": loaded.dataset.name, "n_train": int(loaded.train.shape[0]),
             "n_test": int(loaded.test.shape[0]), **metrics,

@@ -268,6 +268,23 @@ ax.legend(fontsize=8)
 show(fig, "importance_sampling")
 
 # %% [markdown]
+# ### Going further: a tighter objective, a richer prior
+#
+# Two options of the same model take the next steps of the literature, and
+# `benchmarks/vae_quality.py` measures both on dynamically binarized MNIST
+# (`benchmarks/RESULTS.md` has the figures and their schedules):
+#
+# - **IWAE-K training** (Burda et al., 2016): maximize the IWAE-K bound itself, not the ELBO:
+#   `--elbo RenyiELBO --num-particles K` (Pyro's Rényi bound at α = 0 with K vectorized
+#   particles). The encoder no longer has to cover the posterior alone: the K samples are
+#   reweighted, so the decoder can be fitted to a tighter bound.
+# - **The VampPrior** (Tomczak & Welling, 2018): `--prior vamp` replaces N(0, I) by the mixture
+#   of the encoder's own posteriors at K learned pseudo-inputs u_k,
+#   p(z) = (1/K) Σ_k q_φ(z | u_k). The prior moves towards the aggregate posterior, which is
+#   what the KL term pulls every q(z | x) towards; the model and the amortized guide share one
+#   encoder.
+
+# %% [markdown]
 # ## 4. The reparameterization trick against the log-trick
 #
 # The ELBO's gradient in φ needs ∇_φ E_q_φ(z)[f(z)]. Two unbiased estimators:

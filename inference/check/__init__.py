@@ -54,8 +54,9 @@ CHECK_ROWS = 64  # rows of the training data the check runs on
 
 def check(model: ModelSpec | str, *, data: str | None = None, data_root=None,
           download: bool = False, test_fraction: float = 0.2, binarize: str | None = None,
-          standardize: bool = False, device: str = "auto", dtype: str = "float32",
-          seed: int = 0, rows: int = CHECK_ROWS, guides: tuple[str, ...] | None = None,
+          standardize: bool = False, dequantize: bool = False, device: str = "auto",
+          dtype: str = "float32", seed: int = 0, rows: int = CHECK_ROWS,
+          guides: tuple[str, ...] | None = None,
           **options) -> CheckReport:
     """Check ``model`` on the first ``rows`` training rows of ``data`` (the model's default
     dataset when ``None``); ``options`` are the model's config fields. The Python face of
@@ -65,7 +66,8 @@ def check(model: ModelSpec | str, *, data: str | None = None, data_root=None,
         raise InputError(f"rows={rows} must be at least 2 (the check also subsamples)")
     loaded = load(DataRequest(name=data, root=data_root, download=download,
                               test_fraction=test_fraction, binarize=binarize,
-                              standardize=standardize, seed=seed, dtype=dtype, device=device),
+                              standardize=standardize, dequantize=dequantize, seed=seed,
+                              dtype=dtype, device=device),
                   spec)
     dataset, x_train, target = loaded.dataset, loaded.train, loaded.device
     config_names = {f.name for f in dataclasses.fields(spec.config_class)}

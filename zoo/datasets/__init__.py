@@ -17,7 +17,9 @@ Sources (``load_dataset(name)``):
 Sources without an official split are split by a seeded random permutation, so the same seed
 gives the same split. Images in [0, 1] can be binarized once (``binarize="static"``) or left
 grayscale for the trainer to resample per minibatch (``binarize="dynamic"``, see
-:func:`dynamic_binarize`).
+:func:`dynamic_binarize`). 8-bit images (values k/255) can be dequantized (``dequantize=True``):
+k becomes (k + u) / 256 with seeded u ~ U[0, 1), so a density of them is bounded and gives bits
+per dimension (``Dataset.bin_width``).
 
 Every bad input raises :class:`zoo.errors.InputError` with a message that names the input, the
 bound it broke and the fix.
@@ -25,7 +27,8 @@ bound it broke and the fix.
 Modules: :mod:`~zoo.datasets.base` (:class:`Dataset`, the shared types and array checks),
 :mod:`~zoo.datasets.named` (the named and synthetic sources), :mod:`~zoo.datasets.images`
 (MNIST, Fashion-MNIST, Frey Face), :mod:`~zoo.datasets.files` (users' files) and
-:mod:`~zoo.datasets.split` (split, binarization, standardization). Import from here.
+:mod:`~zoo.datasets.split` (split, binarization, dequantization, standardization). Import from
+here.
 """
 
 from __future__ import annotations
@@ -49,8 +52,11 @@ from zoo.datasets.base import (
 from zoo.datasets.files import _load_user_file
 from zoo.datasets.named import _NAMED_LOADERS, DATASETS, _load_synthetic
 from zoo.datasets.split import (
+    DEQUANTIZED_BIN_WIDTH,
     _bernoulli_sample,
     _check_binarizable,
+    _dequantize,
+    _pixel_levels,
     _seeded_split,
     _standardize,
     dynamic_binarize,
@@ -81,6 +87,7 @@ def load_dataset(
     binarize: str | None = None,
     download: bool = False,
     standardize: bool = False,
+    dequantize: bool = False,
 ) -> Dataset:
     """Load a named dataset or a user's file as a :class:`Dataset`.
 
@@ -98,6 +105,11 @@ def load_dataset(
             grayscale; the trainer resamples per minibatch). Only for images in [0, 1].
         download: let torchvision fetch mnist/fashion-mnist into ``root`` when absent.
         standardize: z-score every column with the training set's mean and standard deviation.
+        dequantize: spread each 8-bit pixel k/255 uniformly over its bin: (k + u) / 256 with
+            u ~ U[0, 1) drawn by a generator seeded with ``seed`` (train, then test), so a
+            density of the values is bounded; ``bin_width`` is then 1/256. Only for images with
+            values k/255 (mnist, fashion-mnist, frey-face); not with ``binarize`` or
+            ``standardize``.
 
     Returns:
         the :class:`Dataset`, on the CPU.
@@ -111,6 +123,13 @@ def load_dataset(
         raise InputError(
             f"--binarize={binarize} and --standardize cannot be combined: binarized pixels are "
             "Bernoulli probabilities or 0/1 values, z-scores are not; drop one of them"
+        )
+    if dequantize and (binarize is not None or standardize):
+        other = f"--binarize={binarize}" if binarize is not None else "--standardize"
+        raise InputError(
+            f"--dequantize and {other} cannot be combined: dequantized pixels are 8-bit values "
+            "spread over their bins, for a density in [0, 1]; drop one of them (--dequantize "
+            "for a Gaussian density of the pixels, --binarize for a Bernoulli likelihood)"
         )
     request = _Request(
         root=None if root is None else pathlib.Path(root).expanduser(),
@@ -137,6 +156,11 @@ def load_dataset(
         test = _bernoulli_sample(test, generator)
     if standardize:
         train, test = _standardize(train, test)
+    if dequantize:
+        # One generator, train then test, so the whole dequantized dataset follows from the seed.
+        generator = torch.Generator().manual_seed(request.seed)
+        train = _dequantize(_pixel_levels(name, train, is_image=loaded.is_image), generator)
+        test = _dequantize(_pixel_levels(name, test, is_image=loaded.is_image), generator)
 
     return Dataset(
         name=name,
@@ -150,6 +174,7 @@ def load_dataset(
         feature_names=loaded.feature_names,
         true_params=loaded.true_params,
         binarize=binarize,
+        bin_width=DEQUANTIZED_BIN_WIDTH if dequantize else None,
     )
 
 

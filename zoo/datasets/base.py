@@ -38,6 +38,10 @@ class Dataset:
         true_params: the parameters that generated synthetic data; None for real data.
         binarize: None, ``"static"`` (already sampled to {0, 1} once) or ``"dynamic"`` (grayscale
             here; the trainer calls :func:`dynamic_binarize` on every minibatch).
+        bin_width: the width of one quantization bin, in data units, when the values were
+            dequantized (``1/256``: 8-bit pixel k became (k + u) / 256, u ~ U[0, 1)); a density
+            p of them then gives bits per dimension −(log p + D log bin_width) / (D log 2).
+            None otherwise.
     """
 
     name: str
@@ -51,6 +55,7 @@ class Dataset:
     feature_names: tuple[str, ...] | None = None
     true_params: dict[str, torch.Tensor] | None = field(default=None, repr=False)
     binarize: str | None = None
+    bin_width: float | None = None
 
     @property
     def dim(self) -> int:
@@ -66,6 +71,8 @@ class Dataset:
             details.append(f"{int(self.train_labels.max()) + 1} classes")
         if self.binarize is not None:
             details.append(f"{self.binarize} binarization")
+        if self.bin_width is not None:
+            details.append(f"dequantized, bins of {self.bin_width:g}")
         if self.true_params is not None:
             details.append("true parameters known")
         return (

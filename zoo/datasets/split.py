@@ -1,5 +1,6 @@
 """Post-processing shared by every source: the seeded train/test split, binarization of images
-in [0, 1] (once, or per minibatch with :func:`dynamic_binarize`) and standardization.
+in [0, 1] (once, or per minibatch with :func:`dynamic_binarize`), dequantization of 8-bit
+images and standardization.
 """
 
 from __future__ import annotations
@@ -82,6 +83,39 @@ def _check_binarizable(
 def _bernoulli_sample(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``(N, D)`` probabilities -> one ``(N, D)`` draw of 0s and 1s in the same dtype."""
     return (torch.rand(x.shape, generator=generator, dtype=x.dtype) < x).to(x.dtype)
+
+
+PIXEL_LEVELS = 255  # 8-bit images come scaled to k / 255, k = 0..255
+DEQUANTIZED_BIN_WIDTH = 1 / 256  # k -> (k + u) / 256: 256 bins of equal width tile [0, 1)
+
+
+def _pixel_levels(name: str, x: torch.Tensor, *, is_image: bool) -> torch.Tensor:
+    """The 8-bit levels k of values k / 255 (as floats), or an InputError for anything else."""
+    if not is_image:
+        raise InputError(
+            f"--dequantize is for 8-bit images (values k/255, as mnist, fashion-mnist and "
+            f"frey-face), but {name!r} is tabular; leave --dequantize out for this dataset"
+        )
+    levels = torch.round(x * PIXEL_LEVELS)
+    if x.numel() and (
+        levels.min() < 0 or levels.max() > PIXEL_LEVELS
+        or (x * PIXEL_LEVELS - levels).abs().max() > 1e-3
+    ):
+        raise InputError(
+            f"--dequantize is for 8-bit images with values k/255 in [0, 1], but {name!r} has "
+            f"values in [{x.min().item():g}, {x.max().item():g}] off that grid; leave "
+            "--dequantize out, or scale the 8-bit pixels to k/255 first"
+        )
+    return levels
+
+
+def _dequantize(levels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """8-bit levels k -> (k + u) / 256 with u ~ U[0, 1): each value spread over its bin
+    [k/256, (k+1)/256) (Theis et al., 2016). k + u may round up to k + 1 in floating point,
+    so it is held just below; dividing by 256 is exact."""
+    spread = torch.rand(levels.shape, generator=generator, dtype=levels.dtype).add_(levels)
+    below_next = torch.nextafter(levels + 1, torch.zeros((), dtype=levels.dtype))
+    return torch.minimum(spread, below_next, out=spread).mul_(DEQUANTIZED_BIN_WIDTH)
 
 
 def _standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
