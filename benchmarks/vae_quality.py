@@ -45,6 +45,7 @@ from inference.catalog import get_model  # noqa: E402
 from inference.evaluate import fitted, iwae, pointwise_log_weights  # noqa: E402
 from inference.figures.dglvm import dglvm_figures  # noqa: E402
 from inference.results import FitResult  # noqa: E402
+from inference.runs import load_checkpoint  # noqa: E402
 from inference.svi import fit_svi  # noqa: E402
 from zoo.datasets import load_dataset  # noqa: E402
 from zoo.dglvm import bits_per_dim, dequantize  # noqa: E402
@@ -89,6 +90,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2]
                                                     / "shared" / "data"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from --out's checkpoint (the epochs before it keep no "
+                             "curve); with --epochs at the checkpoint's, only the final figures")
     parser.add_argument("--out", default=None, help="default: runs/vae-quality-<preset>")
     args = parser.parse_args(argv)
 
@@ -121,7 +125,11 @@ def main(argv=None) -> int:
     model = spec.make_model(config)
     guide = spec.guides["amortized"](model, config)
     checkpoint = out / "checkpoint.pt"
-    checkpoint.unlink(missing_ok=True)
+    done = 0
+    if args.resume and checkpoint.is_file():
+        done = int(load_checkpoint(checkpoint)["step"]) // steps_per_epoch
+    else:
+        checkpoint.unlink(missing_ok=True)
     curves = {"test_elbo": [], "test_iwae": []}
     seconds = 0.0
     pixels = "dequantized" if gaussian else binarize or "grayscale"
@@ -132,6 +140,10 @@ def main(argv=None) -> int:
           f"reference: {preset['reference']}", flush=True)
     result = None
     for epoch in range(1, args.epochs + 1):
+        if epoch < min(done, args.epochs):  # trained before the resume: no curve
+            curves["test_elbo"].append(None)
+            curves["test_iwae"].append(None)
+            continue
         start = time.perf_counter()
         result = fit_svi(model, guide, x_train, steps=epoch * steps_per_epoch, lr=args.lr,
                          batch_size=batch_size, seed=args.seed, binarize=binarize,
@@ -142,6 +154,7 @@ def main(argv=None) -> int:
         seconds += time.perf_counter() - start
         result.guide = "amortized"
         test_elbo, test_iwae = evaluate(spec, config, result, x_test, rows=args.curve_rows)
+        test_iwae = float(test_iwae.mean())
         curves["test_elbo"].append(test_elbo)
         curves["test_iwae"].append(test_iwae)
         train_elbo = sum(result.history["elbo"][-steps_per_epoch:]) / steps_per_epoch
@@ -150,9 +163,12 @@ def main(argv=None) -> int:
               f"{seconds / epoch:6.1f} s/epoch", flush=True)
 
     start = time.perf_counter()
-    final_elbo, final_iwae = evaluate(spec, config, result, x_test, rows=args.iwae_rows,
-                                      num_samples=args.iwae_samples, elbo_rows=None)
+    final_elbo, per_row = evaluate(spec, config, result, x_test, rows=args.iwae_rows,
+                                   num_samples=args.iwae_samples, elbo_rows=None)
     iwae_seconds = time.perf_counter() - start
+    final_iwae = float(per_row.mean())
+    # every row's IWAE-K, so that runs on different numbers of rows compare on the same ones
+    torch.save(per_row.cpu(), out / "test_iwae_per_row.pt")
     record = {
         "preset": args.preset, "data": args.data, "likelihood": args.likelihood,
         "binarize": binarize,
@@ -162,7 +178,7 @@ def main(argv=None) -> int:
         "epochs": args.epochs, "steps": result.steps, "batch_size": batch_size, "lr": args.lr,
         "min_scale": config.min_scale if gaussian else None,
         "device": str(device), "threads": torch.get_num_threads(),
-        "seconds_per_epoch": seconds / args.epochs,
+        "seconds_per_epoch": result.seconds / args.epochs,
         "test_elbo": final_elbo, "test_iwae": final_iwae, "iwae_samples": args.iwae_samples,
         "iwae_rows": min(args.iwae_rows, x_test.shape[0]), "iwae_seconds": iwae_seconds,
         "reference": preset["reference"], "curves": curves,
@@ -171,7 +187,8 @@ def main(argv=None) -> int:
         record["test_elbo_bits_per_dim"] = bits_per_dim(final_elbo, 784, 1 / 256)
         record["test_iwae_bits_per_dim"] = bits_per_dim(final_iwae, 784, 1 / 256)
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    result.history.update(curves)
+    result.history.update({k: [v for v in values if v is not None]  # resumed: no curve
+                           for k, values in curves.items()})
     figure_data = SimpleNamespace(name=args.data, is_image=True, obs_shape=(28, 28),
                                   train=x_train[:64].cpu())
     dglvm_figures(figure_data, config, result, out)
@@ -195,8 +212,7 @@ def evaluate(spec, config, result: FitResult, x_test: torch.Tensor, *, rows: int
                              device=x_test.device)
         elbo = float(pointwise_log_weights(model, guide, x_test, 1, indices=every).mean())
         first = torch.arange(min(rows, x_test.shape[0]), device=x_test.device)
-        bound = float(iwae(pointwise_log_weights(model, guide, x_test, num_samples,
-                                                 indices=first)).mean())
+        bound = iwae(pointwise_log_weights(model, guide, x_test, num_samples, indices=first))
     return elbo, bound
 
 

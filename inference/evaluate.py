@@ -23,6 +23,7 @@ from inference import distributed
 from inference.global_latents import global_yardstick
 from inference.results import FitResult
 from inference.sampling import own_random_stream, vectorized
+from inference.shards import return_large_buffers
 from zoo.registry import ModelSpec, Params
 
 MAX_TRAIN_ROWS = 5_000  # importance-sampled training figures on a seeded subsample beyond
@@ -78,6 +79,8 @@ def pointwise_log_weights(model, guide, x: torch.Tensor, num_samples: int, *,
     row_size = max(1, x[0].numel())
     rows_per_chunk = max(1, max_elements // (row_size * num_samples))
     particles_per_chunk = max(1, min(num_samples, max_elements // row_size))
+    if indices.numel() > rows_per_chunk:  # chunk after chunk of equal large buffers
+        return_large_buffers()
     out = []
     for rows in indices.split(rows_per_chunk):
         parts = []

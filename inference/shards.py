@@ -40,7 +40,7 @@ class Rows:
         self.dtype = x.dtype
         self.streamed = chunk_rows is not None
         if self.streamed:
-            _return_large_buffers()
+            return_large_buffers()
         self.local = x[distributed.shard(self.num_data, group)]
         size = chunk_rows or max(1, self.local.shape[0])
         # the chunks' views, made once: EM meets the same tensors every iteration (the GMM's
@@ -97,7 +97,7 @@ _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD = -3, -1  # glibc mallopt parameters
 _LARGE = 2**20
 
 
-def _return_large_buffers() -> None:
+def return_large_buffers() -> None:
     """Have glibc give every buffer of 1 MiB or more back to the system when it is freed.
 
     By default glibc raises its mmap threshold to the size of the largest buffer freed so far
@@ -105,7 +105,9 @@ def _return_large_buffers() -> None:
     the heap, where the small allocations between them keep the memory from being returned:
     a streamed fit then holds memory growing with the file (measured: 26 MiB for 24 chunks,
     47 MiB for 48) instead of a few chunks' worth (8 MiB). A fixed threshold keeps them
-    mmap'ed. Elsewhere than glibc this does nothing."""
+    mmap'ed. The importance sampler calls it too: an IWAE-5000 pass over 10,000 rows of the
+    VampPrior model grew by 5 MB/s to 23 GB without it, and held 1.2 GB with it. Elsewhere
+    than glibc this does nothing."""
     if not sys.platform.startswith("linux"):
         return
     try:

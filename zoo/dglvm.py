@@ -249,18 +249,20 @@ class VampPrior(dist.TorchDistribution):
         return VampPrior(self.locs, self.scales, torch.Size(batch_shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        # −2 log N(z; m_k, s_k) = [z², z, 1] · [1/s², −2 m/s², Σ m²/s² + 2 Σ log s + Q log 2π]_k:
+        # one (M, 2Q + 1) × (2Q + 1, K) product, then a log-mean-exp over k done in place
         latent_dim = self.locs.shape[-1]
         precision = self.scales.double().pow(-2)                               # (K, Q)
         locs = self.locs.double()
+        constant = ((locs.square() * precision).sum(-1) + 2 * self.scales.double().log().sum(-1)
+                    + latent_dim * math.log(2 * math.pi))                       # (K,)
+        weights = torch.cat([precision, -2.0 * locs * precision, constant[:, None]], -1)
         flat = value.double().reshape(-1, latent_dim)                          # (M, Q)
-        quadratic = (flat.square() @ precision.T - 2.0 * flat @ (locs * precision).T
-                     + (locs.square() * precision).sum(-1))                     # (M, K)
-        log_norm = (-0.5 * latent_dim * math.log(2 * math.pi)
-                    - self.scales.double().log().sum(-1))                       # (K,)
-        components = log_norm - 0.5 * quadratic
+        features = torch.cat([flat.square(), flat, torch.ones_like(flat[:, :1])], -1)
+        components = (features @ weights.T).mul_(-0.5)                          # (M, K)
         # log of the mean over k (logsumexp − log K, with K kept inside the graph for the JIT)
         top = components.amax(-1, keepdim=True).detach()
-        log_mixture = (components - top).exp().mean(-1).log() + top.squeeze(-1)
+        log_mixture = components.sub_(top).exp_().mean(-1).log() + top.squeeze(-1)
         shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
         return log_mixture.to(value.dtype).reshape(value.shape[:-1]).expand(shape)
 
