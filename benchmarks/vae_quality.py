@@ -132,12 +132,17 @@ def main(argv=None) -> int:
         checkpoint.unlink(missing_ok=True)
     curves = {"test_elbo": [], "test_iwae": []}
     seconds = 0.0
+    reference = (
+        "Tomczak & Welling 2018, VampPrior: test NLL about 85.6 in reproductions"
+        if args.prior == "vamp" else
+        f"Burda et al. 2016, IWAE k={args.num_particles}: test NLL 84.78 at k=50 (3280 passes)"
+        if args.elbo == "RenyiELBO" else preset["reference"])
     pixels = "dequantized" if gaussian else binarize or "grayscale"
     print(f"dglvm {config.dim}-{'-'.join(map(str, config.hidden))}-{config.latent_dim} "
           f"{args.likelihood} on {args.data} ({pixels}), {args.prior} prior, {args.elbo}"
           f" with {args.num_particles} particle(s)"
           f", batch {batch_size}, lr {args.lr}, {args.epochs} epochs on {device}; "
-          f"reference: {preset['reference']}", flush=True)
+          f"reference: {reference}", flush=True)
     result = None
     for epoch in range(1, args.epochs + 1):
         if epoch < min(done, args.epochs):  # trained before the resume: no curve
@@ -181,7 +186,7 @@ def main(argv=None) -> int:
         "seconds_per_epoch": result.seconds / args.epochs,
         "test_elbo": final_elbo, "test_iwae": final_iwae, "iwae_samples": args.iwae_samples,
         "iwae_rows": min(args.iwae_rows, x_test.shape[0]), "iwae_seconds": iwae_seconds,
-        "reference": preset["reference"], "curves": curves,
+        "reference": reference, "curves": curves,
     }
     if gaussian:
         record["test_elbo_bits_per_dim"] = bits_per_dim(final_elbo, 784, 1 / 256)
