@@ -48,7 +48,7 @@ from inference.results import FitResult  # noqa: E402
 from inference.runs import load_checkpoint  # noqa: E402
 from inference.svi import fit_svi  # noqa: E402
 from zoo.datasets import load_dataset  # noqa: E402
-from zoo.dglvm import bits_per_dim, dequantize  # noqa: E402
+from zoo.dglvm import bits_per_dim  # noqa: E402
 
 PRESETS = {
     "pyro": {"hidden": (400,), "latent_dim": 50, "binarize": None, "batch_size": 256,
@@ -103,18 +103,15 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     gaussian = args.likelihood == "gaussian"
     binarize = None if gaussian else preset["binarize"]
-    dataset = load_dataset(args.data, root=args.data_root)
+    # gaussian: the 8-bit values k / 255 spread over their bins, (k + u) / 256 (the data option)
+    dataset = load_dataset(args.data, root=args.data_root, seed=args.seed, dequantize=gaussian)
     x_train, x_test = dataset.train.to(device), dataset.test.to(device)
-    if gaussian:  # the 8-bit values k / 255 spread over their bins: (k + u) / 256
-        generator = torch.Generator(device=device).manual_seed(args.seed)
-        x_train = dequantize(x_train * 255 / 256, 1 / 256, generator)
-        x_test = dequantize(x_test * 255 / 256, 1 / 256, generator)
-    elif binarize == "dynamic":  # held-out images: one fixed binarization, as Burda et al.
+    if binarize == "dynamic":  # held-out images: one fixed binarization, as Burda et al.
         generator = torch.Generator(device=device).manual_seed(args.seed)
         x_test = torch.bernoulli(x_test, generator=generator)
 
     spec = get_model("dglvm")
-    min_scale = args.min_scale or (1 / (256 * math.sqrt(12)) if gaussian else None)
+    min_scale = args.min_scale or (dataset.bin_width / math.sqrt(12) if gaussian else None)
     config = spec.make_config(dim=784, latent_dim=preset["latent_dim"],
                               hidden=preset["hidden"], likelihood=args.likelihood,
                               epochs=args.epochs, min_scale=min_scale,
@@ -189,8 +186,8 @@ def main(argv=None) -> int:
         "reference": reference, "curves": curves,
     }
     if gaussian:
-        record["test_elbo_bits_per_dim"] = bits_per_dim(final_elbo, 784, 1 / 256)
-        record["test_iwae_bits_per_dim"] = bits_per_dim(final_iwae, 784, 1 / 256)
+        record["test_elbo_bits_per_dim"] = bits_per_dim(final_elbo, 784, dataset.bin_width)
+        record["test_iwae_bits_per_dim"] = bits_per_dim(final_iwae, 784, dataset.bin_width)
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     result.history.update({k: [v for v in values if v is not None]  # resumed: no curve
                            for k, values in curves.items()})
