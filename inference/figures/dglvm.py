@@ -20,7 +20,7 @@ import torch
 from torchvision.utils import make_grid
 
 from inference.figures import figures_for, save_figure
-from zoo.dglvm import DGLVMConfig, Encoder, decode, load_module
+from zoo.dglvm import DGLVMConfig, Encoder, decode, load_module, sample
 from zoo.registry import Params
 
 
@@ -94,12 +94,13 @@ def reconstructions(config: DGLVMConfig, params: Params, x: torch.Tensor, z: tor
 
 def samples(config: DGLVMConfig, params: Params, shape, path: str | Path, *, num: int = 64,
             value_range=(0.0, 1.0), seed: int = 0) -> Path:
-    """Decoder means E[x | z] at ``num`` draws z ~ N(0, I)."""
+    """Decoder means E[x | z] at ``num`` draws z ~ p(z): N(0, I), or the VampPrior's mixture."""
     generator = torch.Generator().manual_seed(seed)
-    weight = params["decoder$$$net.0.weight"]
-    z = torch.randn(num, config.latent_dim, generator=generator, dtype=weight.dtype)
+    params = {k: v.cpu() for k, v in params.items()}
+    _, z = sample(config, params, num, generator)  # z from the model's own prior
     grid = _grid(decode(config, params, z), shape, int(num**0.5), value_range)
-    return _show(grid, Path(path), "samples: E[x | z], z ~ N(0, I)")
+    prior = "the VampPrior" if config.prior == "vamp" else "N(0, I)"
+    return _show(grid, Path(path), f"samples: E[x | z], z ~ {prior}")
 
 
 def latent_manifold(config: DGLVMConfig, params: Params, shape, path: str | Path, *,
