@@ -20,6 +20,8 @@ Rows are sharded in contiguous blocks (:func:`shard`): rank ``r`` of ``W`` holds
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -149,8 +151,72 @@ def from_environment(device: str = "auto") -> Group | None:
                              f"{torch.cuda.device_count()} CUDA device(s); give "
                              "--nproc-per-node at most that many, or --device cpu")
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=collective_timeout())
     return current()
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a rank waits in a collective for the others before it gives up with an error:
+    ``LVM_ZOO_COLLECTIVE_TIMEOUT`` seconds (default 120). A rank that died or erred leaves the
+    others waiting; torchrun's agent stops them when a worker fails, and this bounds the wait
+    when it does not (a rank that finished early, say)."""
+    raw = os.environ.get("LVM_ZOO_COLLECTIVE_TIMEOUT", "120")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise InputError(f"LVM_ZOO_COLLECTIVE_TIMEOUT={raw!r} must be a positive number of "
+                         "seconds, e.g. 120")
+    return datetime.timedelta(seconds=seconds)
+
+
+def _digest(value) -> int:
+    """A 52-bit hash of ``value``'s canonical JSON (stable across processes, unlike hash()),
+    exact in the float64 vectors the collectives carry."""
+    text = json.dumps(value, sort_keys=True, default=str).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 12
+
+
+def data_fingerprint(x: torch.Tensor, rows: int = 64) -> dict:
+    """What every rank must agree on about the rows: shape, dtype and a hash of a few of
+    them (the first and last ``rows``; reading them costs nothing next to a fit)."""
+    sample = torch.cat([x[:rows], x[-rows:]]).detach().to("cpu", torch.float64)
+    digest = hashlib.blake2b(sample.contiguous().numpy().tobytes(), digest_size=8).hexdigest()
+    return {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch."),
+            "rows_hash": digest}
+
+
+def agree(fingerprint: dict, group: Group | None) -> None:
+    """Stop every rank together, with one line naming what differs, when the ranks were
+    started with different options or data (``fingerprint``: a flat dict of what must agree,
+    e.g. the command's options and :func:`data_fingerprint`). Nothing happens alone.
+
+    Every rank hashes each entry, the hashes are gathered, and each rank compares them all,
+    so all ranks reach the same verdict and raise the same :class:`InputError` at once,
+    instead of one rank waiting forever in a collective the others never join."""
+    if group is None:
+        return
+    keys = sorted(fingerprint)
+    hashes = torch.tensor([_digest(keys)] + [_digest(fingerprint[key]) for key in keys],
+                          dtype=torch.int64)
+    size = torch.tensor([len(keys)], dtype=torch.int64)
+    sizes = group.gather(size)
+    if len({int(s) for s in sizes}) > 1:
+        raise InputError("the torchrun workers were started with different options (each "
+                         "rank has another set of settings); start every worker with the same "
+                         "command line")
+    every = group.gather(hashes)
+    if any(int(h[0]) != int(hashes[0]) for h in every):
+        raise InputError("the torchrun workers were started with different options; start "
+                         "every worker with the same command line")
+    differ = [key for i, key in enumerate(keys)
+              if len({int(h[i + 1]) for h in every}) > 1]
+    if differ:
+        raise InputError(f"the torchrun workers disagree on {', '.join(differ)} (rank "
+                         f"{group.rank} of {group.world_size} sees "
+                         f"{', '.join(f'{k}={fingerprint[k]!r}' for k in differ)}); start "
+                         "every worker with the same options and the same data file")
 
 
 def leave() -> None:

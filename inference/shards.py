@@ -20,6 +20,7 @@ import torch
 
 from inference import distributed
 from inference.distributed import Group
+from zoo.datasets.mapped import check_intact
 
 
 class Rows:
@@ -61,6 +62,8 @@ class Rows:
     def chunks(self):
         """This rank's rows, chunk by chunk, on the device."""
         for view in self._views:
+            if self.streamed:
+                check_intact(view)  # a file that shrank is an error naming it, not a SIGBUS
             yield view.to(self.device)
 
     def probe(self, rows: int = 8) -> torch.Tensor:
@@ -71,6 +74,7 @@ class Rows:
         """About ``rows`` distinct rows of all ``N`` (every row when ``N <= rows``), a seeded
         uniform choice in file order: what a start computed once is computed on when the rows
         are streamed."""
+        check_intact(self.x)
         if self.num_data <= rows:
             return self.x.to(self.device)
         # distinct draws (no permutation of all N: 8 bytes a row), sorted: reads in file order

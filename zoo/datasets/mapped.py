@@ -26,6 +26,10 @@ from zoo.datasets.files import _SAVE_HINT, _check_is_file, _check_npy_header, _o
 from zoo.errors import InputError
 
 CHUNK_BYTES = 64 * 2**20  # the default chunk: 64 MiB of rows
+# the files behind the maps made here, by the address of the map's first byte: a map whose
+# file shrinks kills the process with SIGBUS when a page past the new end is touched, so every
+# read of a chunk asks :func:`check_intact` first
+_MAPS: dict[int, tuple[pathlib.Path, int, int]] = {}
 _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 
@@ -90,6 +94,8 @@ def map_npy(path: str | os.PathLike, *, dtype: torch.dtype, test_fraction: float
             raise InputError(f"{what} has a non-finite value in row {bad}; remove or impute "
                              "the rows with NaN or infinity")
     x = torch.from_numpy(array)
+    stat = path.stat()
+    _MAPS[x.untyped_storage().data_ptr()] = (path, stat.st_size, stat.st_mtime_ns)
     num_test = math.ceil(test_fraction * x.shape[0])
     if x.shape[0] - num_test < 1:
         raise InputError(f"--test-fraction={test_fraction} leaves no training rows out of the "
@@ -97,3 +103,29 @@ def map_npy(path: str | os.PathLike, *, dtype: torch.dtype, test_fraction: float
     return Dataset(name=str(path), train=x[:x.shape[0] - num_test],
                    test=x[x.shape[0] - num_test:], train_labels=None, test_labels=None,
                    obs_shape=(x.shape[1],), is_image=False, source=str(path.resolve()))
+
+
+def check_intact(x: torch.Tensor) -> None:
+    """Raise :class:`InputError` naming the file when ``x`` is a view of a map made by
+    :func:`map_npy` whose file has since shrunk or been rewritten: reading it could meet pages
+    past the file's end (SIGBUS, which no Python code can catch) or rows that are not the rows
+    the fit started on. Costs one ``stat``; nothing for tensors in memory."""
+    if x.device.type != "cpu" or not _MAPS:
+        return
+    known = _MAPS.get(x.untyped_storage().data_ptr())
+    if known is None:
+        return
+    path, size, mtime = known
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise InputError(f"data file '{path}' went away while the fit was reading it "
+                         f"({error.strerror}); keep the file in place until the fit ends") \
+            from None
+    if stat.st_size < size:
+        raise InputError(f"data file '{path}' shrank from {size} to {stat.st_size} bytes "
+                         "while the fit was reading it; keep the file unchanged until the fit "
+                         "ends, then run again")
+    if stat.st_size != size or stat.st_mtime_ns != mtime:
+        raise InputError(f"data file '{path}' was rewritten while the fit was reading it; "
+                         "keep the file unchanged until the fit ends, then run again")
