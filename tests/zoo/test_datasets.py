@@ -277,6 +277,29 @@ def test_csv_without_header_given_as_a_path(tmp_path: Path) -> None:
     assert dataset.train.tolist() == [[1, 2, 3], [4, 5, 6]]
 
 
+def test_csv_separated_by_semicolons_with_decimal_commas_or_by_tabs(tmp_path: Path) -> None:
+    """What Excel writes where the decimal mark is a comma, and a tab-separated table, read as
+    pandas.read_csv(sep=";", decimal=",") and sep="\\t" would read them."""
+    pandas = pytest.importorskip("pandas")
+    semicolons = tmp_path / "european.csv"
+    semicolons.write_text("höhe;gewicht\n1,5;60\n1,8;80,25\n1,7;75\n")
+    tabs = tmp_path / "tabs.csv"
+    tabs.write_text("1.5\t60\n1.8\t80.25\n")
+    for path, options in ((semicolons, {"sep": ";", "decimal": ","}),
+                          (tabs, {"sep": "\t", "header": None})):
+        dataset = load_dataset(path, test_fraction=0, dtype=torch.float64)
+        expected = pandas.read_csv(path, **options).to_numpy(dtype=np.float64)
+        np.testing.assert_array_equal(dataset.train.numpy(), expected)
+    assert load_dataset(semicolons, test_fraction=0).feature_names == ("höhe", "gewicht")
+
+
+def test_csv_with_a_stray_separator_names_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_text("a;b\n1;2\n3,4;5;6\n")
+    with pytest.raises(InputError, match="semicolon-separated"):
+        load_dataset(path, test_fraction=0)
+
+
 def test_npy_and_npz(tmp_path: Path) -> None:
     data = np.arange(12.0).reshape(6, 2)
     np.save(tmp_path / "a.npy", data)

@@ -143,11 +143,26 @@ def _decode_utf8(path: pathlib.Path, raw: bytes) -> str:
         ) from None
 
 
+_SEPARATED = {",": "comma-separated", ";": "semicolon-separated", "\t": "tab-separated"}
+
+
+def _delimiter(line: str) -> str:
+    """The cell separator a table's first line uses: ``;`` or a tab where the line has one and
+    no comma outside a decimal number, else ``,``."""
+    if ";" in line:
+        return ";"
+    if "\t" in line and "," not in line:
+        return "\t"
+    return ","
+
+
 def _read_csv(path: pathlib.Path, raw: bytes) -> tuple[np.ndarray, tuple[str, ...] | None]:
     """A comma-separated table of numbers with an optional header row.
 
     The first row is a header when one of its cells is not a number; its cells become the
-    feature names. Blank lines and lines starting with ``#`` are skipped.
+    feature names. Blank lines and lines starting with ``#`` are skipped. A table separated by
+    semicolons (what Excel writes where the decimal mark is a comma) is read with ``;`` between
+    cells and a decimal comma accepted; one separated by tabs, with tabs.
     """
     lines = _decode_utf8(path, raw).splitlines(keepends=True)
     # Only the lines before the first data line are visited in Python; numpy parses the rest.
@@ -157,17 +172,24 @@ def _read_csv(path: pathlib.Path, raw: bytes) -> tuple[np.ndarray, tuple[str, ..
     )
     if start is None:
         raise InputError(f"data file '{path}' is empty; it needs at least one row of numbers")
-    first_row = next(csv.reader([lines[start]]))
+    delimiter = _delimiter(lines[start])
+    first_row = next(csv.reader([lines[start]], delimiter=delimiter))
+    if delimiter == ";":
+        first_row = [cell.replace(",", ".") if _parses_as_float(cell.replace(",", ".")) else cell
+                     for cell in first_row]
     has_header = not all(_parses_as_float(cell) for cell in first_row)
     feature_names = tuple(cell.strip() for cell in first_row) if has_header else None
     body = "".join(lines[start + int(has_header):])
+    if delimiter == ";":
+        body = body.replace(",", ".")  # the decimal comma of a semicolon-separated table
+    separated = _SEPARATED[delimiter]
 
     def parse(dtype: type) -> np.ndarray:
         with warnings.catch_warnings():
             # A header-only file is reported as empty by `_to_observations`, not as a warning.
             warnings.filterwarnings("ignore", message=".*input contained no data")
             return np.loadtxt(
-                io.StringIO(body), dtype=dtype, delimiter=",", ndmin=2, quotechar='"'
+                io.StringIO(body), dtype=dtype, delimiter=delimiter, ndmin=2, quotechar='"'
             )
 
     try:
@@ -180,11 +202,12 @@ def _read_csv(path: pathlib.Path, raw: bytes) -> tuple[np.ndarray, tuple[str, ..
         reason = str(error).split(";")[0]  # numpy's advice after ';' is about its own API
         raise InputError(
             f"data file '{path}' is not a rectangular table ({reason}); every row needs the "
-            "same number of comma-separated values"
+            f"same number of {separated} values"
         ) from None
     numeric = np.frompyfunc(_parses_as_float, 1, 1)(cells).astype(bool)
     row, column = (int(index) for index in np.argwhere(~numeric)[0])
-    column_name = f" ({feature_names[column]!r})" if feature_names else ""
+    column_name = f" ({feature_names[column]!r})" if feature_names and \
+        column < len(feature_names) else ""
     cell = str(cells[row, column])
     raise InputError(
         f"data file '{path}': data row {row + 1}{' after the header' if has_header else ''}, "
