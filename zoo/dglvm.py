@@ -44,6 +44,7 @@ from torch.distributions import constraints
 
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, Params, register
+from zoo.resources import check_fits
 from zoo.seeding import own_random_stream
 
 LIKELIHOODS = ("gaussian", "bernoulli")
@@ -157,6 +158,20 @@ class DGLVMConfig:
         if self.bounded_mean and self.likelihood != "gaussian":
             raise InputError("--bounded-mean bounds the gaussian mean; the bernoulli "
                              "likelihood's mean is a probability already: leave it out")
+        # weights, their gradients and Adam's two moments, in float64 at most
+        check_fits(f"the networks of --hidden {','.join(map(str, self.hidden))} and "
+                   f"--latent-dim {self.latent_dim} ({self.parameter_count():,} weights)",
+                   4 * 8 * self.parameter_count(), "give smaller --hidden widths")
+
+    def parameter_count(self) -> int:
+        """Weights and biases of the decoder and the encoder (and the pseudo-inputs)."""
+        learned = self.likelihood == "gaussian" and self.variance == "learned"
+        out = self.dim * (2 if learned else 1)
+        decoder = (self.latent_dim, *self.hidden, out)
+        encoder = (self.dim, *reversed(self.hidden), 2 * self.latent_dim)
+        count = sum((a + 1) * b for layers in (decoder, encoder)
+                    for a, b in zip(layers, layers[1:], strict=False))
+        return count + (self.pseudo_inputs * self.dim if self.prior == "vamp" else 0)
 
     def steps_for(self, num_data: int, batch_size: int | None) -> int:
         """SVI steps for ``epochs`` passes over ``num_data`` rows in minibatches of

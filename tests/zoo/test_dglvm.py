@@ -400,3 +400,17 @@ def test_vamp_prior_fits_through_the_cli_and_evaluate_reproduces_it(tmp_path, ca
     with torch.no_grad():
         locs, _ = encoder(params["pseudo_inputs"])
     torch.testing.assert_close(z.mean(0), locs.mean(0), atol=0.05, rtol=0)
+
+
+def test_parameter_count_is_the_networks_own_and_huge_widths_are_refused_before_work():
+    from zoo.dglvm import Decoder, DGLVMConfig, Encoder
+
+    for options in ({}, {"likelihood": "bernoulli"}, {"hidden": (64, 32), "variance": "fixed"},
+                    {"prior": "vamp", "pseudo_inputs": 7}):
+        config = DGLVMConfig(dim=12, latent_dim=3, **options)
+        networks = sum(p.numel() for module in (Decoder(config), Encoder(config))
+                       for p in module.parameters())
+        extra = 7 * 12 if options.get("prior") == "vamp" else 0
+        assert config.parameter_count() == networks + extra
+    with pytest.raises(InputError, match=r"--hidden 1000000000 .* needs about .*iB of memory"):
+        DGLVMConfig(dim=784, latent_dim=20, hidden=(10**9,)).validate(100)
