@@ -34,5 +34,5 @@ def check_fits(what: str, nbytes: float, fix: str) -> None:
     :func:`memory_limit`, saying both and ``fix``."""
     limit = memory_limit()
     if nbytes > limit:
-        raise InputError(f"{what} needs about {human(nbytes)} of memory, more than the "
+        raise InputError(f"{what}: about {human(nbytes)} of memory needed, more than the "
                          f"{human(limit)} this machine can give one request; {fix}")

@@ -412,5 +412,5 @@ def test_parameter_count_is_the_networks_own_and_huge_widths_are_refused_before_
                        for p in module.parameters())
         extra = 7 * 12 if options.get("prior") == "vamp" else 0
         assert config.parameter_count() == networks + extra
-    with pytest.raises(InputError, match=r"--hidden 1000000000 .* needs about .*iB of memory"):
+    with pytest.raises(InputError, match=r"--hidden 1000000000 .* about .*iB of memory needed"):
         DGLVMConfig(dim=784, latent_dim=20, hidden=(10**9,)).validate(100)
