@@ -63,7 +63,7 @@ class VAE(nn.Module):
         """log p(x, z) - log q(z | x) for ``particles`` draws per row: ``(particles, n)``."""
         loc, raw = self.encoder(x).chunk(2, dim=-1)
         scale = nn.functional.softplus(raw) + 1e-6
-        eps = torch.randn(particles, *loc.shape)
+        eps = torch.randn(particles, *loc.shape, device=loc.device)
         z = loc + scale * eps
         logits = self.decoder(z)
         log_px = -nn.functional.binary_cross_entropy_with_logits(
@@ -74,23 +74,33 @@ class VAE(nn.Module):
 
 
 def hand_written(train: torch.Tensor, test: torch.Tensor, epochs: int, latent: int):
+    """Train on ``train``'s device (its rows there already); returns (training seconds, total
+    seconds with the test IWAE-100, test IWAE-100)."""
     torch.manual_seed(0)
+    device = train.device
+    synchronize(device)
     began = time.perf_counter()
-    model = VAE(latent)
+    model = VAE(latent).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(epochs):
-        for rows in torch.randperm(train.shape[0]).split(128):
+        for rows in torch.randperm(train.shape[0], device=device).split(128):
             optimizer.zero_grad(set_to_none=True)
             loss = -model.log_weights(train[rows]).mean() * train.shape[0]
             loss.backward()
             optimizer.step()
+    synchronize(device)
     trained = time.perf_counter() - began
     with torch.no_grad():
         total = 0.0
-        for rows in torch.arange(test.shape[0]).split(200):
+        for rows in torch.arange(test.shape[0], device=device).split(200):
             weights = model.log_weights(test[rows], particles=100)
             total += float((torch.logsumexp(weights, 0) - math.log(100)).sum())
     return trained, time.perf_counter() - began, total / test.shape[0]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def lvm_zoo(epochs: int, latent: int, data_root: str):

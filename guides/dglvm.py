@@ -14,6 +14,10 @@ draw z inside the same ``pyro.plate("data", ...)`` with ``.to_event(1)``, and sc
 by the model's β so the ELBO is E[log p(x | z)] − β KL(q ‖ p). With ``reparameterized=False``
 (or ``config.score_function``) z is drawn without ``rsample`` and Trace_ELBO falls back on the
 score-function (log-trick) gradient.
+
+Both are :class:`~pyro.nn.PyroModule` objects whose parameters are their ``state_dict()``,
+named in the param store from the module's own ``name`` (``""`` by default: ``encoder$$$...``,
+the name a VampPrior model shares; ``z_loc``, ``z_scale``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.nn import PyroModule, PyroParam
 from torch import nn
 from torch.distributions import constraints
 
 from guides.registry import register
 from zoo.dglvm import DGLVMConfig, Encoder, check_data
 from zoo.errors import InputError
+from zoo.registry import DATA_PLATE
 
 
 class ScoreFunctionNormal(dist.Normal):
@@ -48,13 +54,15 @@ def _posterior_site(loc, scale, reparameterized: bool) -> dist.TorchDistribution
     return normal(loc, scale).to_event(1)
 
 
-class AmortizedGuide(nn.Module):
-    """The encoder guide (the VAE); registered as ``pyro.module("encoder", ...)``."""
+class AmortizedGuide(PyroModule):
+    """The encoder guide (the VAE); its encoder is registered with Pyro under the guide's name
+    (``encoder``, which a VampPrior model shares)."""
 
     per_datapoint = False
 
-    def __init__(self, model, config: DGLVMConfig, *, reparameterized: bool | None = None):
-        super().__init__()
+    def __init__(self, model, config: DGLVMConfig, *, reparameterized: bool | None = None,
+                 name: str = ""):
+        super().__init__(name)
         self.config = config
         self.reparameterized = (not config.score_function if reparameterized is None
                                 else reparameterized)
@@ -62,51 +70,61 @@ class AmortizedGuide(nn.Module):
         # weights are drawn on the first call, after the fit has seeded the generator
         self._draw_weights = True
 
-    def _prepare(self, x: torch.Tensor) -> None:
+    def setup(self, x: torch.Tensor) -> None:
+        """Prepare for fitting ``x`` before SVI starts (nothing to do: the weights are drawn on
+        the first call, from the generator the fit has seeded)."""
+
+    def _prepare(self, x: torch.Tensor) -> nn.Module:
+        encoder = self._modules["encoder"]  # self.encoder would register it with Pyro
         if self._draw_weights:
-            for layer in self.encoder.modules():
+            for layer in encoder.modules():
                 if isinstance(layer, nn.Linear):
                     layer.reset_parameters()
             self._draw_weights = False
-        weight = self.encoder.net[0].weight
+        weight = encoder.net[0].weight
         if weight.device != x.device or weight.dtype != x.dtype:
-            self.encoder.to(device=x.device, dtype=x.dtype)
+            encoder.to(device=x.device, dtype=x.dtype)
+        return encoder
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q(z | x) for ``x : (N, D)``, each (N, Q), without Pyro."""
-        self._prepare(x)
-        return self.encoder(x)
+        return self._prepare(x)(x)
 
     def forward(self, x: torch.Tensor | None = None, *, num_data: int | None = None,
                 subsample_size: int | None = None) -> torch.Tensor:
         if x is None:
             raise InputError("the amortized guide needs the data x: it encodes q(z | x)")
-        self._prepare(x)
         # update_module_params: a VampPrior model that registered "encoder" first shares it
-        pyro.module("encoder", self.encoder, update_module_params=True)
-        with pyro.plate("data", x.shape[0], subsample_size=subsample_size,
+        encoder = pyro.module(self._pyro_get_fullname("encoder"), self._prepare(x),
+                              update_module_params=True)
+        with pyro.plate(DATA_PLATE, x.shape[0], subsample_size=subsample_size,
                         device=x.device) as idx:
-            loc, scale = self.encoder(x[idx])
+            loc, scale = encoder(x[idx])
             with poutine.scale(scale=self.config.beta):
                 return pyro.sample("z", _posterior_site(loc, scale, self.reparameterized))
 
 
-class MeanFieldGuide(nn.Module):
-    """Free per-datapoint Gaussians: params ``z_loc`` and ``z_scale``, each (N, Q), indexed by
-    the data plate's subsample indices. ``init_loc``/``init_scale`` (N, Q) start them, e.g. at
-    an encoder's output; by default loc 0 and scale ``init_scale_value``."""
+class MeanFieldGuide(PyroModule):
+    """Free per-datapoint Gaussians: ``PyroParam`` attributes ``z_loc``, ``z_scale``, (N, Q),
+    indexed by the data plate's subsample indices, made on the first call from x's rows.
+    ``init_loc``/``init_scale`` (N, Q) start them, e.g. at an encoder's output; by default loc 0
+    and scale ``init_scale_value``."""
 
     per_datapoint = True
 
     def __init__(self, model, config: DGLVMConfig, *, reparameterized: bool | None = None,
                  init_loc: torch.Tensor | None = None, init_scale: torch.Tensor | None = None,
-                 init_scale_value: float = 0.1):
-        super().__init__()
+                 init_scale_value: float = 0.1, name: str = ""):
+        super().__init__(name)
         self.config = config
         self.reparameterized = (not config.score_function if reparameterized is None
                                 else reparameterized)
         self.init_loc, self.init_scale = init_loc, init_scale
         self.init_scale_value = init_scale_value
+
+    def setup(self, x: torch.Tensor) -> None:
+        """Prepare for fitting ``x`` before SVI starts (nothing to do: the parameters start on
+        the first call)."""
 
     def forward(self, x: torch.Tensor | None = None, *, num_data: int | None = None,
                 subsample_size: int | None = None) -> torch.Tensor:
@@ -116,18 +134,20 @@ class MeanFieldGuide(nn.Module):
             check_data(self.config, x)
         num_data, latent_dim = x.shape[0], self.config.latent_dim
         options = {"dtype": x.dtype, "device": x.device}
-        loc = pyro.param("z_loc", lambda: (
-            torch.zeros(num_data, latent_dim, **options) if self.init_loc is None
-            else self.init_loc.detach().to(**options).clone()))
-        scale = pyro.param("z_scale", lambda: (
-            torch.full((num_data, latent_dim), self.init_scale_value, **options)
-            if self.init_scale is None else self.init_scale.detach().to(**options).clone()),
-            constraint=constraints.positive)
+        if "z_loc" not in self._pyro_params:
+            self.z_loc = PyroParam(lambda: (
+                torch.zeros(num_data, latent_dim, **options) if self.init_loc is None
+                else self.init_loc.detach().to(**options).clone()))
+            self.z_scale = PyroParam(lambda: (
+                torch.full((num_data, latent_dim), self.init_scale_value, **options)
+                if self.init_scale is None else self.init_scale.detach().to(**options).clone()),
+                constraints.positive)
+        loc, scale = self.z_loc, self.z_scale
         if loc.shape[0] != num_data:
             raise InputError(f"the mean-field guide holds parameters for {loc.shape[0]} rows "
                              f"but got {num_data}; it has none for new rows: use the "
                              "amortized guide on held-out data")
-        with pyro.plate("data", num_data, subsample_size=subsample_size,
+        with pyro.plate(DATA_PLATE, num_data, subsample_size=subsample_size,
                         device=x.device) as idx:
             with poutine.scale(scale=self.config.beta):
                 return pyro.sample("z", _posterior_site(loc[idx], scale[idx],

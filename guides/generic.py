@@ -1,10 +1,16 @@
 """Generic guides: q(z | x) for any model with the zoo's signature, built from its trace.
 
-Every guide here is a factory ``(model, config) -> guide`` and the guide has the model's
-signature, ``guide(x=None, *, num_data=None, subsample_size=None)``. On its first call it
-traces the model once with the same arguments and reads the latent sites: local ones (inside
-``pyro.plate("data")``, one value per datapoint, shape per datapoint found from the trace),
-global ones (outside it), discrete ones (finite support). Then:
+Every guide here is a factory ``(model, config) -> guide`` and the guide, a
+:class:`~pyro.nn.PyroModule`, has the model's signature,
+``guide(x=None, *, num_data=None, subsample_size=None)``. Its parts (Pyro's autoguides, the
+encoder) are its submodules, so its state is its ``state_dict()``; their param-store names come
+from the module's own ``name`` (``""`` by default: ``AutoNormal.locs.mu``, ``encoder$$$...``).
+On its first call it traces the model once with the same arguments (as Pyro's autoguides
+set up their prototype) and reads the latent sites: local ones (inside ``pyro.plate("data")``,
+one value per datapoint, shape per datapoint found from the trace), global ones (outside it),
+discrete ones (finite support). Global latents start where Pyro's autoguides start them, at
+the prior's median (``init_to_median``, falling back to ``init_to_feasible`` where the median
+is undefined), so heavy-tailed priors (HalfCauchy, half-Student-t) start finite. Then:
 
 - ``auto-normal``: mean-field. Pyro's :class:`~pyro.infer.autoguide.AutoNormal` over every
   continuous latent (one Normal per datapoint for local sites, in unconstrained space), and a
@@ -38,6 +44,7 @@ says so); their model code must broadcast over an enumeration dimension on the l
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,9 +66,10 @@ from pyro.infer.autoguide import (
     AutoMultivariateNormal,
     AutoNormal,
     init_to_feasible,
-    init_to_mean,
+    init_to_median,
 )
-from pyro.nn import ConditionalDenseNN
+from pyro.infer.autoguide.utils import deep_setattr
+from pyro.nn import ConditionalDenseNN, PyroModule, PyroParam
 from pyro.poutine.runtime import get_plates
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -69,6 +77,7 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
 from zoo.errors import InputError
+from zoo.registry import DATA_PLATE
 
 __all__ = [
     "AmortizedGuide",
@@ -80,14 +89,14 @@ __all__ = [
     "generic_guides",
 ]
 
-DATA_PLATE = "data"
 HIDDEN = 64  # encoder width
 FLOW_LAYERS = 4  # coupling (or spline) layers of the flow guide
 INIT_SCALE = 0.5  # initial scale of the encoder's Gaussians, in unconstrained units
-# AutoGuides over global sites start at the prior's mean (not at a random prior median, Pyro's
-# default for the multivariate ones); over local sites at 0 in unconstrained space, as Pyro's
-# AutoNormal does (their prior mean depends on globals drawn at random when it is set up)
-INIT_LOC = init_to_mean(fallback=init_to_feasible)
+# AutoGuides over global sites start at the prior's median, as Pyro's autoguides do (a prior
+# mean can be infinite: HalfCauchy's), falling back to a feasible point where the median is
+# undefined; over local sites at 0 in unconstrained space, as Pyro's AutoNormal does (their
+# prior depends on globals drawn at random when it is set up)
+INIT_LOC = init_to_median(fallback=init_to_feasible)
 
 
 # --- what the model's trace says ------------------------------------------------------------
@@ -211,23 +220,39 @@ def _unsupported(sites: list[LatentSite], guide: str) -> None:
 # --- the shared frame of every generic guide ------------------------------------------------
 
 
-class _GenericGuide:
-    """Traces the model on the first call, then builds the guide's parts (``_build``)."""
+class _GenericGuide(PyroModule):
+    """Traces the model on the first call, then builds the guide's parts (``_build``).
+    ``name`` prefixes the param-store names of its parameters."""
 
-    name = "generic"
+    kind = "generic"
 
-    def __init__(self, model, config):
-        self.model = model
+    def __init__(self, model, config, *, name: str = ""):
+        super().__init__(name)
+        object.__setattr__(self, "model", model)  # the model's modules are not the guide's
         self.config = config
         self.sites: list[LatentSite] | None = None
         self._plate: pyro.plate | None = None
 
-    def __call__(self, x=None, *, num_data=None, subsample_size=None):
-        if self.sites is None:
-            self.sites = discover_sites(self.model, x, num_data, subsample_size)
-            _unsupported(self.sites, self.name)
-            self._build(x, num_data, subsample_size)
+    def _prepare(self, x=None, *, num_data=None, subsample_size=None) -> None:
+        """Read the model's latent sites from one trace with these arguments and build the
+        guide's parts (their parameters start when called, as Pyro's autoguides do)."""
+        if self.sites is not None:
+            return
+        self.sites = discover_sites(self.model, x, num_data, subsample_size)
+        _unsupported(self.sites, self.kind)
+        self._build(x, num_data, subsample_size)
+
+    def forward(self, x=None, *, num_data=None, subsample_size=None):
+        self._prepare(x, num_data=num_data, subsample_size=subsample_size)
         return self._guide(x, num_data=num_data, subsample_size=subsample_size)
+
+    def _hold(self, role: str, guide: PyroModule | None) -> None:
+        """Hold an autoguide as a submodule under its class's name (so its parameters keep
+        Pyro's names, ``AutoNormal.locs.mu``, under this guide's prefix), reachable as
+        ``self.<role>``."""
+        if guide is not None:
+            self.add_module(type(guide).__name__, guide)
+        object.__setattr__(self, role, guide)  # one registration: under the class's name
 
     # parts
 
@@ -240,7 +265,7 @@ class _GenericGuide:
     def _data_plate(self, x, num_data, subsample_size) -> pyro.plate:
         size = x.shape[0] if x is not None else num_data
         if size is None:
-            raise InputError(f"the {self.name} guide needs data x or num_data")
+            raise InputError(f"the {self.kind} guide needs data x or num_data")
         dims = {s.plate_dim for s in self._local()}
         device = x.device if x is not None else None
         self._plate = pyro.plate(DATA_PLATE, size, subsample_size=subsample_size,
@@ -256,13 +281,23 @@ class _GenericGuide:
         names = [s.name for s in sites]
         plates = self._plates if any(s.local for s in sites) else None
         return AutoNormal(poutine.block(self.model, expose=names), create_plates=plates,
-                          init_loc_fn=init_to_feasible if plates else INIT_LOC)
+                          init_loc_fn=_by_site(sites, INIT_LOC, init_to_feasible))
 
     def _build(self, x, num_data, subsample_size) -> None:
         raise NotImplementedError
 
     def _guide(self, x, *, num_data, subsample_size):
         raise NotImplementedError
+
+
+def _by_site(sites: list[LatentSite], global_init: Callable, local_init: Callable) -> Callable:
+    """An ``init_loc_fn`` that starts the global sites with ``global_init``, the local ones
+    with ``local_init``."""
+    local = {s.name for s in sites if s.local}
+
+    def init(site: dict):
+        return (local_init if site["name"] in local else global_init)(site)
+    return init
 
 
 def _discrete_distribution(site: LatentSite, logits: torch.Tensor):
@@ -285,21 +320,26 @@ class MeanFieldGuide(_GenericGuide):
     """``auto-normal``: AutoNormal over every continuous latent, a free categorical per
     datapoint for each discrete local site."""
 
-    name = "auto-normal"
+    kind = "auto-normal"
     per_datapoint = True
 
     def _build(self, x, num_data, subsample_size):
         continuous = [s for s in self.sites if not s.discrete]
-        self.normal = self._auto_normal(continuous)
+        self._hold("normal", self._auto_normal(continuous))
         self.size = x.shape[0] if x is not None else num_data
 
     def _discrete_part(self, x):
         for site in self._local(discrete=True):
             init = site.init.to(device=x.device if x is not None else None)
             shape = (self.size, *init.shape)
-            logits = pyro.param(f"mean_field.{site.name}.logits",
-                                lambda init=init, shape=shape: init.expand(shape).clone(),
-                                event_dim=init.dim())
+            path = f"mean_field.{site.name}.logits"  # a PyroParam of nested submodules
+            try:
+                logits = functools.reduce(getattr, path.split("."), self)
+            except AttributeError:
+                deep_setattr(self, path, PyroParam(
+                    lambda init=init, shape=shape: init.expand(shape).clone(),
+                    event_dim=init.dim()))
+                logits = functools.reduce(getattr, path.split("."), self)
             _sample_discrete(site, logits)
 
     def _guide(self, x, *, num_data, subsample_size):
@@ -316,25 +356,27 @@ class GlobalGaussianGuide(MeanFieldGuide):
     """``auto-lowrank`` / ``auto-mvn``: one Gaussian over all continuous global sites jointly
     (low-rank plus diagonal, or full covariance), the local sites mean-field."""
 
-    def __init__(self, model, config, *, covariance: str = "lowrank", rank: int | None = None):
-        super().__init__(model, config)
+    def __init__(self, model, config, *, covariance: str = "lowrank", rank: int | None = None,
+                 name: str = ""):
+        super().__init__(model, config, name=name)
         if covariance not in ("lowrank", "full"):
             raise InputError(f"covariance={covariance!r}: choose 'lowrank' or 'full'")
         self.covariance, self.rank = covariance, rank
-        self.name = "auto-lowrank" if covariance == "lowrank" else "auto-mvn"
+        self.kind = "auto-lowrank" if covariance == "lowrank" else "auto-mvn"
 
     def _build(self, x, num_data, subsample_size):
         globals_ = [s.name for s in self._global()]
         if not globals_:
-            raise InputError(f"the {self.name} guide needs global latent sites (outside "
+            raise InputError(f"the {self.kind} guide needs global latent sites (outside "
                              "pyro.plate('data')) and the model has none; use auto-normal")
         blocked = poutine.block(self.model, expose=globals_)
         if self.covariance == "lowrank":
-            self.joint = AutoLowRankMultivariateNormal(blocked, rank=self.rank, init_scale=0.1,
-                                                       init_loc_fn=INIT_LOC)
+            joint = AutoLowRankMultivariateNormal(blocked, rank=self.rank, init_scale=0.1,
+                                                  init_loc_fn=INIT_LOC)
         else:
-            self.joint = AutoMultivariateNormal(blocked, init_scale=0.1, init_loc_fn=INIT_LOC)
-        self.normal = self._auto_normal(self._local(discrete=False))
+            joint = AutoMultivariateNormal(blocked, init_scale=0.1, init_loc_fn=INIT_LOC)
+        self._hold("joint", joint)
+        self._hold("normal", self._auto_normal(self._local(discrete=False)))
         self.size = x.shape[0] if x is not None else num_data
 
     def _guide(self, x, *, num_data, subsample_size):
@@ -392,11 +434,11 @@ class AmortizedGuide(_GenericGuide):
     c is enumerated in the guide, so every category's Gaussian is trained.
     """
 
-    name = "amortized"
+    kind = "amortized"
     per_datapoint = False
 
-    def __init__(self, model, config, *, hidden: int = HIDDEN):
-        super().__init__(model, config)
+    def __init__(self, model, config, *, hidden: int = HIDDEN, name: str = ""):
+        super().__init__(model, config, name=name)
         if hidden < 1:
             raise InputError(f"hidden={hidden} must be at least 1")
         self.hidden = hidden
@@ -406,7 +448,7 @@ class AmortizedGuide(_GenericGuide):
             if site.plates != (DATA_PLATE,):
                 raise InputError(
                     f"site '{site.name}' sits in plates {', '.join(site.plates)}; the "
-                    f"{self.name} guide encodes local sites in pyro.plate('{DATA_PLATE}') alone: "
+                    f"{self.kind} guide encodes local sites in pyro.plate('{DATA_PLATE}') alone: "
                     "declare per-datapoint dimensions with .to_event(), or use auto-normal")
 
     def _ordered(self) -> list[LatentSite]:
@@ -431,13 +473,14 @@ class AmortizedGuide(_GenericGuide):
 
     def _build(self, x, num_data, subsample_size):
         if x is None:
-            raise InputError(f"the {self.name} guide needs data x; it encodes q(z | x)")
+            raise InputError(f"the {self.kind} guide needs data x; it encodes q(z | x)")
         self._check_local()
-        self.global_guide = self._auto_normal(self._global())
+        self._hold("global_guide", self._auto_normal(self._global()))
         self.encoder = Encoder(x, self._sizes(), self.hidden).to(x)
+        encoder = self._modules["encoder"]  # self.encoder would register it with Pyro now
         with torch.no_grad():  # start every site at the prior's centre
             for site in self._local():
-                bias = self.encoder.heads[_safe(site.name)].bias
+                bias = encoder.heads[_safe(site.name)].bias
                 init = site.init.to(bias).reshape(-1)
                 if site.discrete:
                     bias.copy_(init)
@@ -456,7 +499,9 @@ class AmortizedGuide(_GenericGuide):
         return _constrained(dist.Normal(loc, scale).to_event(1), transforms, site)
 
     def _guide(self, x, *, num_data, subsample_size):
-        encoder = pyro.module("encoder", self.encoder)
+        # update_module_params: a new guide over a filled param store takes the stored weights
+        encoder = pyro.module(self._pyro_get_fullname("encoder"), self._modules["encoder"],
+                              update_module_params=True)
         result = self.global_guide(x, num_data=num_data, subsample_size=subsample_size) \
             if self.global_guide is not None else {}
         result = dict(result)
@@ -523,10 +568,11 @@ class FlowGuide(AmortizedGuide):
     [-3, 3] (dimension 1, which cannot be split). Each layer starts at (or near) the identity,
     so the flow starts as the amortized guide."""
 
-    name = "flow"
+    kind = "flow"
 
-    def __init__(self, model, config, *, hidden: int = HIDDEN, layers: int = FLOW_LAYERS):
-        super().__init__(model, config, hidden=hidden)
+    def __init__(self, model, config, *, hidden: int = HIDDEN, layers: int = FLOW_LAYERS,
+                 name: str = ""):
+        super().__init__(model, config, hidden=hidden, name=name)
         if layers < 1:
             raise InputError(f"layers={layers} must be at least 1")
         self.layers = layers
@@ -545,7 +591,7 @@ class FlowGuide(AmortizedGuide):
             for layer in layers:
                 _zero_last(getattr(layer, "nn", None) or layer)
             flows[_safe(site.name)] = layers
-        self.encoder.flows = flows.to(x)
+        self._modules["encoder"].flows = flows.to(x)
 
     def _continuous(self, site: LatentSite, out: torch.Tensor, features: torch.Tensor):
         shape = site.unconstrained_shape()
@@ -558,7 +604,7 @@ class FlowGuide(AmortizedGuide):
         loc, scale = loc.expand(*batch, width), scale.expand(*batch, width)
         context = features.expand(*batch, features.shape[-1])
         transforms = []
-        for i, layer in enumerate(self.encoder.flows[_safe(site.name)]):
+        for i, layer in enumerate(self._modules["encoder"].flows[_safe(site.name)]):
             if i and width > 1:
                 transforms.append(_swap(width, loc.device))
             transforms.append(layer.condition(context))

@@ -7,81 +7,90 @@ time::
 
 The zoo never imports this package; :mod:`inference.catalog` joins a model's spec to its
 guides. A model declared with :func:`zoo.declare` and no guides of its own gets the generic
-guides of :mod:`guides.generic`, built from the latent sites it declared. A test file or a
-user's file may add a guide to a built-in model the same way the built-in modules do.
+guides of :mod:`guides.generic`, built from the latent sites it declared. A test file, a
+user's file or an installed plugin (its module named under the entry point group
+``lvm_zoo.guides``, see :mod:`zoo.plugins`) adds a guide to any model the same way the built-in
+modules do.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from zoo.errors import InputError
-
-# Built-in guide modules; importing one registers its guides.
-_BUILTIN_MODULES = ("guides.gmm", "guides.ppca", "guides.dglvm")
+from zoo.plugins import Registry
 
 
 @dataclass(frozen=True)
 class GuideEntry:
-    """One guide of one model family.
+    """One guide of one model family, as the catalog hands it out (``spec.guides[name]``).
 
-    ``factory(model, config)`` builds the guide, with the model's signature. ``elbo`` is the
-    ELBO estimator SVI uses with it unless told otherwise. ``per_datapoint`` says the guide
-    has free parameters per training row, so it has nothing to say about held-out rows; it is
-    read from the factory's own ``per_datapoint`` attribute (the guide class declares it once).
+    ``factory(model, config)`` builds the guide, with the model's signature; calling the entry
+    calls the factory. ``elbo`` is the ELBO estimator SVI uses with it unless told otherwise;
+    ``default`` makes it the guide SVI uses without ``--guide``. ``per_datapoint`` says the
+    guide has free parameters per training row, so it has nothing to say about held-out rows
+    (by default the factory's own ``per_datapoint`` attribute: the guide class says it once).
     """
 
     name: str
     factory: Callable
     elbo: str = "Trace_ELBO"
+    default: bool = False
+    per_datapoint: bool = False
 
-    @property
-    def per_datapoint(self) -> bool:
-        return bool(getattr(self.factory, "per_datapoint", False))
+    def __call__(self, model, config, **options):
+        return self.factory(model, config, **options)
 
 
-_GUIDES: dict[str, dict[str, GuideEntry]] = {}  # model name -> guide name -> entry
-_DEFAULTS: dict[str, str] = {}  # model name -> the guide SVI uses without --guide
-_loaded = False
+def entry(name: str, factory: Callable, *, elbo: str = "Trace_ELBO", default: bool = False,
+          per_datapoint: bool | None = None) -> GuideEntry:
+    """A :class:`GuideEntry` (``factory`` as it is if it already is one)."""
+    if isinstance(factory, GuideEntry):
+        return dataclasses.replace(factory, name=name, elbo=elbo, default=default)
+    if not callable(factory):
+        raise InputError(f"guide '{name}': the factory must be callable as "
+                         "factory(model, config) -> guide")
+    if per_datapoint is None:
+        per_datapoint = bool(getattr(factory, "per_datapoint", False))
+    return GuideEntry(name=name, factory=factory, elbo=elbo, default=default,
+                      per_datapoint=per_datapoint)
+
+
+# The built-in guide modules; importing one registers its guides. pyproject.toml declares the
+# same modules under [project.entry-points."lvm_zoo.guides"] (see zoo.plugins).
+BUILTINS = (("gmm", "guides.gmm"), ("ppca", "guides.ppca"), ("dglvm", "guides.dglvm"),
+            ("bayesian-gmm", "guides.bayesian_gmm"))
+_GUIDES: Registry[GuideEntry] = Registry("lvm_zoo.guides", "guide", BUILTINS)
+# ^ keyed by (model family, guide name)
 
 
 def register(model: str, name: str, factory: Callable, *, elbo: str = "Trace_ELBO",
-             default: bool = False) -> GuideEntry:
+             default: bool = False, per_datapoint: bool | None = None) -> GuideEntry:
     """Offer the guide ``name`` (``factory(model, config) -> guide``) for the model family
     ``model``; ``default=True`` makes it the one SVI uses without ``--guide``."""
-    if not callable(factory):
-        raise InputError(f"guide '{name}' for model '{model}': the factory must be callable "
-                         "as factory(model, config) -> guide")
-    entry = GuideEntry(name=name, factory=factory, elbo=elbo)
-    _GUIDES.setdefault(model, {})[name] = entry
-    if default:
-        _DEFAULTS[model] = name
-    return entry
+    try:
+        new = entry(name, factory, elbo=elbo, default=default, per_datapoint=per_datapoint)
+    except InputError as error:
+        raise InputError(f"model '{model}': {error}") from None
+    if default:  # one default per family: the last one registered
+        for (family, other), old in list(_GUIDES.items()):
+            if family == model and old.default:
+                _GUIDES.register((family, other), dataclasses.replace(old, default=False))
+    return _GUIDES.register((model, name), new)
 
 
 def unregister(model: str, name: str) -> None:
     """Take a guide away again (tests that add a toy guide clean up with this)."""
-    _GUIDES.get(model, {}).pop(name, None)
-    if _DEFAULTS.get(model) == name:
-        del _DEFAULTS[model]
+    _GUIDES.unregister((model, name))
 
 
 def registered(model: str) -> dict[str, GuideEntry]:
-    """The guides registered for the model family ``model``, built-ins loaded first."""
-    _load_builtins()
-    return dict(_GUIDES.get(model, {}))
+    """The guides registered for the model family ``model``: the built-ins, then plugins'."""
+    return {name: item for (family, name), item in _GUIDES.items() if family == model}
 
 
 def default_for(model: str) -> str | None:
-    _load_builtins()
-    return _DEFAULTS.get(model)
-
-
-def _load_builtins() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
+    """The guide SVI uses for ``model`` without ``--guide`` (None: the family names none)."""
+    return next((name for name, item in registered(model).items() if item.default), None)

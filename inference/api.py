@@ -1,11 +1,13 @@
 """The Python face of the command line: ``fit``, ``save``, ``compare``, ``evaluate``,
-``catalogue``.
+``catalogue``, ``load``.
 
 Each takes the same names as the flags: the model's options (``components=3``), the
 strategy's options (``steps``, ``n_init``, ...), and a :class:`DataRequest` (or a dataset
-name) for the data. ``fit`` works in memory and returns a :class:`Fitted` (its ``record`` is
-what ``lvm-zoo fit --json`` prints, mean nats per datapoint throughout); ``save`` writes its
-run directory::
+name) for the data. ``fit`` plans the fit (every argument checked before any data or work),
+runs it and returns a :class:`Fitted` (its ``record`` is what ``lvm-zoo fit --json`` prints,
+mean nats per datapoint throughout); with ``out=FOLDER`` it also writes the run folder as
+``lvm-zoo fit --out`` does (locked; an earlier run refused unless ``overwrite=True``;
+``resume=True`` continues an interrupted SVI fit); ``save`` writes a fit made in memory::
 
     fitted = api.fit("gmm", data="old-faithful", inference="em", components=2)
     fitted.metrics["test_log_likelihood"]
@@ -18,14 +20,27 @@ import dataclasses
 
 from inference import strategies
 from inference.catalog import get_model, models
-from inference.compare import compare, strategy_grid
 from inference.data import DataRequest, LoadedData, choose_device
 from inference.data import load as load_data
-from inference.fitting import Fitted, evaluate_run, fit, save
-from inference.svi import ELBOS
+from inference.fitting import FitPlan, Fitted, fit, plan, run, save
+from inference.reevaluate import evaluate_run
 from zoo import datasets
 
 evaluate = evaluate_run
+
+
+def compare(model, **arguments) -> list[dict]:
+    """Every applicable strategy on one split (:func:`inference.compare.compare`)."""
+    from inference.compare import compare as compare_strategies
+
+    return compare_strategies(model, **arguments)
+
+
+def strategy_grid(spec, config=None, x=None, **grid_options):
+    """The comparison's cells for ``spec`` (:func:`inference.compare.strategy_grid`)."""
+    from inference.compare import strategy_grid as grid
+
+    return grid(spec, config, x, **grid_options)
 
 
 def load(run_dir, model: str | None = None, device: str = "cpu"):
@@ -39,14 +54,16 @@ def load(run_dir, model: str | None = None, device: str = "cpu"):
 
 load_estimator = load
 
-__all__ = ["DataRequest", "Fitted", "LoadedData", "catalogue", "choose_device", "compare",
-           "evaluate", "fit", "get_model", "load", "load_data", "load_estimator", "save",
-           "strategy_grid"]
+__all__ = ["DataRequest", "FitPlan", "Fitted", "LoadedData", "catalogue", "choose_device",
+           "compare", "evaluate", "fit", "get_model", "load", "load_data", "load_estimator",
+           "plan", "run", "save", "strategy_grid"]
 
 
 def catalogue() -> dict:
     """What `lvm-zoo list` shows: models, inference strategies with their options, ELBO
     estimators, datasets."""
+    from inference.svi import ELBOS
+
     return {
         "models": {name: {"summary": spec.summary,
                           "inference": strategies.applicable(spec),

@@ -11,7 +11,11 @@ model's spec with its guides filled in (``spec.guides``, ``spec.default_guide``,
 3. the guides registered for the family's name from ``guides/`` (built-ins, or a test or user
    file that adds one to a built-in model).
 
-Everything in ``inference`` that needs guides asks here, never ``zoo.registry`` directly.
+Every guide reaches ``spec.guides`` as a :class:`guides.registry.GuideEntry` (callable as its
+factory, with its ``elbo``, ``default`` and ``per_datapoint``), whichever source it came from.
+
+Everything in ``inference`` that looks a model up asks here, never ``zoo.registry`` directly
+(``inference`` still imports the zoo's types, capability names and model functions).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import dataclasses
 
 from guides import registry as guide_registry
 from guides.generic import generic_guides
+from guides.registry import GuideEntry
 from zoo import registry
 from zoo.declare import check_guide_defaults
 from zoo.registry import ModelSpec
@@ -37,12 +42,17 @@ def join(spec: ModelSpec) -> ModelSpec:
         factories, generic_elbos = generic_guides(spec.declared_sites)
         elbos = {**generic_elbos, **elbos}
         check_guide_defaults(spec.name, factories, spec.default_guide, spec.default_elbo)
-    for name, entry in guide_registry.registered(spec.name).items():
-        factories[name] = entry.factory
-        elbos.setdefault(name, entry.elbo)
+    entries: dict[str, GuideEntry] = {
+        name: guide_registry.entry(name, factory, elbo=elbos.get(name, "Trace_ELBO"),
+                                   default=name == spec.default_guide)
+        for name, factory in factories.items()}
+    for name, item in guide_registry.registered(spec.name).items():
+        entries[name] = dataclasses.replace(item, elbo=elbos.get(name, item.elbo))
     default = spec.default_guide or guide_registry.default_for(spec.name)
-    joined = dataclasses.replace(spec, guides=factories, default_elbo=elbos,
-                                 default_guide=default)
+    entries = {name: dataclasses.replace(item, default=name == default)
+               for name, item in entries.items()}
+    joined = dataclasses.replace(spec, guides=entries, default_guide=default,
+                                 default_elbo={name: e.elbo for name, e in entries.items()})
     object.__setattr__(joined, _JOINED, True)
     return joined
 
@@ -50,6 +60,11 @@ def join(spec: ModelSpec) -> ModelSpec:
 def get_model(name: str | ModelSpec) -> ModelSpec:
     """A model by registry name or ``path/to/file.py:NAME``, with its guides."""
     return join(name if isinstance(name, ModelSpec) else registry.get_model(name))
+
+
+def guide_entry(spec: ModelSpec, guide: str) -> GuideEntry:
+    """The typed entry of ``spec``'s guide ``guide`` (a KeyError if it has none)."""
+    return join(spec).guides[guide]
 
 
 def models() -> dict[str, ModelSpec]:

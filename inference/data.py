@@ -135,3 +135,58 @@ def load(request: DataRequest, spec: ModelSpec) -> LoadedData:
         dequantize=request.dequantize)
     return LoadedData(request, dataset, dataset.train.to(target), dataset.test.to(target),
                       target)
+
+
+def random_streams(device: torch.device) -> dict:
+    """The torch random streams a draw on ``device`` takes from (the CPU's, and the CUDA
+    device's when it is one): what a fit owns, checkpoints and hands back."""
+    state = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_random_streams(state: dict, device: torch.device) -> None:
+    """Make ``state`` (of :func:`random_streams`) the process's current streams."""
+    torch.set_rng_state(state["rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+class DynamicBinarization:
+    """``--binarize dynamic`` on the training rows: a fresh Bernoulli draw of ``x : (N, D)``
+    (grayscale in [0, 1]) every epoch of ``steps_per_epoch`` steps, from the current torch
+    stream (a fit's own: :class:`inference.svi_step.SVIStep` swaps it in). The streams as they
+    were before an epoch's draw are kept (:meth:`state`), so that a resume mid-epoch redraws the
+    same rows (:meth:`restore`). ``binarize=None`` (or ``"static"``, already applied by the
+    loader) leaves ``x`` as it is."""
+
+    def __init__(self, x: torch.Tensor, steps_per_epoch: int, binarize: str | None = "dynamic"):
+        self.x, self.steps_per_epoch = x, steps_per_epoch
+        self.dynamic = binarize == "dynamic"
+        self.streams = random_streams(x.device)
+        self.data = self._draw()
+
+    def _draw(self) -> torch.Tensor:
+        return datasets.dynamic_binarize(self.x) if self.dynamic else self.x
+
+    def before(self, step: int, first: int) -> torch.Tensor:
+        """The rows step ``step`` fits (0-based; ``first``: this run's first step, which keeps
+        the rows drawn at the start or on resume)."""
+        if self.dynamic and step % self.steps_per_epoch == 0 and step > first:
+            self.streams = random_streams(self.x.device)
+            self.data = self._draw()
+        return self.data
+
+    def state(self) -> dict:
+        return {"epoch_rng": self.streams} if self.dynamic else {}
+
+    def restore(self, streams: dict) -> None:
+        """Redraw the epoch of a checkpoint (``streams``: one rank's, with ``epoch_rng``), then
+        continue from its streams."""
+        if not self.dynamic:
+            return
+        self.streams = streams.get("epoch_rng", self.streams)
+        set_random_streams(self.streams, self.x.device)
+        self.data = self._draw()
+        set_random_streams(streams, self.x.device)

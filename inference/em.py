@@ -38,6 +38,10 @@ from zoo.registry import ModelSpec, Params
 TOL = 1e-6  # nats per datapoint: scikit-learn's GaussianMixture stops at 1e-3
 MAX_ITER = 500  # EM updates: scikit-learn's GaussianMixture stops at 100
 STEP_GROWTH = 4.0  # SQUAREM's step bound |α| grows (shrinks) by this when it binds (fails)
+# history indices whose parameters the fit keeps for figures (Bishop's "L = 1, 2, 5, 20"
+# picture), so that no figure re-runs EM; kept only while the parameters are this small
+SNAPSHOT_ITERATIONS = (0, 3, 5, 16)
+SNAPSHOT_MAX_ELEMENTS = 1 << 22
 
 
 def accelerates_by_default(spec: ModelSpec) -> bool:
@@ -58,6 +62,7 @@ def fit_em(
     accelerate: bool | None = None,
     seed: int = 0,
     progress: bool = False,
+    previous: float | None = None,
 ) -> FitResult:
     """Fit ``spec`` to ``x : (N, D)`` by EM; returns the best of ``n_init`` restarts.
 
@@ -66,7 +71,10 @@ def fit_em(
     iteration changes the mean log p(x) by less (scikit-learn's rule and unit); with
     ``accelerate`` an iteration is one SQUAREM step (two EM updates, an extrapolation and a
     stabilizing update). ``max_iter`` bounds the EM updates (M-steps). ``accelerate=None``
-    takes the model's default (:func:`accelerates_by_default`).
+    takes the model's default (:func:`accelerates_by_default`). ``previous`` (plain EM, a
+    continued fit): the log-likelihood of the E-step before the start's last M-step, against
+    which the first iteration's change is measured (scikit-learn's warm start), so that fits
+    of ``max_iter=1`` in a row can converge.
 
     ``history["log_likelihood"]`` is the mean log p(x) at every point EM kept, the start first
     and the returned parameters' last, so it has ``steps + 1`` entries. Without acceleration
@@ -75,6 +83,27 @@ def fit_em(
     never decreases at all. ``info`` counts the EM updates, the E-steps (the cost) and the
     extrapolations kept and rejected.
     """
+    method = _checked_init(spec, n_init, max_iter, init)
+    if accelerate is None:
+        accelerate = accelerates_by_default(spec)
+    rows = x if isinstance(x, Rows) else Rows(x, group=distributed.current())
+    start = time.perf_counter()
+    data = _EMData(spec, config, rows)
+    generator = torch.Generator(device=rows.device).manual_seed(seed)
+    runs = _restarts(data, method, generator, n_init, tol, max_iter, accelerate, progress,
+                     previous)
+    run, restart, finals = _best_restart(runs)
+    if not run.converged:
+        _warn_unconverged(spec, run.history, max_iter, tol)
+    return _em_result(spec, rows, run, time.perf_counter() - start, seed, method,
+                      n_init=n_init, best_restart=restart, restart_log_likelihoods=finals,
+                      tol=tol, max_iter=max_iter, accelerate=accelerate)
+
+
+def _checked_init(spec: ModelSpec, n_init: int, max_iter: int, init):
+    """The start :func:`fit_em` uses (an init method's name or a ``Params`` dict), after
+    InputErrors naming a model without EM steps, a bad ``n_init`` or ``max_iter``, restarts
+    from given parameters or an unknown init method."""
     if spec.em is None:
         raise InputError(f"model '{spec.name}' has no EM steps; `lvm-zoo list` shows the "
                          "inference methods that apply to it")
@@ -88,55 +117,83 @@ def fit_em(
     if isinstance(method, str) and method not in spec.em.init_methods:
         raise InputError(f"unknown EM init '{method}' for {spec.name}; choose one of: "
                          + ", ".join(spec.em.init_methods))
-    if accelerate is None:
-        accelerate = accelerates_by_default(spec)
-    rows = x if isinstance(x, Rows) else Rows(x, group=distributed.current())
-    start = time.perf_counter()
-    data = _EMData(spec, config, rows)
-    generator = torch.Generator(device=rows.device).manual_seed(seed)
-    best = None
-    finals = []
+    return method
+
+
+def _restarts(data: _EMData, method, generator: torch.Generator, n_init: int, tol: float,
+              max_iter: int, accelerate: bool, progress: bool, previous: float | None):
+    """Each restart's :class:`_Run`, in order: a start (``method``, drawn from ``generator``)
+    and EM or SQUAREM from it. The progress bar shows the first restart; ``previous`` applies
+    to the first restart only; SQUAREM's coordinates are read once, at the first start."""
     coordinates = None
     for restart in range(n_init):
         params = (dict(method) if isinstance(method, dict) else data.init(generator, method))
-        bar = tqdm(total=max_iter, desc=f"EM {spec.name}", leave=False,
+        bar = tqdm(total=max_iter, desc=f"EM {data.spec.name}", leave=False,
                    disable=not (progress and restart == 0))
         if accelerate:
             if coordinates is None:
-                coordinates = _Coordinates.of(spec, config, params, rows.probe())
+                coordinates = _Coordinates.of(data.spec, data.config, params,
+                                              data.rows.probe())
             run = _squarem_run(data, params, tol, max_iter, bar, coordinates)
         else:
-            run = _em_run(data, params, tol, max_iter, bar)
+            run = _em_run(data, params, tol, max_iter, bar,
+                          previous if restart == 0 else None)
         bar.close()
+        yield run
+
+
+
+def _best_restart(runs) -> tuple[_Run, int, list]:
+    """The run of highest final log p(x) (the first of equals), its index, and every run's
+    final log p(x), in order."""
+    best, finals = None, []
+    for restart, run in enumerate(runs):
         finals.append(run.history[-1])
         if best is None or run.history[-1] > best[0].history[-1]:
             best = (run, restart)
-    run, restart = best
-    history = run.history
-    if not run.converged:
-        change = abs(history[-1] - history[-2]) if len(history) > 1 else math.inf
-        warnings.warn(
-            f"EM on {spec.name} did not converge in max_iter={max_iter} iterations (last change "
-            f"{change:.3g} nats per datapoint, tol={tol:g}); raise max_iter (--max-iter), loosen "
-            "tol, or try more restarts (n_init) / another init", ConvergenceWarning, stacklevel=2)
+    return (*best, finals)
+
+def _warn_unconverged(spec: ModelSpec, history: list, max_iter: int, tol: float) -> None:
+    """The ``ConvergenceWarning`` of a best restart that did not converge, raised at the
+    caller of :func:`fit_em`."""
+    change = abs(history[-1] - history[-2]) if len(history) > 1 else math.inf
+    warnings.warn(
+        f"EM on {spec.name} did not converge in max_iter={max_iter} iterations (last change "
+        f"{change:.3g} nats per datapoint, tol={tol:g}); raise max_iter (--max-iter), loosen "
+        "tol, or try more restarts (n_init) / another init", ConvergenceWarning, stacklevel=3)
+
+
+def _em_result(spec: ModelSpec, rows: Rows, run: _Run, seconds: float, seed: int, method,
+               **settings) -> FitResult:
+    """The :class:`FitResult` of :func:`fit_em` from its best run; ``settings`` (the restarts
+    and the stopping rule) go into ``info``, before the run's cost."""
     return FitResult(
         model=spec.name, inference="em", guide=None, params=run.params,
-        history={"log_likelihood": history}, seconds=time.perf_counter() - start,
-        steps=len(history) - 1, converged=run.converged, device=str(rows.device), seed=seed,
-        info={**rows.describe(), "n_init": n_init, "best_restart": restart,
-              "restart_log_likelihoods": finals,
-              "tol": tol, "max_iter": max_iter, "accelerate": accelerate,
+        history={"log_likelihood": run.history}, seconds=seconds,
+        steps=len(run.history) - 1, converged=run.converged, device=str(rows.device),
+        seed=seed, snapshots=run.snapshots,
+        info={**rows.describe(), **settings,
               "em_updates": run.updates, "e_steps": run.e_steps,
               "extrapolations_kept": run.kept, "extrapolations_rejected": run.rejected,
               "init": method if isinstance(method, str) else "given"})
 
-
 class _Run:
     """One restart's outcome: the parameters, the history and what it cost."""
 
-    def __init__(self, params, history, converged, updates, e_steps, kept=0, rejected=0):
+    def __init__(self, params, history, converged, updates, e_steps, kept=0, rejected=0,
+                 snapshots=None):
         self.params, self.history, self.converged = params, history, converged
         self.updates, self.e_steps, self.kept, self.rejected = updates, e_steps, kept, rejected
+        self.snapshots = snapshots or {}
+
+
+def _keep(snapshots: dict, history: list, params: Params) -> None:
+    """Keep ``params`` (the point of ``history[-1]``) if its index is a snapshot's and the
+    parameters are small: references only, the M-step makes new tensors."""
+    index = len(history) - 1
+    if index in SNAPSHOT_ITERATIONS and sum(
+            v.numel() for v in params.values()) <= SNAPSHOT_MAX_ELEMENTS:
+        snapshots[index] = params
 
 
 class _EMData:
@@ -221,23 +278,28 @@ def finite(log_likelihood, what: str, where: str) -> float:
     return value
 
 
-def _em_run(data: _EMData, params, tol, max_iter, bar) -> _Run:
+def _em_run(data: _EMData, params, tol, max_iter, bar, previous: float | None = None) -> _Run:
     """Plain EM, scikit-learn's loop: stop when the E-step's log-likelihood changed by less
     than ``tol``, after the M-step that followed it (so ``steps`` is scikit-learn's n_iter_)."""
     history: list[float] = []
+    snapshots: dict = {}
     converged = False
     for _ in range(max_iter):
         statistics, log_likelihood = _evaluate(data, params, len(history) + 1)
-        params = data.m_step(statistics)
         history.append(log_likelihood)
+        _keep(snapshots, history, params)
+        params = data.m_step(statistics)
         bar.update()
         bar.set_postfix(log_likelihood=f"{history[-1]:.5f}")
-        if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
+        before = history[-2] if len(history) > 1 else previous
+        if before is not None and abs(history[-1] - before) < tol:
             converged = True
             break
     _, final = _evaluate(data, params, len(history) + 1)
     history.append(final)
-    return _Run(params, history, converged, len(history) - 1, len(history))
+    _keep(snapshots, history, params)
+    return _Run(params, history, converged, len(history) - 1, len(history),
+                snapshots=snapshots)
 
 
 def _squarem_run(data: _EMData, params, tol, max_iter, bar, coordinates) -> _Run:
@@ -248,58 +310,96 @@ def _squarem_run(data: _EMData, params, tol, max_iter, bar, coordinates) -> _Run
     One iteration, for ``tol``, is one SQUAREM step: its gain in log p(x) from ``θ0`` to the
     point kept. An EM update cannot lower log p(x); one that does is rounding, so the run
     stops there, at the better point before it."""
-    statistics, current = _evaluate(data, params, 0)
-    history = [current]
-    cost = {"updates": 0, "e_steps": 1, "kept": 0, "rejected": 0}
-    bound = 1.0
-    converged = False
+    run = _Squarem(data, params, tol, max_iter, bar, coordinates)
+    while run.updates < max_iter and not run.converged:
+        run.iterate()
+    return _Run(run.point[0], run.history, run.converged, run.updates, run.e_steps, run.kept,
+                run.rejected, run.snapshots)
 
-    def update(statistics):
-        new = data.m_step(statistics)
-        cost["updates"] += 1
-        cost["e_steps"] += 1
-        bar.update()
-        return (new, *_evaluate(data, new, cost["updates"]))
 
-    while cost["updates"] < max_iter and not converged:
-        start = (params, statistics, current)
-        points = [start]
+class _Squarem:
+    """One SQUAREM run in progress: the point kept, ``(params, statistics, log p(x))``, the
+    history of the points kept, the step bound, and the cost so far (EM updates, E-steps,
+    extrapolations kept and rejected)."""
+
+    def __init__(self, data: _EMData, params, tol, max_iter, bar, coordinates):
+        self.data, self.tol, self.max_iter = data, tol, max_iter
+        self.bar, self.coordinates = bar, coordinates
+        statistics, current = _evaluate(data, params, 0)
+        self.point = (params, statistics, current)
+        self.history = [current]
+        self.snapshots: dict = {}
+        _keep(self.snapshots, self.history, params)
+        self.updates, self.e_steps, self.kept, self.rejected = 0, 1, 0, 0
+        self.bound = 1.0
+        self.converged = False
+
+    def iterate(self) -> None:
+        """One SQUAREM step: two EM updates, then (if both were made and gained) the
+        extrapolation; converged when the step gained less than ``tol``."""
+        start = self.point
+        points = self.em_updates()
+        if len(points) == 3 and not self.converged and self.updates < self.max_iter:
+            self.extrapolate(points)
+        self.bar.set_postfix(log_likelihood=f"{self.point[2]:.5f}")
+        if abs(self.point[2] - start[2]) < self.tol:
+            self.converged = True
+
+    def em_updates(self) -> list:
+        """Up to two EM updates from the point kept (within ``max_iter``): the points, the
+        start first; an update that lowers log p(x) is rounding: the run stops before it."""
+        points = [self.point]
         for _ in range(2):
-            if cost["updates"] == max_iter:
+            if self.updates == self.max_iter:
                 break
-            point = update(points[-1][1])
+            point = self.em_update(points[-1][1])
             if point[2] < points[-1][2]:  # rounding: stop at the better point
-                converged = True
+                self.converged = True
                 break
             points.append(point)
-            history.append(point[2])
-        params, statistics, current = points[-1]
-        if len(points) == 3 and not converged and cost["updates"] < max_iter:
-            step = _squarem_step(coordinates, *(p[0] for p in points), bound)
-            if step is not None:
-                alpha, jumped = step
-                kept = False
-                if jumped is not None:
-                    cost["updates"] += 1  # the stabilizing update, made or not, counts as one
-                    bar.update()
-                    stabilized, used = _stabilized(data, jumped)
-                    cost["e_steps"] += used
-                    if stabilized is not None and stabilized[2] >= current:
-                        params, statistics, current = stabilized
-                        history.append(current)
-                        cost["kept"] += 1
-                        kept = True
-                    else:
-                        cost["rejected"] += 1
-                if alpha <= -bound:
-                    bound = bound * STEP_GROWTH if jumped is None or kept else max(
-                        1.0, bound / STEP_GROWTH)
-        bar.set_postfix(log_likelihood=f"{current:.5f}")
-        if abs(current - start[2]) < tol:
-            converged = True
-    return _Run(params, history, converged, cost["updates"], cost["e_steps"], cost["kept"],
-                cost["rejected"])
+            self.accept(point)
+        return points
 
+    def em_update(self, statistics):
+        """The M-step from ``statistics`` and the E-step at its parameters."""
+        new = self.data.m_step(statistics)
+        self.updates += 1
+        self.e_steps += 1
+        self.bar.update()
+        return (new, *_evaluate(self.data, new, self.updates))
+
+    def accept(self, point) -> None:
+        """Keep ``point``: it is the run's, and the history's last entry."""
+        self.point = point
+        self.history.append(point[2])
+        _keep(self.snapshots, self.history, point[0])
+
+    def extrapolate(self, points: list) -> None:
+        """S3's extrapolation from ``θ0, θ1, θ2`` and its stabilizing update, kept if no worse
+        than ``θ2``; the step bound grows where it bound and the step was kept (or was the
+        EM update itself, ``α = -1``), and shrinks where it bound and the step was rejected."""
+        step = _squarem_step(self.coordinates, *(p[0] for p in points), self.bound)
+        if step is None:
+            return
+        alpha, jumped = step
+        kept = jumped is None or self.stabilize(jumped)
+        if alpha <= -self.bound:
+            self.bound = self.bound * STEP_GROWTH if kept else max(
+                1.0, self.bound / STEP_GROWTH)
+
+    def stabilize(self, jumped: Params) -> bool:
+        """The stabilizing EM update from the extrapolated point (made or not, it counts as
+        one update); whether its result was kept (no worse than the point kept)."""
+        self.updates += 1
+        self.bar.update()
+        stabilized, used = _stabilized(self.data, jumped)
+        self.e_steps += used
+        if stabilized is not None and stabilized[2] >= self.point[2]:
+            self.accept(stabilized)
+            self.kept += 1
+            return True
+        self.rejected += 1
+        return False
 
 def _squarem_step(coordinates, first: Params, middle: Params, last: Params, bound: float):
     """S3's ``α = -|r| / |v|``, clipped to ``[-bound, -1]``, and the extrapolated point

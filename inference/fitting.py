@@ -1,9 +1,17 @@
-"""One fit, in memory: choose the strategy, fit, judge; saving is a separate step.
+"""One fit: planned once, run once, saved once.
 
-:func:`fit` returns a :class:`Fitted` (the spec, config, data, the strategy's options, the
-:class:`~inference.results.FitResult` and the yardstick's metrics) and writes nothing;
-:func:`save` writes its run directory; :func:`evaluate_run` recomputes a saved run's metrics
-from its files alone. The command line, the Python API and the comparison all fit through here.
+- :func:`plan` checks everything that can be checked before data are loaded or work is done
+  (the model, the strategy, the guide, the options, the data request, the run folder) and
+  returns a frozen :class:`FitPlan`;
+- :func:`run` loads the data, fits, judges and returns a :class:`Fitted` (in memory; with a
+  run folder, the training is written before the yardstick runs, so that an evaluation that
+  fails never loses it);
+- :func:`save` writes a :class:`Fitted`'s run folder and changes nothing else;
+- :func:`execute` is the three in a run folder's life (:class:`~inference.run_folder.RunFolder`:
+  lock, resume, overwrite, rank 0 under torchrun).
+
+The command line, the Python API, the comparison and ``check`` all plan through here;
+:func:`fit` is ``run(plan(...))``.
 """
 
 from __future__ import annotations
@@ -11,57 +19,104 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from inference import posterior_export as export
-from inference import strategies
+from inference import distributed, strategies
 from inference.catalog import get_model
-from inference.data import DTYPES, DataRequest, LoadedData, load
+from inference.data import DataRequest, LoadedData, load
 from inference.evaluate import evaluate_fit
-from inference.figures import MODEL_FIGURES, load_model_figures, plot_curves
-from inference.results import FitResult
-from inference.runs import check_writable, fresh_folder, load_run, save_run
+from inference.fit_posterior import (
+    NutsCheck,
+    check_nuts_reference,
+    nuts_check,
+    posterior_summary,
+    write_posteriors,
+)
+from inference.fit_posterior import global_posterior as _global_posterior
+from inference.results import FitRecord, FitResult
+from inference.run_folder import EvaluationFailed, RunFolder, Target, write_settings
+from inference.runs import CHECKPOINT_FILE, fresh_folder, save_run, write_json
 from inference.strategies import FitContext, Strategy
-from zoo import registry
 from zoo.dglvm import bits_per_dim
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, model_reference
 
 DEFAULT_IWAE_SAMPLES = 1000
+TEST_FRACTION = 0.2  # held-out share by default; 0 for models with global latents
 
 
-@dataclass
-class Fitted:
-    """A fitted model and its judgement, in memory (nothing written yet)."""
+@dataclass(frozen=True)
+class FitPlan:
+    """One fit, checked and settled before any data or work: what :func:`run` does."""
 
     spec: ModelSpec
-    config: object
-    data: LoadedData
     strategy: Strategy
-    options: object  # the strategy's Options
-    result: FitResult
-    metrics: dict
+    guide: str | None  # the guide (the model's default filled in) for a strategy with one
+    options: object  # the strategy's validated Options
+    model_options: dict  # the model's config fields given (None: the default)
+    data: DataRequest
     seed: int = 0
     iwae_samples: int = DEFAULT_IWAE_SAMPLES
-    extra: dict = field(default_factory=dict)  # more record fields (the comparison's)
-    run_dir: Path | None = None  # set by :func:`save`
-    nuts_draws: object = None  # NUTS reference draws (:func:`nuts_check`), saved by :func:`save`
+    folder: RunFolder | None = None  # where the fit is saved (None: in memory)
+    checkpoint: Path | None = None  # a fit without a folder may still checkpoint here
+    resume: bool = False
+    progress: bool = False
+    reference: str | None = None  # "nuts": NUTS beside a Bayesian model's global posterior
+    nuts_options: tuple = (None, None, None)  # NUTS samples, warm-up, chains (None: default)
+    posterior: bool = False  # draw the global latents' posterior (saved as posterior.nc)
+    figures: bool = True
+
+    def settings(self) -> dict:
+        """What a resumed fit must share with this one (settings.json, run.json)."""
+        return {"model": self.spec.name, "inference": self.strategy.name, "guide": self.guide,
+                "seed": self.seed, "data": self.data.to_dict(),
+                "options": {k: v for k, v in vars(self.options).items() if v is not None}}
+
+    def config_for(self, dim: int) -> dict:
+        """The config asked for, on data of dimension ``dim`` (for the resume check)."""
+        return dataclasses.asdict(self.spec.make_config(dim=dim, **self.model_options))
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted model and its judgement, in memory (:func:`save` writes it)."""
+
+    plan: FitPlan
+    config: object
+    data: LoadedData
+    result: FitResult
+    metrics: dict  # the yardstick's (mean nats per datapoint)
+    posterior: object = None  # ArviZ InferenceData of the global latents, when drawn
+    nuts: NutsCheck | None = None  # ``reference="nuts"``
+
+    spec = property(lambda self: self.plan.spec)
+    strategy = property(lambda self: self.plan.strategy)
+    options = property(lambda self: self.plan.options)
+    seed = property(lambda self: self.plan.seed)
+    iwae_samples = property(lambda self: self.plan.iwae_samples)
+
+    def fit_record(self, **fields) -> FitRecord:
+        """The typed record; ``fields`` set more of it (``run_dir``, ``measures``, ...)."""
+        result, data = self.result, self.data
+        return FitRecord(
+            model=self.spec.name, guide=result.guide, inference=result.inference,
+            data=data.dataset.name, n_train=int(data.train.shape[0]),
+            n_test=int(data.test.shape[0]), metrics=dict(self.metrics), seconds=result.seconds,
+            steps=result.steps, converged=result.converged, device=result.device,
+            world_size=result.info.get("world_size", 1), backend=result.info.get("backend"),
+            chunk_rows=data.chunk_rows, seed=self.seed,
+            test_fraction=data.request.test_fraction if self.spec.global_sites else None,
+            nuts_reference=None if self.nuts is None else self.nuts.summary,
+            posterior_summary=(None if self.posterior is None
+                               else posterior_summary(self.spec, self.posterior)), **fields)
 
     @property
     def record(self) -> dict:
-        """The JSON record (``lvm-zoo fit --json``): mean nats per datapoint throughout."""
-        result, data = self.result, self.data
-        return {"model": self.spec.name, "guide": result.guide, "inference": result.inference,
-                "data": data.dataset.name, "n_train": int(data.train.shape[0]),
-                "n_test": int(data.test.shape[0]), **self.metrics, "seconds": result.seconds,
-                "steps": result.steps, "converged": result.converged, "device": result.device,
-                "world_size": result.info.get("world_size", 1),
-                "backend": result.info.get("backend"), "chunk_rows": self.data.chunk_rows,
-                "seed": self.seed, **self.extra,
-                "run_dir": None if self.run_dir is None else str(self.run_dir)}
+        """The JSON record (``lvm-zoo fit --json``) of the fit in memory."""
+        return self.fit_record().to_dict()
 
     def run_record(self) -> dict:
         """What ``run.json`` holds: enough to find the model, the data and the options again."""
@@ -79,6 +134,12 @@ def split_options(spec: ModelSpec, options: dict) -> tuple[dict, dict]:
     names = {f.name for f in dataclasses.fields(spec.config_class)}
     return ({k: v for k, v in options.items() if k in names},
             {k: v for k, v in options.items() if k not in names})
+
+
+def grid_option_names() -> set[str]:
+    """The strategies' grid options (SVI's ``elbos``): flags of ``compare`` only."""
+    return {f for s in strategies.strategies().values() if s.GridOptions is not None
+            for f in s.GridOptions.__dataclass_fields__}
 
 
 def make_config(spec: ModelSpec, loaded: LoadedData, model_options: dict):
@@ -118,7 +179,7 @@ def judge(spec: ModelSpec, config, result: FitResult, loaded: LoadedData, *, see
     """The yardstick's metrics (:func:`~inference.evaluate.evaluate_fit`) of a fit on
     ``loaded``, with ``bin_width`` and, on dequantized data, bits per dimension beside every
     log-density: −(log p + D log bin_width) / (D log 2), the bin probability's −log₂ per
-    value (Theis et al., 2016). :func:`fit` and :func:`evaluate_run` both judge here."""
+    value (Theis et al., 2016). :func:`run` and ``evaluate_run`` both judge here."""
     metrics = evaluate_fit(spec, config, result, loaded.train, loaded.test, seed=seed,
                            num_samples=num_samples, device=loaded.device)
     bin_width = loaded.dataset.bin_width
@@ -133,8 +194,8 @@ def judge(spec: ModelSpec, config, result: FitResult, loaded: LoadedData, *, see
 
 def prepare(spec: ModelSpec | str, *, inference: str | None = None, guide: str | None = None,
             **options) -> tuple[ModelSpec, Strategy, object, dict]:
-    """Everything about a fit that can be checked before data are loaded: the spec, the
-    strategy, its validated options, and the model's own options."""
+    """The spec, the strategy, its validated options and the model's own options: what can
+    be checked of a fit before data are loaded."""
     spec = get_model(spec)
     if inference is None and guide is not None:  # a guide asks for a strategy that takes one
         inference = next((name for name in strategies.applicable(spec)
@@ -160,42 +221,18 @@ def prepare(spec: ModelSpec | str, *, inference: str | None = None, guide: str |
     return spec, strategy, chosen, model_options
 
 
-def fit(spec: ModelSpec | str, *, inference: str | None = None, guide: str | None = None,
-        data: DataRequest | str | None = None, seed: int = 0,
-        iwae_samples: int | None = None, progress: bool = False,
-        checkpoint: str | Path | None = None, resume: bool = False,
-        loaded: LoadedData | None = None, **options) -> Fitted:
-    """Fit one model with one strategy and judge it, in memory.
+def default_test_fraction(spec: ModelSpec) -> float:
+    """A Bayesian model (global latents) gives every row to the posterior by default; other
+    models hold out :data:`TEST_FRACTION` of the rows for the held-out log-likelihood."""
+    return 0.0 if spec.global_sites else TEST_FRACTION
 
-    ``options`` are the model's config fields (``components=3``) and the strategy's options
-    (``steps``, ``lr``, ``n_init``, ...); a name neither takes is an error. ``data`` is a
-    :class:`DataRequest` or a dataset name (default: the model's); ``loaded`` reuses data
-    already loaded. ``checkpoint`` is where a long SVI fit saves its state.
-    """
-    spec, strategy, chosen, model_options = prepare(spec, inference=inference, guide=guide,
-                                                    **options)
-    if resume and (checkpoint is None or not Path(checkpoint).is_file()):
-        raise InputError(f"--resume: there is no checkpoint at {checkpoint}; fit without "
-                         "--resume, or give the --out folder of the run to continue")
-    if iwae_samples is not None and (not isinstance(iwae_samples, int) or iwae_samples < 1):
-        raise InputError(f"--iwae-samples {iwae_samples} must be a positive integer")
-    loaded = loaded or load(DataRequest.coerce(data, seed=seed) if not isinstance(
-        data, DataRequest) else data, spec)
-    config = make_config(spec, loaded, model_options)
-    if loaded.streamed and strategy.uses_guide and loaded.device.type != "cpu":
-        raise InputError(f"--inference {strategy.name} draws its minibatches from the mapped "
-                         "file on the CPU; give --device cpu for streamed rows, or load them "
-                         "in memory (leave out --chunk-rows)")
-    context = FitContext(seed=seed, progress=progress,
-                         checkpoint=None if checkpoint is None else Path(checkpoint),
-                         resume=resume, binarize=loaded.dataset.binarize,
-                         chunk_rows=loaded.chunk_rows,
-                         device=str(loaded.device) if loaded.streamed else None)
-    torch.manual_seed(seed)
-    result = strategy.fit(spec, config, loaded.train, chosen, guide=guide, context=context)
-    samples = iwae_samples or DEFAULT_IWAE_SAMPLES
-    metrics = judge(spec, config, result, loaded, seed=seed, num_samples=samples)
-    return Fitted(spec, config, loaded, strategy, chosen, result, metrics, seed, samples)
+
+def data_request(spec: ModelSpec, data: DataRequest | str | None, seed: int) -> DataRequest:
+    """The request for ``data``: a :class:`DataRequest` as given, else one for the dataset
+    name (``None``: the model's default) with the model's default held-out share."""
+    if isinstance(data, DataRequest):
+        return data
+    return DataRequest.coerce(data, seed=seed, test_fraction=default_test_fraction(spec))
 
 
 def default_run_dir(model: str, inference: str, guide: str | None, data: str,
@@ -205,90 +242,217 @@ def default_run_dir(model: str, inference: str, guide: str | None, data: str,
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def global_posterior(fitted: Fitted, num_draws: int = export.DRAWS):
-    """ArviZ InferenceData of the fit's posterior over the model's global latent sites (and a
-    few training rows' local ones), or ``None`` for a model without global latents or a fit
-    without a guide. ``export.summary(idata)`` gives mean, sd and HDI per site."""
-    spec, result = fitted.spec, fitted.result
-    if not spec.global_sites or result.guide is None or fitted.data.streamed:
-        return None
-    x = fitted.data.train
-    draws = export.draw_posterior(spec, fitted.config, result, x,
-                                  rows=export.chosen_rows(x.shape[0], seed=fitted.seed),
-                                  label=f"{result.inference} {result.guide}",
-                                  num_draws=num_draws, seed=fitted.seed)
-    if draws is None:
-        return None
-    return export.to_inference_data(draws, history=result.history,
-                                    attrs={"model": spec.name, "guide": result.guide,
-                                           "seed": fitted.seed})
+def plan(spec: ModelSpec | str, *, inference: str | None = None, guide: str | None = None,
+         data: DataRequest | str | None = None, seed: int = 0, iwae_samples: int | None = None,
+         out: str | Path | None = None, save: bool = False, overwrite: bool = False,
+         resume: bool = False, resume_anyway: bool = False, reference: str | None = None,
+         progress: bool = False, figures: bool = True, posterior: bool | None = None,
+         checkpoint: str | Path | None = None, nuts_samples: int | None = None,
+         nuts_warmup: int | None = None, nuts_chains: int | None = None,
+         **options) -> FitPlan:
+    """Check a fit before any data or work and settle it (:class:`FitPlan`).
+
+    ``options`` are the model's config fields and the strategy's options; ``data`` a
+    :class:`DataRequest` or a dataset name. ``out`` (or ``save=True``: a new folder under
+    ``runs/``) is the run folder: checked writable, an earlier run in it refused unless
+    ``overwrite``, continued with ``resume`` (refused when the optimization options differ,
+    unless ``resume_anyway``). ``posterior`` (default: when saved) draws a Bayesian model's
+    global posterior; ``reference="nuts"`` adds NUTS beside it (``nuts_samples``,
+    ``nuts_warmup`` per chain, ``nuts_chains``)."""
+    spec, strategy, chosen, model_options = prepare(spec, inference=inference, guide=guide,
+                                                    **options)
+    if strategy.uses_guide and guide is None:  # the default guide, picked here once
+        guide = spec.default_guide or next(iter(spec.guides), None)
+    if iwae_samples is not None and (isinstance(iwae_samples, bool)
+                                     or not isinstance(iwae_samples, int) or iwae_samples < 1):
+        raise InputError(f"--iwae-samples {iwae_samples} must be a positive integer")
+    if reference not in (None, "nuts"):
+        raise InputError(f"--reference {reference} is unknown; choose nuts")
+    nuts_options = (nuts_samples, nuts_warmup, nuts_chains)
+    if reference == "nuts":
+        check_nuts_reference(spec)
+        from inference.posterior_export import NutsOptions  # ArviZ only when asked for
+
+        NutsOptions.make(*nuts_options)
+    elif any(value is not None for value in nuts_options):
+        raise InputError("--nuts-samples, --nuts-warmup and --nuts-chains set the NUTS "
+                         "reference; give them with --reference nuts")
+    request = data_request(spec, data, seed)
+    settled = FitPlan(spec, strategy, guide, chosen, dict(model_options), request, seed,
+                      iwae_samples or DEFAULT_IWAE_SAMPLES, progress=progress,
+                      reference=reference, nuts_options=nuts_options, figures=figures,
+                      posterior=(out is not None or save) if posterior is None else posterior)
+    if out is None and not save:
+        return _without_folder(settled, checkpoint, resume, overwrite)
+    path = Path(out) if out is not None else _default_folder(settled)
+    folder = RunFolder(path, overwrite=overwrite, resume=resume, resume_anyway=resume_anyway)
+    folder.validate(settled.settings(), settled.config_for)
+    _check_resume_checkpoint(resume, path / CHECKPOINT_FILE)
+    return dataclasses.replace(settled, folder=folder, resume=resume)
 
 
-def check_nuts_reference(spec: ModelSpec) -> None:
-    """``fit --reference nuts`` needs global latents; say so before any work."""
-    if not spec.global_sites:
-        raise InputError(f"--reference nuts on fit checks a model's global latents, and "
-                         f"'{spec.name}' has none; use `lvm-zoo compare {spec.name} "
-                         "--reference nuts` for the local latents of chosen rows")
+def _without_folder(settled: FitPlan, checkpoint, resume: bool, overwrite: bool) -> FitPlan:
+    if overwrite:
+        raise InputError("overwrite=True replaces the run in a folder: give out=FOLDER too")
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    _check_resume_checkpoint(resume, checkpoint)
+    return dataclasses.replace(settled, checkpoint=checkpoint, resume=resume)
 
 
-def nuts_check(fitted: Fitted, *, num_samples: int = 400, warmup_steps: int = 300,
-               num_chains: int = 2) -> dict:
-    """NUTS draws of the global latents of a fitted Bayesian model (every training row, the
-    model's parameters held at the fit's), beside the fit's own posterior: per site the NUTS
-    mean and sd, the fit's mean, and R-hat / bulk ESS over the chains. Written into the run
-    folder as ``posterior-nuts.nc`` by :func:`save` when asked for (``fitted.extra``)."""
-    spec = fitted.spec
-    check_nuts_reference(spec)
-    x = fitted.data.train
-    reference = export.nuts_reference(
-        spec, fitted.config, fitted.result, x, rows=export.chosen_rows(x.shape[0]),
-        num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
-        seed=fitted.seed, label="nuts")
-    ours = global_posterior(fitted)
-    sites = []
-    for name, values in reference.globals.items():
-        draws = values.double()
-        own = (torch.as_tensor(ours.posterior[name].values).double().reshape(
-            -1, *draws.shape[1:]).mean(0) if ours is not None and name in ours.posterior
-            else None)
-        sites.append({"site": name, "nuts_mean": draws.mean(0).tolist(),
-                      "nuts_sd": draws.std(0).tolist(),
-                      "fit_mean": None if own is None else own.tolist()})
-    fitted.extra["nuts_reference"] = {"sites": sites, **reference.diagnostics}
-    fitted.nuts_draws = reference
-    return fitted.extra["nuts_reference"]
+def _check_resume_checkpoint(resume: bool, checkpoint: Path | None) -> None:
+    if resume and (checkpoint is None or not checkpoint.is_file()):
+        raise InputError(f"--resume: there is no checkpoint at {checkpoint}; fit without "
+                         "--resume, or give the --out folder of the run to continue")
+
+
+def _default_folder(settled: FitPlan) -> Path:
+    """A new time-stamped folder under ``runs/``; under torchrun, rank 0's name."""
+    path = fresh_folder(default_run_dir(settled.spec.name, settled.strategy.name,
+                                        settled.guide, settled.data.name
+                                        or settled.spec.default_data, settled.seed))
+    group = distributed.current()
+    if group is not None:  # rank 0's time-stamped name, as bytes (nothing is pickled)
+        values = {"text": torch.tensor(list(str(path).encode()), dtype=torch.uint8)}
+        shared = group.broadcast(values if group.is_main else None)
+        path = Path(bytes(shared["text"].tolist()).decode())
+    return path
+
+
+def run(plan: FitPlan, *, loaded: LoadedData | None = None, config=None,
+        target: Target | None = None) -> Fitted:
+    """Load the data (or take ``loaded``, and its ``config``), fit, judge: a :class:`Fitted`.
+    With a ``target`` (a run folder's, :func:`execute`) the checkpoints go there, and the
+    training is written before the yardstick runs."""
+    loaded = loaded or load(plan.data, plan.spec)
+    config = config or make_config(plan.spec, loaded, plan.model_options)
+    if plan.reference == "nuts":  # a model with nothing for NUTS to sample: before training
+        from inference.posterior_export import check_nuts_applies
+
+        check_nuts_applies(plan.spec, config, loaded.train)
+    if loaded.streamed and plan.strategy.uses_guide and loaded.device.type != "cpu":
+        raise InputError(f"--inference {plan.strategy.name} draws its minibatches from the "
+                         "mapped file on the CPU; give --device cpu for streamed rows, or "
+                         "load them in memory (leave out --chunk-rows)")
+    if target is not None and getattr(plan.strategy, "checkpoints", False):
+        write_settings(target, plan.settings(), config)  # what --resume is checked against
+    context = FitContext(seed=plan.seed, progress=plan.progress,
+                         checkpoint=target.checkpoint if target is not None else plan.checkpoint,
+                         resume=plan.resume, binarize=loaded.dataset.binarize,
+                         chunk_rows=loaded.chunk_rows,
+                         device=str(loaded.device) if loaded.streamed else None)
+    torch.manual_seed(plan.seed)
+    result = plan.strategy.fit(plan.spec, config, loaded.train, plan.options, guide=plan.guide,
+                               context=context)
+    trained = Fitted(plan, config, loaded, result, {})
+    metrics = _judged(trained, target)
+    posterior = nuts = None
+    if plan.posterior or plan.reference == "nuts":
+        posterior = _global_posterior(plan.spec, config, result, loaded.train, seed=plan.seed,
+                                      streamed=loaded.streamed)
+    if plan.reference == "nuts":
+        samples, warmup, chains = plan.nuts_options
+        nuts = nuts_check(plan.spec, config, result, loaded.train, seed=plan.seed,
+                          posterior=posterior, num_samples=samples, warmup_steps=warmup,
+                          num_chains=chains)
+    return Fitted(plan, config, loaded, result, metrics,
+                  posterior if plan.posterior else None, nuts)
+
+
+def _judged(trained: Fitted, target: Target | None) -> dict:
+    """The yardstick's metrics; in a run folder the training is written first, and a failed
+    evaluation is written down (``evaluation_error``) and raised as
+    :class:`EvaluationFailed`."""
+    writes = target is not None and target.writes
+    if writes:
+        with distributed.alone():
+            save_run(target.path, trained.run_record(), trained.result, None)
+    plan = trained.plan
+    try:
+        return judge(plan.spec, trained.config, trained.result, trained.data, seed=plan.seed,
+                     num_samples=plan.iwae_samples)
+    except Exception as error:  # noqa: BLE001 -- any failure of the yardstick, said once
+        if not writes:
+            raise
+        reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+        record = trained.fit_record(evaluation_error=reason, run_dir=str(target.final))
+        write_json(target.path / "metrics.json", record.to_dict())
+        raise EvaluationFailed(target.final, error) from error
+
+
+def write_run(fitted: Fitted, path: Path, *, final: Path | None = None, figures: bool = True,
+              posterior: bool = True, measures: dict | None = None) -> FitRecord:
+    """Write ``fitted``'s run folder into ``path`` (the folder ``final`` once moved into
+    place): run.json, metrics.json, params.pt, history.json, with ``figures`` its figures,
+    with ``posterior`` a Bayesian model's posterior.nc (and posterior-nuts.nc). Returns the
+    record written to metrics.json."""
+    final = path if final is None else final
+    drawn = fitted.posterior
+    if posterior and drawn is None and not fitted.plan.posterior:  # an in-memory fit
+        drawn = _global_posterior(fitted.spec, fitted.config, fitted.result, fitted.data.train,
+                                  seed=fitted.seed, streamed=fitted.data.streamed)
+    wrote = write_posteriors(path, fitted.spec, drawn if posterior else None, fitted.nuts)
+    record = fitted.fit_record(run_dir=str(final), measures=dict(measures or {}),
+                               posterior_file=str(final / "posterior.nc") if wrote else None)
+    if drawn is not None and posterior:
+        record.posterior_summary = posterior_summary(fitted.spec, drawn)
+    save_run(path, fitted.run_record(), fitted.result, record.to_dict())
+    if figures:
+        _figures(fitted, path)
+    return record
 
 
 def save(fitted: Fitted, out: str | Path | None = None, *, figures: bool = True,
-         posterior: bool = True) -> Path:
-    """Write ``fitted``'s run directory (``out``, default ``runs/<model>-<strategy>-...``):
-    run.json, metrics.json, params.pt, history.json and, with ``figures``, its figures; with
-    ``posterior``, a model with global latents also gets ``posterior.nc`` (ArviZ)."""
-    run_dir = Path(out) if out is not None else fresh_folder(default_run_dir(
+         posterior: bool = True, overwrite: bool = False) -> Path:
+    """Write ``fitted``'s run folder (``out``, default a new ``runs/<model>-<strategy>-...``)
+    through its :class:`~inference.run_folder.RunFolder`: locked, an earlier run refused
+    unless ``overwrite`` (and then kept until the new one is whole). Returns the folder."""
+    path = Path(out) if out is not None else fresh_folder(default_run_dir(
         fitted.spec.name, fitted.result.inference, fitted.result.guide,
-        fitted.data.dataset.name, fitted.seed))  # never an earlier run's folder
-    check_writable(run_dir)
-    fitted.run_dir = run_dir
-    nuts = fitted.nuts_draws
-    if nuts is not None:
-        export.save_inference_data(export.to_inference_data(nuts, attrs={
-            "model": fitted.spec.name, "reference": "nuts", **nuts.diagnostics}),
-            run_dir / export.NUTS_FILE)
-    idata = global_posterior(fitted) if posterior else None
-    if idata is not None:
-        fitted.extra["posterior_file"] = str(export.save_inference_data(
-            idata, run_dir / export.POSTERIOR_FILE))
-        fitted.extra["posterior_summary"] = export.summary(
-            idata, var_names=list(fitted.spec.global_sites)).reset_index(
-            names="site").to_dict("records")
-    save_run(run_dir, fitted.run_record(), fitted.result, fitted.record)
-    if figures:
-        _figures(fitted, run_dir)
-    return run_dir
+        fitted.data.dataset.name, fitted.seed))
+    folder = RunFolder(path, overwrite=overwrite)
+    folder.validate(fitted.plan.settings())
+    with folder.open() as target:
+        if target.writes:
+            with distributed.alone():
+                write_run(fitted, target.path, final=target.final, figures=figures,
+                          posterior=posterior)
+    return path
+
+
+def execute(plan: FitPlan, *, loaded: LoadedData | None = None,
+            config=None) -> tuple[Fitted, FitRecord]:
+    """:func:`run` the plan and, with a run folder, :func:`write_run` it there, the folder
+    locked the while: the fit and its record (with ``run_dir`` when saved)."""
+    if plan.folder is None:
+        fitted = run(plan, loaded=loaded, config=config)
+        return fitted, fitted.fit_record()
+    with plan.folder.open() as target:
+        fitted = run(plan, loaded=loaded, config=config, target=target)
+        record = fitted.fit_record(run_dir=str(target.final))
+        if target.writes:
+            with distributed.alone():
+                record = write_run(fitted, target.path, final=target.final,
+                                   figures=plan.figures, posterior=plan.posterior)
+    return fitted, record
+
+
+def fit(spec: ModelSpec | str, *, loaded: LoadedData | None = None, **arguments) -> Fitted:
+    """Fit one model with one strategy and judge it: ``run(plan(spec, **arguments))`` (see
+    :func:`plan` for the arguments); ``loaded`` reuses data already loaded. With ``out``
+    the run folder is written too."""
+    return execute(plan(spec, **arguments), loaded=loaded)[0]
+
+
+def global_posterior(fitted: Fitted, num_draws: int = 200):
+    """ArviZ InferenceData of ``fitted``'s posterior over the global latents (or ``None``)."""
+    return _global_posterior(fitted.spec, fitted.config, fitted.result, fitted.data.train,
+                             seed=fitted.seed, streamed=fitted.data.streamed,
+                             num_draws=num_draws)
 
 
 def _figures(fitted: Fitted, run_dir: Path) -> None:
+    from inference.figures import MODEL_FIGURES, load_model_figures, plot_curves
+
     load_model_figures()
     spec, result = fitted.spec, fitted.result
     key = "elbo" if "elbo" in result.history else "log_likelihood"
@@ -297,75 +461,9 @@ def _figures(fitted: Fitted, run_dir: Path) -> None:
         plot_curves({f"{result.inference} {result.guide or ''}".strip(): result.history[key]},
                     run_dir / "curves.png",
                     title=f"{spec.name} on {fitted.data.dataset.name}: {label}")
-    if spec.name in MODEL_FIGURES and not fitted.data.streamed:  # they plot every row
+    if spec.name in MODEL_FIGURES:  # they draw a bounded sample of rows, streamed or not
         MODEL_FIGURES[spec.name](fitted.data.dataset, fitted.config, result, run_dir)
 
 
-def evaluate_run(run_dir: str | Path, *, data: DataRequest | str | None = None,
-                 model: str | None = None, device: str = "auto",
-                 iwae_samples: int | None = None) -> dict:
-    """Recompute a run's metrics from its files alone. Nothing in the folder is imported or
-    unpickled: a run of a model from a user file needs that file named (``model=FILE.py``
-    or ``FILE.py:NAME``). ``data`` evaluates on another dataset of the same dimension."""
-    run, params, guide_params, saved = load_run(run_dir)
-    spec = get_model(_model_reference(run, model, run_dir))
-    source = run["data"]
-    stored = DataRequest(**{k: source.get(k, f.default) for k, f in
-                            DataRequest.__dataclass_fields__.items()
-                            if k not in ("device",)}, device=device)
-    other = None if data is None else DataRequest.coerce(data)
-    # the preprocessing is the run's; a request without a name (only --data-root) is the
-    # run's own dataset, found elsewhere, not the model's default one
-    request = (stored if other is None else dataclasses.replace(
-        other, name=other.name or stored.name, seed=stored.seed,
-        test_fraction=stored.test_fraction, binarize=stored.binarize,
-        standardize=stored.standardize, dequantize=stored.dequantize, dtype=stored.dtype,
-        device=device))
-    loaded = load(request, spec)
-    try:
-        config = spec.config_class(**{k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in run["config"].items()})
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{Path(run_dir) / 'run.json'} holds a config that model "
-                         f"'{spec.name}' does not take ({error}); it is damaged or written by "
-                         "another version: fit again") from None
-    if loaded.dataset.dim != config.dim:
-        raise InputError(f"dataset '{loaded.dataset.name}' has dimension {loaded.dataset.dim} "
-                         f"but the run was fitted on dimension {config.dim}; evaluate on data "
-                         "of that dimension")
-    dtype = DTYPES[request.dtype]
-    result = FitResult(
-        model=spec.name, inference=run["inference"], guide=run["guide"],
-        params={k: v.to(loaded.device, dtype) for k, v in params.items()},
-        guide_params={k: v.to(loaded.device, dtype) for k, v in guide_params.items()},
-        seed=run["seed"], device=str(loaded.device))
-    samples = iwae_samples or run.get("iwae_samples", DEFAULT_IWAE_SAMPLES)
-    metrics = judge(spec, config, result, loaded, seed=run["seed"], num_samples=samples)
-    return {"model": spec.name, "guide": run["guide"], "inference": run["inference"],
-            "data": loaded.dataset.name, "n_train": int(loaded.train.shape[0]),
-            "n_test": int(loaded.test.shape[0]), **metrics,
-            "seconds": saved.get("seconds"), "steps": saved.get("steps"),
-            "converged": saved.get("converged"), "device": str(loaded.device),
-            "seed": run["seed"], "run_dir": str(run_dir)}
-
-
-def _model_reference(run: dict, model: str | None, run_dir) -> str:
-    """The registry name, or the user's file: a run folder never says which code to run."""
-    reference = str(run.get("model_ref", run["model"]))
-    name = run["model"]
-    from_file = ":" in reference and reference.split(":", 1)[0].endswith(".py")
-    if model is None:
-        loaded = registry.models().get(name)
-        if from_file and loaded is not None and model_reference(loaded) == reference:
-            return name  # this process already imported that file itself
-        if from_file:
-            path = reference.rsplit(":", 1)[0]
-            raise InputError(f"run '{run_dir}' is of model '{name}' from a user file "
-                             f"({path}); a run folder never runs code: name the file yourself "
-                             f"with --model FILE.py (e.g. --model {path}) if you trust it")
-        return name
-    if ":" in model and model.split(":", 1)[0].endswith(".py"):
-        return model
-    if model.endswith(".py"):
-        return f"{model}:{name}"
-    return model
+__all__ = ["DEFAULT_IWAE_SAMPLES", "FitPlan", "Fitted", "execute", "fit", "judge",
+           "make_config", "plan", "run", "save", "split_options", "write_run"]

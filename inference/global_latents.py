@@ -23,9 +23,9 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 
-from inference.sampling import vectorized
+from inference.sampling import one_draw, particle_traces, vectorized
+from zoo.registry import DATA_PLATE
 
-DATA_PLATE = "data"
 INNER_SAMPLES = 32  # local draws per row and per θ_k in the nested estimate
 
 
@@ -54,11 +54,23 @@ def _summed(terms: list[torch.Tensor], shape: tuple[int, ...], device) -> torch.
 
 
 def global_draws(model, guide, x: torch.Tensor, global_sites: tuple[str, ...],
-                 num_samples: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                 num_samples: int, *, vectorize: bool = True
+                 ) -> tuple[dict[str, torch.Tensor] | list[dict], torch.Tensor]:
     """``num_samples`` draws θ_k ~ q (a particle plate at dim −2) and their log-weights
-    log p(θ_k) − log q(θ_k), shape ``(K,)``."""
+    log p(θ_k) − log q(θ_k), shape ``(K,)``. With ``vectorize=False`` (a model that does not
+    broadcast over particles) the draws are taken one at a time and come back as a list of
+    one ``{site: value}`` per draw, in the shapes the model sees without particles."""
     rows = torch.arange(min(2, x.shape[0]), device=x.device)
     kwargs = {"num_data": x.shape[0], "subsample_size": rows.numel()}
+    if not vectorize:
+        draws, ratios = [], []
+        with torch.no_grad(), poutine.block():
+            for _ in range(num_samples):
+                guide_trace, model_trace = one_draw(model, guide, x, kwargs, {DATA_PLATE: rows})
+                draws.append({name: guide_trace.nodes[name]["value"] for name in global_sites})
+                ratios.append(_summed(_site_terms(model_trace, False), (), x.device)
+                              - _summed(_site_terms(guide_trace, False), (), x.device))
+        return draws, torch.stack(ratios)
     particles = partial(vectorized, num_particles=num_samples)
     with torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(poutine.condition(particles(guide), {DATA_PLATE: rows})
@@ -72,42 +84,44 @@ def global_draws(model, guide, x: torch.Tensor, global_sites: tuple[str, ...],
     return values, log_prior - log_q
 
 
-def row_log_likelihoods(model, guide, x: torch.Tensor, values: dict[str, torch.Tensor],
-                        num_samples: int, *, local: bool,
-                        max_elements: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every draw θ_k (``values``, particle dim first) and row n: log p̂(x_n | θ_k) and
-    its ELBO counterpart, both ``(K, N)``. Without local latents the two are the exact
-    log p(x_n | θ_k); with them, an importance-sampling estimate over ``INNER_SAMPLES`` draws
-    of z (logmeanexp) and the mean of the same log-weights."""
-    if not local:
+def _each(values: dict[str, torch.Tensor] | list[dict], num_samples: int) -> list[dict]:
+    """One ``{site: θ_k}`` per draw, from stacked values (particle dim first) or a list."""
+    if isinstance(values, list):
+        return values
+    return [{name: value[k] for name, value in values.items()} for k in range(num_samples)]
+
+
+def row_log_likelihoods(model, guide, x: torch.Tensor, values, num_samples: int, *,
+                        local: bool, max_elements: int = 2**24,
+                        vectorize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every draw θ_k (``values``: particle dim first, or a list of draws) and row n:
+    log p̂(x_n | θ_k) and its ELBO counterpart, both ``(K, N)``. Without local latents the
+    two are the exact log p(x_n | θ_k); with them, an importance-sampling estimate over
+    ``INNER_SAMPLES`` draws of z (logmeanexp) and the mean of the same log-weights.
+    ``vectorize=False`` takes the draws of θ (and of z) one at a time."""
+    if not local and vectorize:
         estimate = _rows_given_theta(model, guide, x, values, num_samples, max_elements)
         return estimate, estimate
     estimates, elbos = [], []
-    for k in range(num_samples):  # θ_k fixed; the inner draws of z are vectorized
-        theta = {name: value[k] for name, value in values.items()}
-        inner = _rows_given_theta(model, guide, x, theta, INNER_SAMPLES, max_elements,
-                                  local_guide_terms=True)
-        estimates.append(torch.logsumexp(inner, 0) - math.log(INNER_SAMPLES))
+    for theta in _each(values, num_samples):  # θ_k fixed; the inner draws of z
+        inner = _rows_given_theta(model, guide, x, theta, INNER_SAMPLES if local else 1,
+                                  max_elements, local_guide_terms=local, vectorize=vectorize)
+        estimates.append(torch.logsumexp(inner, 0) - math.log(inner.shape[0]))
         elbos.append(inner.mean(0))
     return torch.stack(estimates), torch.stack(elbos)
 
 
 def _rows_given_theta(model, guide, x, theta, num_samples, max_elements,
-                      local_guide_terms: bool = False) -> torch.Tensor:
+                      local_guide_terms: bool = False, vectorize: bool = True) -> torch.Tensor:
     """``(num_samples, N)``: per-row log p(x_n, z_n | θ) − log q(z_n | x_n) with the model's
     global sites held at ``theta`` (chunks of rows, the data plate conditioned on them)."""
     row_size = max(1, x[0].numel())
     rows_per_chunk = max(1, max_elements // (row_size * num_samples))
-    particles = partial(vectorized, num_particles=num_samples)
     out = []
     for rows in torch.arange(x.shape[0], device=x.device).split(rows_per_chunk):
-        kwargs = {"num_data": x.shape[0], "subsample_size": rows.numel()}
         with torch.no_grad(), poutine.block():
-            guide_trace = poutine.trace(poutine.condition(
-                particles(guide), {DATA_PLATE: rows})).get_trace(x, **kwargs)
-            model_trace = poutine.trace(poutine.replay(poutine.condition(
-                particles(model), {DATA_PLATE: rows, **theta}), trace=guide_trace)
-            ).get_trace(x, **kwargs)
+            guide_trace, model_trace = particle_traces(model, guide, x, rows, num_samples,
+                                                       vectorize=vectorize, condition=theta)
         shape = (num_samples, rows.numel())
         total = _summed(_site_terms(model_trace, True), shape, x.device)
         if local_guide_terms:
@@ -119,13 +133,15 @@ def _rows_given_theta(model, guide, x, theta, num_samples, max_elements,
 @torch.no_grad()
 def global_yardstick(model, guide, x_train: torch.Tensor, x_test: torch.Tensor | None,
                      global_sites: tuple[str, ...], *, local: bool,
-                     num_samples: int) -> dict:
+                     num_samples: int, vectorize: bool = True) -> dict:
     """Mean nats per datapoint: ``train_log_likelihood`` (joint evidence / N),
     ``test_log_likelihood`` (posterior predictive), ``elbo`` (whole-data ELBO / N), and the
-    ``log_likelihood_method`` used."""
+    ``log_likelihood_method`` used. ``vectorize=False``: draws one at a time."""
     outer = num_samples if not local else max(1, min(num_samples, 64))
-    values, log_ratio = global_draws(model, guide, x_train, global_sites, outer)
-    estimate, elbo_rows = row_log_likelihoods(model, guide, x_train, values, outer, local=local)
+    values, log_ratio = global_draws(model, guide, x_train, global_sites, outer,
+                                     vectorize=vectorize)
+    estimate, elbo_rows = row_log_likelihoods(model, guide, x_train, values, outer, local=local,
+                                              vectorize=vectorize)
     joint = log_ratio + estimate.sum(1)
     num_data = x_train.shape[0]
     metrics = {
@@ -136,7 +152,8 @@ def global_yardstick(model, guide, x_train: torch.Tensor, x_test: torch.Tensor |
         "test_log_likelihood": None,
     }
     if x_test is not None and x_test.shape[0]:
-        held_out, _ = row_log_likelihoods(model, guide, x_test, values, outer, local=local)
+        held_out, _ = row_log_likelihoods(model, guide, x_test, values, outer, local=local,
+                                          vectorize=vectorize)
         predictive = torch.logsumexp(held_out, 0) - math.log(outer)
         metrics["test_log_likelihood"] = float(predictive.mean())
     return metrics

@@ -216,96 +216,168 @@ def _online_em(spec: ModelSpec, config, x: torch.Tensor, *, batch_size: int | No
                step_offset: float = STEP_OFFSET, warmup: int | None = None, init=None,
                init_size: int | None = None, shuffle: bool = True, tol: float = TOL,
                seed: int = 0, progress: bool = False) -> tuple[FitResult, StepwiseState]:
-    em = spec.em
-    if em is None or em.combine is None:
-        raise InputError(f"model '{spec.name}' has no EM steps whose statistics combine "
-                         "(EMSteps.combine); online EM needs them, `lvm-zoo list` shows the "
-                         "inference methods that apply to it")
-    if x.dim() != 2 or x.shape[0] < 1:
-        raise InputError(f"online EM needs data of shape (N, D) with N >= 1, got "
-                         f"{tuple(x.shape)}")
-    num_data = int(x.shape[0])
-    batch_size = default_batch_size(num_data) if batch_size is None else int(batch_size)
-    if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size} must be at least 1")
-    batch_size = min(batch_size, num_data)
-    if passes < 1:
-        raise InputError(f"--passes {passes} must be at least 1")
-    warmup = default_warmup(x.shape[1]) if warmup is None else int(warmup)
-    check_settings(step_decay, step_offset, warmup)
-    if not tol > 0:
-        raise InputError(f"--tol {tol} must be positive")
-    init_size = min(num_data, max(batch_size, INIT_ROWS) if init_size is None
-                    else int(init_size))
-    if init_size < 1:
-        raise InputError(f"--init-size {init_size} must be at least 1")
-    method = em.init_methods[0] if init is None else init
-    if isinstance(method, str) and method not in em.init_methods:
-        raise InputError(f"unknown EM init '{method}' for {spec.name}; choose one of: "
-                         + ", ".join(em.init_methods))
-
+    """:func:`run_online_em`: the settings checked, the start, the passes, the result."""
+    settings = _Settings.checked(spec, x, batch_size=batch_size, passes=passes,
+                                 step_decay=step_decay, step_offset=step_offset,
+                                 warmup=warmup, init=init, init_size=init_size,
+                                 shuffle=shuffle, tol=tol, seed=seed)
     start = time.perf_counter()
-    order = torch.Generator().manual_seed((seed + ORDER_SEED_OFFSET) % 2**63)
+    order = _Order(x, seed, shuffle)
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    permutations = [torch.randperm(num_data, generator=order) if shuffle else None]
-
-    def rows_of(permutation, begin: int, end: int) -> torch.Tensor:
-        if permutation is None:
-            return x[begin:end]
-        return x[permutation[begin:end].sort().values.to(x.device)]
-
-    if isinstance(method, dict):
-        params = {k: v.to(device=x.device, dtype=x.dtype) if v.is_floating_point()
-                  else v.to(x.device) for k, v in method.items()}
-    else:
-        subsample = rows_of(permutations[0], 0, init_size)
-        params = (method(config, subsample, generator) if callable(method)
-                  else em.init(config, subsample, generator, method))
-        del subsample
-    state = StepwiseState(params)
+    state = StepwiseState(_start(spec, config, x, settings, order, generator))
+    bar = tqdm(total=passes * math.ceil(order.num_data / settings.batch_size),
+               desc=f"online EM {spec.name}", leave=False, disable=not progress)
     history: list[float] = []
-    pass_means: list[float] = []
-    per_pass = math.ceil(num_data / batch_size)
-    bar = tqdm(total=passes * per_pass, desc=f"online EM {spec.name}", leave=False,
-               disable=not progress)
-    for index in range(passes):
-        permutation = permutations[0] if index == 0 else (
-            torch.randperm(num_data, generator=order) if shuffle else None)
-        total = 0.0
-        for begin in range(0, num_data, batch_size):
-            end = min(begin + batch_size, num_data)
-            value = stepwise_update(spec, config, state, rows_of(permutation, begin, end),
-                                    step_decay=step_decay, step_offset=step_offset,
-                                    warmup=warmup)
-            history.append(value)
-            total += value * (end - begin)
-            bar.update()
-            bar.set_postfix(log_likelihood=f"{value:.5f}")
-        pass_means.append(total / num_data)
+    pass_means = [_one_pass(spec, config, state, order, index, settings, history, bar)
+                  for index in range(passes)]
     bar.close()
     if state.m_steps == 0:  # warm-up longer than the stream: at least one M-step
-        state.params = em.m_step(config, None, state.statistics)
+        state.params = spec.em.m_step(config, None, state.statistics)
         state.m_steps = 1
+    converged = _passes_settled(spec, pass_means, tol)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return _online_result(spec, x, settings, state, history, pass_means, converged,
+                          time.perf_counter() - start), state
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """An online EM fit's settings, checked, with the defaults filled in."""
+
+    batch_size: int
+    passes: int
+    step_decay: float
+    step_offset: float
+    warmup: int
+    init_size: int
+    method: Any
+    shuffle: bool
+    tol: float
+    seed: int
+
+    @classmethod
+    def checked(cls, spec: ModelSpec, x: torch.Tensor, *, batch_size, passes, step_decay,
+                step_offset, warmup, init, init_size, shuffle, tol, seed) -> _Settings:
+        """InputErrors naming a model whose statistics do not combine, data not (N, D) or
+        a bad setting; else the settings."""
+        em = spec.em
+        if em is None or em.combine is None:
+            raise InputError(f"model '{spec.name}' has no EM steps whose statistics combine "
+                             "(EMSteps.combine); online EM needs them, `lvm-zoo list` shows "
+                             "the inference methods that apply to it")
+        if x.dim() != 2 or x.shape[0] < 1:
+            raise InputError(f"online EM needs data of shape (N, D) with N >= 1, got "
+                             f"{tuple(x.shape)}")
+        num_data = int(x.shape[0])
+        batch_size = default_batch_size(num_data) if batch_size is None else int(batch_size)
+        if batch_size < 1:
+            raise InputError(f"--batch-size {batch_size} must be at least 1")
+        batch_size = min(batch_size, num_data)
+        if passes < 1:
+            raise InputError(f"--passes {passes} must be at least 1")
+        warmup = default_warmup(x.shape[1]) if warmup is None else int(warmup)
+        check_settings(step_decay, step_offset, warmup)
+        if not tol > 0:
+            raise InputError(f"--tol {tol} must be positive")
+        init_size = min(num_data, max(batch_size, INIT_ROWS) if init_size is None
+                        else int(init_size))
+        if init_size < 1:
+            raise InputError(f"--init-size {init_size} must be at least 1")
+        method = em.init_methods[0] if init is None else init
+        if isinstance(method, str) and method not in em.init_methods:
+            raise InputError(f"unknown EM init '{method}' for {spec.name}; choose one of: "
+                             + ", ".join(em.init_methods))
+        return cls(batch_size, passes, step_decay, step_offset, warmup, init_size, method,
+                   shuffle, tol, seed)
+
+
+class _Order:
+    """The order the rows are read in: a seeded permutation per pass, drawn from a CPU
+    stream of its own (``seed`` + :data:`ORDER_SEED_OFFSET`), or the stored order where
+    ``shuffle`` is off. A minibatch's rows are read sorted, for locality on disk."""
+
+    def __init__(self, x: torch.Tensor, seed: int, shuffle: bool):
+        self.x, self.shuffle, self.num_data = x, shuffle, int(x.shape[0])
+        self.generator = torch.Generator().manual_seed((seed + ORDER_SEED_OFFSET) % 2**63)
+        self.first = self.draw()  # the first pass's, drawn before the start (its rows)
+
+    def draw(self) -> torch.Tensor | None:
+        return (torch.randperm(self.num_data, generator=self.generator) if self.shuffle
+                else None)
+
+    def of_pass(self, index: int) -> torch.Tensor | None:
+        """Pass ``index``'s permutation; the first is drawn already, a later one now."""
+        return self.first if index == 0 else self.draw()
+
+    def rows(self, permutation: torch.Tensor | None, begin: int, end: int) -> torch.Tensor:
+        """Rows ``begin:end`` of the pass in ``permutation``'s order."""
+        if permutation is None:
+            return self.x[begin:end]
+        return self.x[permutation[begin:end].sort().values.to(self.x.device)]
+
+
+def _start(spec: ModelSpec, config, x: torch.Tensor, settings: _Settings, order: _Order,
+           generator: torch.Generator) -> Params:
+    """The start: given parameters on ``x``'s device (and dtype, where floating), or the init
+    method or callable on the ``init_size`` rows that begin the first pass."""
+    method = settings.method
+    if isinstance(method, dict):
+        return {k: v.to(device=x.device, dtype=x.dtype) if v.is_floating_point()
+                else v.to(x.device) for k, v in method.items()}
+    subsample = order.rows(order.first, 0, settings.init_size)
+    return (method(config, subsample, generator) if callable(method)
+            else spec.em.init(config, subsample, generator, method))
+
+
+def _one_pass(spec: ModelSpec, config, state: StepwiseState, order: _Order, index: int,
+              settings: _Settings, history: list, bar) -> float:
+    """Pass ``index`` over the rows, one :func:`stepwise_update` per minibatch, each
+    minibatch's mean log p(x) appended to ``history``; the pass's row-weighted mean."""
+    permutation = order.of_pass(index)
+    total = 0.0
+    for begin in range(0, order.num_data, settings.batch_size):
+        end = min(begin + settings.batch_size, order.num_data)
+        value = stepwise_update(spec, config, state, order.rows(permutation, begin, end),
+                                step_decay=settings.step_decay,
+                                step_offset=settings.step_offset, warmup=settings.warmup)
+        history.append(value)
+        total += value * (end - begin)
+        bar.update()
+        bar.set_postfix(log_likelihood=f"{value:.5f}")
+    return total / order.num_data
+
+
+def _passes_settled(spec: ModelSpec, pass_means: list, tol: float) -> bool:
+    """The stopping test: the last two passes' means within ``tol`` (never with one pass);
+    a ``ConvergenceWarning`` at the caller of :func:`fit_online_em` where they are not."""
     converged = len(pass_means) > 1 and abs(pass_means[-1] - pass_means[-2]) < tol
     if len(pass_means) > 1 and not converged:
         warnings.warn(
             f"online EM on {spec.name}: the mean minibatch log-likelihood changed by "
             f"{abs(pass_means[-1] - pass_means[-2]):.3g} nats per datapoint over the last pass "
             f"(tol={tol:g}); more passes (--passes), larger minibatches (--batch-size) or a "
-            "larger --step-decay settle it", ConvergenceWarning, stacklevel=3)
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
-    result = FitResult(
+            "larger --step-decay settle it", ConvergenceWarning, stacklevel=4)
+    return converged
+
+
+def _online_result(spec: ModelSpec, x: torch.Tensor, settings: _Settings,
+                   state: StepwiseState, history: list, pass_means: list, converged: bool,
+                   seconds: float) -> FitResult:
+    """The :class:`FitResult` of an online EM fit."""
+    method = settings.method
+    return FitResult(
         model=spec.name, inference="online-em", guide=None, params=state.params,
-        history={"log_likelihood": history}, seconds=time.perf_counter() - start,
-        steps=state.updates, converged=converged, device=str(x.device), seed=seed,
-        info={"batch_size": batch_size, "passes": passes, "step_decay": step_decay,
-              "step_offset": step_offset, "warmup": warmup, "updates": state.updates,
-              "m_steps": state.m_steps, "rows_seen": state.rows, "tol": tol,
-              "shuffle": shuffle, "init_size": 0 if isinstance(method, dict) else init_size,
+        history={"log_likelihood": history}, seconds=seconds,
+        steps=state.updates, converged=converged, device=str(x.device), seed=settings.seed,
+        info={"batch_size": settings.batch_size, "passes": settings.passes,
+              "step_decay": settings.step_decay, "step_offset": settings.step_offset,
+              "warmup": settings.warmup, "updates": state.updates,
+              "m_steps": state.m_steps, "rows_seen": state.rows, "tol": settings.tol,
+              "shuffle": settings.shuffle,
+              "init_size": 0 if isinstance(method, dict) else settings.init_size,
               "init": method if isinstance(method, str) else "given",
               "pass_log_likelihoods": pass_means, "final_step_size": state.step,
               "done": True,
               "converged_means": "the mean minibatch log-likelihood of the last pass is "
                                  "within tol of the pass before (never with one pass)"})
-    return result, state

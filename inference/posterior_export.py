@@ -13,9 +13,11 @@ parameters) and stored with ArviZ's groups:
                      iteration, dims (chain, step)
 
 :func:`save_inference_data` writes it as netCDF (``posterior.nc`` in the run folder, through
-h5netcdf, which ArviZ itself depends on). :func:`nuts_reference` draws the same latents with
-NUTS (``pyro.infer.MCMC``) on the chosen rows with the fit's parameters held fixed, and
-:func:`reference_distance` measures a fit's draws against it.
+h5netcdf, which ArviZ itself depends on). :func:`nuts_reference` draws every continuous latent
+with NUTS (``pyro.infer.MCMC``) given every training row, the fit's parameters held fixed
+(the local latents of every row too: the posterior the fit approximates), its chains kept
+apart so ArviZ's R-hat and ESS can be recomputed from ``posterior-nuts.nc``;
+:func:`reference_distance` measures a fit's draws against it, row by row.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -34,14 +35,44 @@ import pyro.infer
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.poutine.subsample_messenger import _Subsample
 
 from inference.evaluate import fitted
 from inference.figures import plt, save_figure
+from inference.nuts_reference import (  # noqa: F401  (re-exported: the NUTS reference)
+    NUTS_FILE,
+    NUTS_LOCAL_ROWS,
+    NutsOptions,
+    check_nuts_applies,
+    convergence,
+    gaussian_wasserstein,
+    local_agreement,
+    nuts_reference,
+    nuts_sites,
+    nuts_summary_line,
+    reference_distance,
+)
+from inference.posterior_draws import (  # noqa: F401  (re-exported: the draws and their rows)
+    CHOSEN_ROWS,
+    POSTERIOR_ROWS,
+    PosteriorDraws,
+    chosen_rows,
+    in_data_plate,
+    latent_sites,
+    posterior_rows,
+)
 from inference.results import FitResult
-from inference.sampling import own_random_stream, vectorized
+from inference.sampling import (  # noqa: F401  (the NUTS defaults are re-exported)
+    ESS_TARGET,
+    NUTS_CHAINS,
+    NUTS_SAMPLES,
+    NUTS_WARMUP,
+    R_HAT_TARGET,
+    broadcasts_over_particles,
+    own_random_stream,
+    particle_traces,
+)
 from zoo.errors import InputError
-from zoo.registry import ModelSpec
+from zoo.registry import DATA_PLATE, ModelSpec
 
 with warnings.catch_warnings():  # ArviZ announces its refactor on import
     warnings.simplefilter("ignore", FutureWarning)
@@ -49,47 +80,8 @@ with warnings.catch_warnings():  # ArviZ announces its refactor on import
 import xarray as xr  # noqa: E402  (ArviZ's own dependency)
 
 POSTERIOR_FILE = "posterior.nc"
-NUTS_FILE = "posterior-nuts.nc"
 DRAWS = 200  # posterior draws per fit
-CHOSEN_ROWS = 4  # training rows whose local latents are exported
 LOG_LIKELIHOOD_ROWS = 2000  # training rows of the pointwise log-likelihood, at most
-
-
-@dataclass
-class PosteriorDraws:
-    """Draws of one fit's posterior, as tensors on the CPU.
-
-    Attributes:
-        label: the strategy's name, e.g. ``"svi mean-field"`` or ``"em"``.
-        rows: ``(k,)`` indices (into the training rows) of the chosen datapoints.
-        local: site -> ``(S, k, *event_shape)`` draws of each local latent for the chosen rows.
-        globals: site -> ``(S, *shape)`` draws of each global latent (Bayesian variants).
-        discrete: the sites whose values are category indices.
-        log_likelihood: observed site -> ``(S, n)`` log p(x_n | z_n) of the first n training
-            rows, nats; empty when not computed.
-        observed: observed site -> ``(n, D)`` those rows.
-        diagnostics: for NUTS draws, the number of divergences and the acceptance rate.
-    """
-
-    label: str
-    rows: torch.Tensor
-    local: dict[str, torch.Tensor]
-    globals: dict[str, torch.Tensor] = field(default_factory=dict)
-    discrete: frozenset[str] = frozenset()
-    log_likelihood: dict[str, torch.Tensor] = field(default_factory=dict)
-    observed: dict[str, torch.Tensor] = field(default_factory=dict)
-    diagnostics: dict = field(default_factory=dict)  # NUTS: divergences, acceptance rate
-
-    @property
-    def num_draws(self) -> int:
-        return next(iter({**self.local, **self.globals}.values())).shape[0]
-
-
-def chosen_rows(num_rows: int, count: int = CHOSEN_ROWS, seed: int = 0) -> torch.Tensor:
-    """``count`` training-row indices drawn without replacement by ``seed``, sorted: the same
-    rows for every fit on one split."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(num_rows, generator=generator)[:min(count, num_rows)].sort().values
 
 
 def exact_posterior_guide(spec: ModelSpec, config, params):
@@ -100,29 +92,30 @@ def exact_posterior_guide(spec: ModelSpec, config, params):
     site = spec.local_sites[0]
 
     def guide(x=None, *, num_data=None, subsample_size=None):
-        with pyro.plate("data", x.shape[0], subsample_size=subsample_size,
+        with pyro.plate(DATA_PLATE, x.shape[0], subsample_size=subsample_size,
                         device=x.device) as idx:
             pyro.sample(site, spec.posterior(config, params, x[idx]))
     return guide
 
 
-def traced(model, guide, x: torch.Tensor, rows: torch.Tensor, num_draws: int):
-    """``(guide_trace, model_trace)`` of ``num_draws`` particles (a plate at dim −2) for the
-    training rows ``rows`` (the data plate's subsample site is conditioned on them). A local
-    site the model marks for enumeration and the guide leaves alone is drawn from its exact
-    conditional (``infer_discrete``), as ``TraceEnum_ELBO`` sums it out."""
+def traced(model, guide, x: torch.Tensor, rows: torch.Tensor, num_draws: int, *,
+           vectorize: bool | None = None):
+    """``(guide_trace, model_trace)`` of ``num_draws`` particles (a plate at dim −2, or one
+    draw at a time for a model that does not broadcast over it: ``vectorize``, ``None`` asks
+    :func:`~inference.sampling.broadcasts_over_particles`) for the training rows ``rows``
+    (the data plate's subsample site is conditioned on them). A local site the model marks
+    for enumeration and the guide leaves alone is drawn from its exact conditional
+    (``infer_discrete``), as ``TraceEnum_ELBO`` sums it out."""
     kwargs = {"num_data": x.shape[0], "subsample_size": rows.numel()}
-    particles = partial(vectorized, num_particles=num_draws)
-    chosen = {"data": rows}
+    chosen = {DATA_PLATE: rows}
     with torch.no_grad(), poutine.block():
-        guide_trace = poutine.trace(poutine.condition(particles(guide), chosen)).get_trace(
-            x, **kwargs)
-        model_fn = poutine.condition(particles(model), chosen)
-        if _leaves_enumerated_sites(model, guide_trace, x, kwargs, chosen):
-            model_fn = pyro.infer.infer_discrete(model_fn, first_available_dim=-3)
-        model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(
-            x, **kwargs)
-    return guide_trace, model_trace
+        if vectorize is None:
+            vectorize = broadcasts_over_particles(model, guide, x)
+        guide_trace = poutine.trace(poutine.condition(guide, chosen)).get_trace(x, **kwargs)
+        wrapper = (partial(pyro.infer.infer_discrete, first_available_dim=-3)
+                   if _leaves_enumerated_sites(model, guide_trace, x, kwargs, chosen) else None)
+        return particle_traces(model, guide, x, rows, num_draws, vectorize=vectorize,
+                               model_wrapper=wrapper)
 
 
 def _leaves_enumerated_sites(model, guide_trace, x, kwargs, chosen) -> bool:
@@ -130,18 +123,6 @@ def _leaves_enumerated_sites(model, guide_trace, x, kwargs, chosen) -> bool:
     return any(site["type"] == "sample" and not site["is_observed"]
                and site["infer"].get("enumerate") and name not in guide_trace.nodes
                for name, site in trace.nodes.items())
-
-
-def _in_data_plate(site) -> bool:
-    return any(frame.name == "data" for frame in site["cond_indep_stack"])
-
-
-def _latent_sites(trace):
-    """The latent sample sites of a trace (not the plates' subsample sites)."""
-    return {name: site for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]
-            and not isinstance(site["fn"], _Subsample)}
-
 
 def draw_posterior(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, *,
                    rows: torch.Tensor, label: str, num_draws: int = DRAWS,
@@ -159,13 +140,14 @@ def draw_posterior(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, 
             spec, config, result.params, x, guide=guide,
             guide_params=result.guide_params) as (model, guide_fn):
         guide_fn = guide_fn or exact_posterior_guide(spec, config, result.params)
-        _, model_trace = traced(model, guide_fn, x, rows, num_draws)
+        vectorize = broadcasts_over_particles(model, guide_fn, x)
+        _, model_trace = traced(model, guide_fn, x, rows, num_draws, vectorize=vectorize)
         local, globals_, discrete = {}, {}, set()
-        for name, site in _latent_sites(model_trace).items():
+        for name, site in latent_sites(model_trace).items():
             value = site["value"].detach()
             if site["fn"].has_enumerate_support:
                 discrete.add(name)
-            if _in_data_plate(site):
+            if in_data_plate(site):
                 local[name] = value.expand(num_draws, *value.shape[1:]).cpu()
             else:
                 globals_[name] = value.reshape(num_draws, *value.shape[2:]).cpu() if (
@@ -174,10 +156,10 @@ def draw_posterior(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, 
         every = torch.arange(min(log_likelihood_rows, x.shape[0]), device=x.device)
         chunk = max(1, 2**22 // (num_draws * max(1, x[0].numel())))
         for block in every.split(chunk) if every.numel() else ():
-            _, trace = traced(model, guide_fn, x, block, num_draws)
+            _, trace = traced(model, guide_fn, x, block, num_draws, vectorize=vectorize)
             trace.compute_log_prob()
             for name, site in trace.nodes.items():
-                if site["type"] == "sample" and site["is_observed"] and _in_data_plate(site):
+                if site["type"] == "sample" and site["is_observed"] and in_data_plate(site):
                     value = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
                     log_likelihood.setdefault(name, []).append(
                         value.expand(num_draws, block.numel()).detach().cpu())
@@ -194,16 +176,23 @@ def to_inference_data(draws: PosteriorDraws, *, history: Mapping[str, list[float
                       attrs: Mapping | None = None) -> az.InferenceData:
     """ArviZ ``InferenceData`` with posterior, log_likelihood, observed_data and (with a
     ``history``) sample_stats groups; ``attrs`` (strategy, seed, ...) go on every group."""
-    attrs = {k: ("" if v is None else v if isinstance(v, (int, float, str)) else str(v))
+    attrs = {k: ("" if v is None else v if isinstance(v, (int, float, str))
+                 and not isinstance(v, bool) else str(v))  # netCDF has no boolean
              for k, v in (attrs or {}).items()}
     rows = draws.rows.numpy()
-    variables, coords = {}, {"chain": [0], "draw": np.arange(draws.num_draws), "row": rows}
+    chains = draws.chains
+    per_chain = draws.num_draws // chains
+    variables = {}
+    coords = {"chain": np.arange(chains), "draw": np.arange(per_chain), "row": rows}
+
+    def by_chain(value: torch.Tensor) -> np.ndarray:  # (chains · draws, ...) -> (chains, draws)
+        return value.reshape(chains, per_chain, *value.shape[1:]).numpy()
     for name, value in draws.local.items():
-        array = value.numpy()[None]
+        array = by_chain(value)
         dims = ["chain", "draw", "row"] + [f"{name}_dim_{i}" for i in range(array.ndim - 3)]
         variables[name] = (dims, array)
     for name, value in draws.globals.items():
-        array = value.numpy()[None]
+        array = by_chain(value)
         dims = ["chain", "draw"] + [f"{name}_dim_{i}" for i in range(array.ndim - 2)]
         variables[name] = (dims, array)
     groups = {"posterior": xr.Dataset(variables, coords=coords, attrs=attrs)}
@@ -244,123 +233,13 @@ def load_inference_data(path: str | Path) -> az.InferenceData:
     return idata
 
 
-# ---------------------------------------------------------------------------------------------
-# NUTS as the reference posterior
-# ---------------------------------------------------------------------------------------------
-
-
-def nuts_reference(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, *,
-                   rows: torch.Tensor, num_samples: int = 300, warmup_steps: int = 300,
-                   num_chains: int = 2, seed: int = 0, label: str = "nuts") -> PosteriorDraws:
-    """NUTS draws of every continuous latent of the model, the fit's parameters held fixed:
-    the reference posterior p(z | x, θ̂) of the training rows ``rows`` (and p(globals | x) of
-    a Bayesian variant, given every training row when the model has no local latents, so that
-    the reference is the posterior the fit approximates). Discrete latents are summed out by
-    enumeration. ``num_chains`` chains run one after another from their own seeds (Pyro's
-    JIT-compiled potential where the model traces, its plain one otherwise); the diagnostics
-    hold R-hat and the bulk ESS (ArviZ) per site, the divergences and the acceptance rate.
-    Raises :class:`InputError` when the model has no continuous latent."""
-    subset = x if spec.global_sites and not spec.local_sites else x[rows.to(x.device)]
-    chains, divergences, acceptance = [], 0, []
-    with own_random_stream(seed, x.device), fitted(
-            spec, config, result.params, subset) as (model, _):
-        latents, continuous = nuts_sites(spec, model, subset)
-        for chain in range(num_chains):
-            pyro.set_rng_seed(seed + chain)
-            mcmc = _run_nuts(model, subset, num_samples, warmup_steps)
-            chains.append({n: v.detach().cpu() for n, v in mcmc.get_samples().items()})
-            diagnostics = mcmc.diagnostics()
-            divergences += int(sum(len(v) for v in diagnostics.get("divergences", {}).values()))
-            acceptance += list(diagnostics.get("acceptance rate", {0: math.nan}).values())
-    stacked = {n: torch.stack([c[n] for c in chains]) for n in continuous}  # (chains, draws, ...)
-    draws = {n: v.reshape(-1, *v.shape[2:]) for n, v in stacked.items()}
-    checks = {"divergences": divergences, "acceptance_rate": float(np.mean(acceptance)),
-              "chains": num_chains}
-    if num_chains > 1:
-        dataset = az.convert_to_dataset({n: v.double().numpy() for n, v in stacked.items()})
-        r_hat, ess = az.rhat(dataset), az.ess(dataset)
-        checks["r_hat_max"] = max(float(r_hat[name].max()) for name in r_hat.data_vars)
-        checks["ess_bulk_min"] = min(float(ess[name].min()) for name in ess.data_vars)
-    local = {n: draws[n] for n in continuous if _in_data_plate(latents[n])}
-    globals_ = {n: draws[n] for n in continuous if not _in_data_plate(latents[n])}
-    return PosteriorDraws(label=label, rows=rows.cpu(), local=local, globals=globals_,
-                          diagnostics=checks)
-
-
-def _run_nuts(model, x: torch.Tensor, num_samples: int, warmup_steps: int):
-    """One NUTS chain, with the JIT-compiled potential when the model traces cleanly."""
-    def chain(jit: bool):
-        kernel = pyro.infer.NUTS(pyro.infer.config_enumerate(model), max_plate_nesting=1,
-                                 jit_compile=jit, ignore_jit_warnings=True)
-        mcmc = pyro.infer.MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps,
-                               num_chains=1, disable_progbar=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            mcmc.run(x)
-        return mcmc
-
-    try:
-        return chain(jit=True)
-    except (RuntimeError, TypeError, torch.jit.Error):  # a model that does not trace
-        return chain(jit=False)
-
-
-def nuts_sites(spec: ModelSpec, model, x: torch.Tensor) -> tuple[dict, list[str]]:
-    """The model's latent sites on ``x`` and the continuous ones NUTS samples; raises
-    :class:`InputError` when there is none."""
-    with torch.no_grad(), poutine.block():
-        trace = poutine.trace(model).get_trace(x)
-    latents = _latent_sites(trace)
-    continuous = [n for n, s in latents.items() if not s["fn"].has_enumerate_support]
-    if not continuous:
-        raise InputError(
-            f"--reference nuts: model '{spec.name}' has no continuous latent variable to "
-            f"sample (its latents {', '.join(latents) or '(none)'} are discrete and summed out "
-            "exactly; its parameters are point estimates, priors included), so its exact "
-            "posterior is already the reference; use --reference nuts with a model with "
-            "continuous latents (ppca, fa, dglvm)")
-    return latents, continuous
-
-
-def check_nuts_applies(spec: ModelSpec, config, x: torch.Tensor) -> None:
-    """Raise :class:`InputError` before any fit when NUTS would have nothing to sample."""
-    with pyro.get_param_store().scope():
-        nuts_sites(spec, spec.make_model(config), x[:2])
-
-
-def gaussian_wasserstein(a: torch.Tensor, b: torch.Tensor) -> float:
-    """2-Wasserstein distance between Gaussians with the means and covariances of the draws
-    ``a : (S, d)`` and ``b : (S', d)``: ‖m_a − m_b‖² + tr(C_a + C_b − 2 (C_b^½ C_a C_b^½)^½),
-    square-rooted."""
-    a, b = a.double().reshape(a.shape[0], -1), b.double().reshape(b.shape[0], -1)
-    mean_a, mean_b = a.mean(0), b.mean(0)
-    cov_a = torch.atleast_2d(torch.cov(a.T))
-    cov_b = torch.atleast_2d(torch.cov(b.T))
-    root_b = _sqrtm(cov_b)
-    cross = _sqrtm(root_b @ cov_a @ root_b)
-    squared = (mean_a - mean_b).square().sum() + torch.trace(cov_a + cov_b - 2 * cross)
-    return float(squared.clamp_min(0).sqrt())
-
-
-def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
-    return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
-
-
-def reference_distance(draws: PosteriorDraws, reference: PosteriorDraws) -> float:
-    """Mean over the chosen rows (and the global sites) of the Gaussian 2-Wasserstein distance
-    between a fit's draws and the reference draws of the same continuous latents."""
-    distances = []
-    for name, value in reference.local.items():
-        if name in draws.local:
-            for i in range(value.shape[1]):
-                distances.append(gaussian_wasserstein(draws.local[name][:, i], value[:, i]))
-    for name, value in reference.globals.items():
-        if name in draws.globals:
-            distances.append(gaussian_wasserstein(draws.globals[name], value))
-    if not distances:
-        raise InputError("the fit and the reference share no continuous latent to compare")
-    return float(np.mean(distances))
+def restricted(draws: PosteriorDraws, rows: torch.Tensor) -> PosteriorDraws:
+    """``draws`` with the local sites of the training rows ``rows`` only (those it has)."""
+    position = {int(r): i for i, r in enumerate(draws.rows.tolist())}
+    keep = [r for r in rows.tolist() if int(r) in position]
+    index = torch.tensor([position[int(r)] for r in keep], dtype=torch.long)
+    local = {name: value[:, index] for name, value in draws.local.items()}
+    return dataclasses.replace(draws, rows=torch.tensor(keep, dtype=torch.long), local=local)
 
 
 # ---------------------------------------------------------------------------------------------

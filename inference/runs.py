@@ -37,9 +37,10 @@ os.umask(_UMASK)  # read once: the process's umask, for files made by atomic_wri
 RUN_FILE, METRICS_FILE, PARAMS_FILE, HISTORY_FILE = (
     "run.json", "metrics.json", "params.pt", "history.json")
 CHECKPOINT_FILE, COMPARISON_FILE, LOCK_FILE = "checkpoint.pt", "comparison.json", ".lock"
+SETTINGS_FILE = "settings.json"  # what a fit was asked for, written when it starts (resume)
 # what a run folder and a comparison folder hold besides their figures (*.png)
 RUN_FILES = (RUN_FILE, METRICS_FILE, PARAMS_FILE, HISTORY_FILE, CHECKPOINT_FILE,
-             "posterior.nc", "nuts.nc")
+             SETTINGS_FILE, "posterior.nc", "nuts.nc", "posterior-nuts.nc")
 COMPARISON_FILES = (COMPARISON_FILE, "comparison.csv", "summary.json", "summary.csv",
                     "report.html")
 
@@ -219,6 +220,8 @@ def earlier_files(run_dir: str | Path, *, comparison: bool) -> dict[Path, int]:
     run_dir = Path(run_dir)
     names = COMPARISON_FILES if comparison else RUN_FILES
     paths = [run_dir / n for n in names] + sorted(run_dir.glob("*.png"))
+    if not comparison:  # the other restarts' checkpoints (inference/strategies/svi.py)
+        paths += sorted(run_dir.glob("checkpoint-restart*.pt"))
     if comparison and (run_dir / COMPARISON_FILE).is_file():
         for record in read_json(run_dir / COMPARISON_FILE, list):
             folder = record.get("run_dir") if isinstance(record, dict) else None
@@ -265,8 +268,10 @@ def fresh_folder(path: str | Path) -> Path:
     return candidate
 
 
-def save_run(run_dir: str | Path, record: dict, result: FitResult, metrics: dict) -> Path:
-    """Write a run directory for ``result``; returns its path."""
+def save_run(run_dir: str | Path, record: dict, result: FitResult,
+             metrics: dict | None) -> Path:
+    """Write a run directory for ``result`` (``metrics=None``: the training alone, before
+    the yardstick runs); returns its path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(run_dir / PARAMS_FILE, {
@@ -275,7 +280,8 @@ def save_run(run_dir: str | Path, record: dict, result: FitResult, metrics: dict
     })
     write_json(run_dir / HISTORY_FILE, result.history)
     write_json(run_dir / RUN_FILE, record)
-    write_json(run_dir / METRICS_FILE, metrics)
+    if metrics is not None:
+        write_json(run_dir / METRICS_FILE, metrics)
     return run_dir
 
 

@@ -4,11 +4,13 @@
 alone and under ``torchrun``; its state is checkpointed), :class:`OnRows` conditions them
 onto the model's data plate, and the collectives keep the ranks of a process group in step:
 rank 0's initial parameters broadcast, the gradients and the loss averaged in one all-reduce.
-:func:`inference.svi.fit_svi` uses them.
+:class:`RowSampler` decides, once per fit, which of them a fit needs (a minibatch, a rank's
+shard, all rows alone) and hands each step its arguments; :mod:`inference.svi_loop` calls it.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,10 +18,10 @@ from pathlib import Path
 import torch
 from pyro import poutine
 
+from inference import distributed
 from inference.distributed import Group
 from zoo.errors import InputError
-
-DATA_PLATE = "data"  # the model contract's data plate; its subsample site has this name
+from zoo.registry import DATA_PLATE  # the model contract's data plate (its subsample site)
 
 
 class OnRows:
@@ -45,6 +47,68 @@ def rows_fixed_quietly():
         warnings.filterwarnings("ignore", message=r"Found plate statements in guide but not "
                                 f"model: \\{{'{DATA_PLATE}'\\}}$")
         yield
+
+
+class RowSampler:
+    """Which rows each step of a fit on ``num_data`` rows fits, alone or as one rank of
+    ``group``. ``batch_size=None`` (or all rows, alone): the whole of ``x`` as it is (no row
+    input); a process group without a minibatch: rank ``r`` fits its shard
+    (:func:`~inference.distributed.shard`) with weight ``n_r / N``; a minibatch: a
+    :class:`RowDraw` of ``batch_size`` rows per rank with weight ``1 / W``. :meth:`sync` is the
+    step's hook under a group: gradients and loss summed with those weights (and the flag in
+    :attr:`raised` or-ed over the ranks into :attr:`agreed`, in the same collective)."""
+
+    def __init__(self, num_data: int, batch_size: int | None, *, group: Group | None = None,
+                 seed: int = 0, device: torch.device | str = "cpu"):
+        world = group.world_size if group is not None else 1
+        if batch_size is not None and world == 1 and not 1 <= batch_size <= num_data:
+            raise InputError(f"batch_size={batch_size} must be between 1 and the {num_data} "
+                             "training rows")
+        if batch_size is not None and world > 1 and not 1 <= batch_size * world <= num_data:
+            raise InputError(f"batch_size={batch_size} rows per process times {world} "
+                             f"processes must be between 1 and the {num_data} training rows; "
+                             "use a smaller --batch-size or fewer processes")
+        self.num_data, self.group = num_data, group
+        alone_all = batch_size is None or (world == 1 and batch_size == num_data)
+        self.batch = None if alone_all else batch_size
+        shard = distributed.shard(num_data, group) if group and self.batch is None else None
+        # the rows one rank fits per step (None: all of x, alone) and its share of the batch
+        self.size = self.batch if self.batch is not None else (
+            shard.stop - shard.start if shard else None)
+        self.weight = 1.0 / world if self.batch is not None else (
+            self.size / num_data if shard else 1.0)
+        self.steps_per_epoch = (math.ceil(num_data / (world * self.batch))
+                                if self.batch is not None else 1)
+        self.draw = RowDraw(num_data, self.batch, world=world, rank=group.rank if group else 0,
+                            seed=seed, device=device) if self.batch is not None else None
+        self.fixed = torch.arange(shard.start, shard.stop, device=device) if shard else None
+        self.raised = self.agreed = False
+
+    @property
+    def on_rows(self) -> bool:
+        """Whether the rows are chosen here (an input of each step), not by the plate."""
+        return self.size is not None
+
+    @property
+    def kwargs(self) -> dict:
+        return {"num_data": self.num_data, "subsample_size": self.size}
+
+    def __call__(self, data: torch.Tensor) -> tuple:
+        """The step's positional arguments: ``(data,)`` or ``(data, rows)``."""
+        rows = self.draw() if self.draw is not None else self.fixed
+        return (data,) if rows is None else (data, rows)
+
+    def sync(self, names: list[str], unconstrained: dict, value: float) -> float:
+        value, self.agreed = all_reduce(self.group, names, unconstrained, value, self.weight,
+                                        self.raised)
+        return value
+
+    def state(self) -> dict:
+        return self.draw.state() if self.draw is not None else {}
+
+    def restore(self, state: dict) -> None:
+        if self.draw is not None:
+            self.draw.restore(state)
 
 
 LARGE_ROWS = 2**22  # beyond this many rows minibatches are drawn without a permutation

@@ -62,6 +62,7 @@ from inference.em import fit_em
 from inference.evaluate import fitted
 from inference.figures import present, save_figure
 from inference.figures.gmm import plot_em_contours, plot_training_curves
+from inference.strategies.svi import build_guide
 from zoo import datasets, gmm
 
 SMOKE = os.environ.get("LVM_ZOO_SMOKE", "0") not in ("", "0")
@@ -351,7 +352,9 @@ with fitted(spec, config, theta, x) as (model, _):
     elbo = pyro.infer.Trace_ELBO()
     estimates["Trace_ELBO, z from the prior"] = [-elbo.loss(model, prior_guide, x) / x.shape[0]
                                                  for _ in range(repeats)]
-with fitted(spec, config, theta, x, guide="enumerate") as (model, no_guide):
+with fitted(spec, config, theta, x, guide="enumerate") as (model, _):
+    # the guide is told that the ELBO enumerates, as SVI tells it: it leaves z to the model
+    no_guide = build_guide(spec, "enumerate", model, config, x, elbo="TraceEnum_ELBO")
     enumerated = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
     estimates["TraceEnum_ELBO (z summed out)"] = [-enumerated.loss(model, no_guide, x)
                                                   / x.shape[0] for _ in range(repeats)]
@@ -468,3 +471,75 @@ show(fig, "collapse_and_restarts")
 numbers["seconds"] = time.perf_counter() - STARTED
 (OUT / "numbers.json").write_text(json.dumps(numbers, indent=2))
 print(f"numbers: {OUT / 'numbers.json'}; {numbers['seconds']:.1f} s")
+
+# %% [markdown]
+# ## 7. Beyond EM: coordinate-ascent VI, with every constant
+#
+# EM is block-coordinate ascent on the ELBO with the parameters as points. Put priors on the
+# parameters too (stick-breaking or Dirichlet weights, Normal-Wishart components) and ask for
+# a posterior over them: with the mean-field q(z) q(π) Π_k q(μ_k, Λ_k), every block still has
+# a closed-form update, each factor staying in its prior's conjugate family. That is CAVI
+# (variational Bayes): `lvm-zoo fit bayesian-gmm --inference cavi`, or
+# `BayesianGaussianMixture`, a drop-in for scikit-learn's estimator of that name.
+#
+# Its ELBO is the whole one, every constant kept: a lower bound on log p(x) that can be set
+# beside another K or another fit. scikit-learn's `lower_bound_` leaves out the terms that do
+# not move during a fit; from the same start our fit is scikit-learn's, iteration for
+# iteration, and the two bounds differ by one constant (`elbo_offset_`, which depends on N, D,
+# K and the prior only). Under the Dirichlet-process prior the weights of components the data
+# do not need shrink towards zero as K grows.
+
+# %%
+from sklearn.mixture import BayesianGaussianMixture as SklearnBayesianMixture  # noqa: E402
+
+from inference.estimators_sklearn import BayesianGaussianMixture  # noqa: E402
+
+rows = x.numpy()
+same = dict(init_params="random_from_data", random_state=0, max_iter=500, tol=1e-6,
+            reg_covar=0.0)
+cavi_by_k = {k: BayesianGaussianMixture(n_components=k, **same).fit(rows) for k in (2, 4, 8)}
+reference = SklearnBayesianMixture(n_components=8, **same).fit(rows)
+ours = cavi_by_k[8]
+offsets = np.array(ours.elbos_) - np.array([float(np.ravel(b)[0])
+                                            for b in reference.lower_bounds_])
+numbers["cavi"] = {
+    "elbo_per_point": {k: fit.elbo_ / len(rows) for k, fit in cavi_by_k.items()},
+    "iterations": {k: int(fit.n_iter_) for k, fit in cavi_by_k.items()},
+    "weights_k8": sorted(ours.weights_.tolist(), reverse=True),
+    "max_weight_difference_vs_sklearn": float(np.abs(ours.weights_ - reference.weights_).max()),
+    "offset": float(ours.elbo_offset_),
+    "offset_spread_over_iterations": float(offsets.max() - offsets.min()),
+}
+print("whole ELBO per point, K = 2, 4, 8: "
+      + ", ".join(f"{v:.4f}" for v in numbers["cavi"]["elbo_per_point"].values()))
+print(f"K = 8 against scikit-learn: weights within "
+      f"{numbers['cavi']['max_weight_difference_vs_sklearn']:.1e}; ELBO - lower_bound_ = "
+      f"{ours.elbo_offset_:.4f} at every iteration (spread "
+      f"{numbers['cavi']['offset_spread_over_iterations']:.1e})")
+
+# %%
+fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+for k, fit in cavi_by_k.items():
+    left.plot(range(1, len(fit.elbos_) + 1), np.array(fit.elbos_) / len(rows), label=f"K = {k}")
+left.set(xlabel="CAVI iteration", ylabel="whole ELBO, nats per point",
+         title="CAVI never goes down")
+left.legend(fontsize=8)
+for i, (k, fit) in enumerate(cavi_by_k.items()):
+    right.bar(np.arange(k) + 0.27 * (i - 1), np.sort(fit.weights_)[::-1], width=0.27,
+              label=f"K = {k}")
+right.set(xlabel="component (by weight)", ylabel="E_q[π_k]",
+          title="the Dirichlet process empties what it does not need")
+right.legend(fontsize=8)
+show(fig, "cavi_bound_and_weights")
+
+# %% [markdown]
+# The whole ELBO rises at every iteration and, because nothing was dropped, the three K can
+# be compared directly: K = 2 has the highest bound (about −1.604 nats per point, against
+# −1.629 for K = 4 and −1.631 for K = 8), so the evidence prefers the two clusters of Old
+# Faithful; with K = 8 two components keep 99.5% of the weight and the others' expected weights
+# shrink towards zero (below 0.005). Against scikit-learn from the same start the weights agree
+# to 1e-15 and ELBO − `lower_bound_` is the same number at every iteration.
+
+# %%
+numbers["seconds"] = time.perf_counter() - STARTED
+(OUT / "numbers.json").write_text(json.dumps(numbers, indent=2))

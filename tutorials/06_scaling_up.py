@@ -52,6 +52,7 @@ from inference.catalog import get_model
 from inference.em import fit_em
 from inference.evaluate import fitted
 from inference.figures import present, save_figure
+from inference.strategies.svi import build_guide
 from inference.svi import fit_svi
 from zoo import gmm
 
@@ -139,7 +140,9 @@ repeats = 200
 batch_sizes = (100, 1000, 10_000)
 estimates = {}
 pyro.set_rng_seed(0)
-with fitted(spec, three, em.params, x, guide="enumerate") as (model, guide):
+with fitted(spec, three, em.params, x, guide="enumerate") as (model, _):
+    # the guide is told that the ELBO enumerates, as SVI tells it: it leaves z to the model
+    guide = build_guide(spec, "enumerate", model, three, x, elbo="TraceEnum_ELBO")
     enumerated = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
     for b in batch_sizes:
         estimates[b] = np.array([-enumerated.loss(model, guide, x, subsample_size=b) / x.shape[0]

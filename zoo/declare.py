@@ -140,6 +140,7 @@ def declare(
     init_params: Callable | None = None,
     svi_defaults: Mapping[str, Any] | None = None,
     notes: str = "",
+    capabilities: Mapping[str, Any] | None = None,
     replace: bool = False,
 ) -> ModelSpec | Callable:
     """Register a model written as a Pyro function; returns its :class:`ModelSpec`.
@@ -168,6 +169,8 @@ def declare(
             makes the log-likelihood exact; ``em`` adds ``--inference em``).
         svi_defaults: SVI options such as ``{"steps": 2000, "lr": 0.01}``.
         notes: shown by ``lvm-zoo list``.
+        capabilities: capability name -> hook, for a strategy that asks for a capability the
+            arguments above do not name (:meth:`ModelSpec.capability`).
         replace: replace a registered model of the same name (a built-in one too); without
             it, taking another model's name is an error. The same file declaring its model
             again (imported twice) replaces it either way.
@@ -213,6 +216,7 @@ def declare(
         declared_sites=sites,
         svi_defaults=dict(svi_defaults or {}),
         notes=notes,
+        capabilities=dict(capabilities or {}),
     )
     return register(spec, replace=replace, source=source_file(model))
 

@@ -43,7 +43,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from zoo.errors import InputError
-from zoo.registry import ModelSpec, Params, register
+from zoo.registry import DATA_PLATE, ModelSpec, Params, register
 from zoo.resources import check_fits
 from zoo.seeding import own_random_stream
 
@@ -399,7 +399,7 @@ class DGLVM(nn.Module):
         weight = self.decoder.net[0].weight
         pyro.module("decoder", self.decoder)
         prior = self.prior(x, weight)
-        with pyro.plate("data", num_data, subsample_size=subsample_size,
+        with pyro.plate(DATA_PLATE, num_data, subsample_size=subsample_size,
                         device=weight.device) as idx:
             with poutine.scale(scale=self.config.beta):
                 z = pyro.sample("z", prior)

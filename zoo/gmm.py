@@ -1,7 +1,7 @@
 r"""Gaussian mixture model: K Gaussian clusters, and which one made each datapoint.
 
     z_n ~ Categorical(λ),            λ = weights on the simplex,            n = 1..N
-    x_n | z_n = k ~ N(μ_k, S_k),      S_k = L_k L_kᵀ (full), diag(σ_k²) or σ_k² I
+    x_n | z_n = k ~ N(μ_k, S_k),      S_k = L_k L_kᵀ (full), L Lᵀ (tied), diag(σ_k²) or σ_k² I
     p(x) = Σ_k λ_k N(x | μ_k, S_k)
 
 The global parameters travel in ONE representation, a dict keyed by the model's ``pyro.param``
@@ -9,7 +9,10 @@ names (K components, D dimensions):
 
     "weights"     (K,)        mixing proportions λ, on the simplex
     "means"       (K, D)      component means μ_k
-    "scale_tril"  (K, D, D)   covariance_type="full": lower Cholesky factor L_k of S_k
+    "scale_tril"  (K, D, D)   covariance_type="full": lower Cholesky factor L_k of S_k;
+                              "tied": K equal copies of the one shared factor L (EM's M-step
+                              pools the scatter; the Pyro model uses their mean, so that
+                              under SVI equal copies get equal gradients and stay equal)
     "scale"       (K, D)      covariance_type="diag": standard deviations σ_kd
     "scale"       (K,)        covariance_type="spherical": one standard deviation σ_k
 
@@ -32,6 +35,7 @@ from torch.distributions import constraints
 from zoo.errors import InputError
 from zoo.gmm_config import (
     COVARIANCE_TYPES,
+    FULL_MATRICES,
     SCALE_NAME,
     GMMConfig,
     _check_data,
@@ -43,6 +47,7 @@ from zoo.gmm_em import (
     FEATURE_VALUES,
     QUADRATIC_ERROR,
     MixtureStatistics,
+    SingularCovarianceError,
     _e_step_whitened,  # noqa: F401 - the tests of the E-step routes reach it here
     _log_joint_blocks,
     _normalize,
@@ -69,7 +74,7 @@ from zoo.gmm_init import (
     nearest_centers,
     squared_distances,
 )
-from zoo.registry import EMSteps, ModelSpec, Params, register
+from zoo.registry import DATA_PLATE, EMSteps, ModelSpec, Params, register
 
 # ---------------------------------------------------------------------------------------------
 # Exact log-likelihood and responsibilities
@@ -129,7 +134,7 @@ def sample(config: GMMConfig, params: Params, n: int,
     z = torch.multinomial(params["weights"], n, replacement=True, generator=generator)
     noise = torch.randn(n, config.dim, generator=generator, dtype=means.dtype,
                         device=means.device)
-    if config.covariance_type == "full":
+    if config.full_matrices:
         offset = (params["scale_tril"][z] @ noise[:, :, None])[..., 0]
     else:
         offset = params["scale"].reshape(config.components, -1)[z] * noise
@@ -180,7 +185,7 @@ def log_prior(config: GMMConfig, params: Params) -> torch.Tensor:
     zero = means.new_zeros(())  # hyperparameters in the parameters' dtype and device
     total = total + dist.Normal(zero, zero + config.prior_mean_scale).log_prob(means).sum()
     spread = dist.LogNormal(zero, zero + config.prior_scale_spread)
-    if config.covariance_type == "full":
+    if config.full_matrices:
         scale_tril = params["scale_tril"]
         stddev = scale_tril.square().sum(-1).sqrt()  # row norms of L: sqrt(diag(L Lᵀ))
         total = total + spread.log_prob(stddev).sum()
@@ -223,7 +228,8 @@ class GaussianMixtureModel:
         options = {"dtype": like.dtype if like is not None else torch.get_default_dtype(),
                    "device": like.device if like is not None else None}
         means = torch.randn(k, d, generator=torch.Generator().manual_seed(0))
-        scale = {"full": torch.eye(d).expand(k, d, d).clone(), "diag": torch.ones(k, d),
+        scale = {"full": torch.eye(d).expand(k, d, d).clone(),
+                 "tied": torch.eye(d).expand(k, d, d).clone(), "diag": torch.ones(k, d),
                  "spherical": torch.ones(k)}[self.config.covariance_type]
         return {"weights": torch.full((k,), 1.0 / k, **options), "means": means.to(**options),
                 SCALE_NAME[self.config.covariance_type]: scale.to(**options)}
@@ -234,10 +240,13 @@ class GaussianMixtureModel:
         scale_name = SCALE_NAME[self.config.covariance_type]
         scale_constraint = (constraints.lower_cholesky if scale_name == "scale_tril"
                             else constraints.positive)
+        scale = pyro.param(scale_name, initial[scale_name], constraint=scale_constraint)
+        if self.config.covariance_type == "tied":
+            scale = scale.mean(0, keepdim=True).expand_as(scale)  # the one shared factor
         return {
             "weights": pyro.param("weights", initial["weights"], constraint=constraints.simplex),
             "means": pyro.param("means", initial["means"]),
-            scale_name: pyro.param(scale_name, initial[scale_name], constraint=scale_constraint),
+            scale_name: scale,
         }
 
     def __call__(self, x: torch.Tensor | None = None, *, num_data: int | None = None,
@@ -250,7 +259,7 @@ class GaussianMixtureModel:
         if self.config.prior:
             pyro.factor("log_prior", log_prior(self.config, params))
         size = x.shape[0] if x is not None else num_data
-        with pyro.plate("data", size, subsample_size=subsample_size,
+        with pyro.plate(DATA_PLATE, size, subsample_size=subsample_size,
                         device=params["means"].device) as index:
             z = pyro.sample("z", dist.Categorical(params["weights"]),
                             infer={"enumerate": "parallel"})
@@ -262,7 +271,7 @@ def component_distribution(config: GMMConfig, params: Params,
                            z: torch.Tensor) -> dist.TorchDistribution:
     """``N(μ_z, S_z)`` with event shape ``(D,)`` for any batch of assignments ``z``."""
     means = params["means"][z]
-    if config.covariance_type == "full":
+    if config.full_matrices:
         return dist.MultivariateNormal(means, scale_tril=params["scale_tril"][z])
     scale = params["scale"][z]
     if config.covariance_type == "spherical":
@@ -301,12 +310,14 @@ SPEC = register(ModelSpec(
 
 __all__ = [
     # the model family: config, closed forms, sampling, priors, the Pyro model, its registration
-    "COVARIANCE_TYPES", "SCALE_NAME", "SPEC", "TRUE_PARAMS", "GMMConfig", "GaussianMixtureModel",
+    "COVARIANCE_TYPES", "FULL_MATRICES", "SCALE_NAME", "SPEC", "TRUE_PARAMS", "GMMConfig",
+    "GaussianMixtureModel",
     "check_components", "component_distribution", "elbo", "log_joint", "log_marginal",
     "log_prior", "log_responsibilities", "make_model", "posterior", "responsibilities", "sample",
     "synthetic",
     # EM's numerics (zoo.gmm_em)
-    "BLOCK_VALUES", "FEATURE_VALUES", "QUADRATIC_ERROR", "MixtureStatistics", "combine",
+    "BLOCK_VALUES", "FEATURE_VALUES", "QUADRATIC_ERROR", "MixtureStatistics",
+    "SingularCovarianceError", "combine",
     "e_step", "label_statistics", "m_step", "maximize", "sufficient_statistics",
     "weighted_moments",
     # starts (zoo.gmm_init)

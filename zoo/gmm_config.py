@@ -17,8 +17,11 @@ import torch
 from zoo.errors import InputError
 from zoo.registry import Params
 
-COVARIANCE_TYPES = ("full", "diag", "spherical")
-SCALE_NAME = {"full": "scale_tril", "diag": "scale", "spherical": "scale"}
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+# "tied": one covariance shared by every component, kept as K equal Cholesky factors, so that
+# every closed form and E-step treats it as "full"; only the M-step pools the scatter
+SCALE_NAME = {"full": "scale_tril", "tied": "scale_tril", "diag": "scale", "spherical": "scale"}
+FULL_MATRICES = ("full", "tied")  # the covariance types whose scale is a (K, D, D) Cholesky
 
 
 @dataclass(frozen=True)
@@ -29,13 +32,21 @@ class GMMConfig:
     dim: int = field(default=2, metadata={"cli": False, "help": "observation dimension D"})
     # K, the number of Gaussian components
     components: int = field(default=2, metadata={"help": "number of mixture components K"})
-    # full (L L^T), diag (one variance per dimension) or spherical (one variance per component)
+    # full (L L^T), tied (one L L^T shared by all components), diag (one variance per
+    # dimension) or spherical (one variance per component)
     covariance_type: str = field(default="full", metadata={
-        "help": "covariance of each component: full, diag or spherical",
+        "help": "covariance of each component: full, tied (one shared full covariance), diag "
+                "or spherical",
         "choices": COVARIANCE_TYPES})
     # added to every covariance diagonal in the M-step, so that no component can collapse
     reg_covar: float = field(default=1e-6, metadata={
         "help": "non-negative regularization added to the covariance diagonals (as scikit-learn)"})
+    # how the M-step judges a covariance singular: "rounding" (a pivot at rounding level of the
+    # data, the zoo's default) or "cholesky" (only where it is not positive definite, as
+    # scikit-learn: its estimators use this)
+    singular: str = field(default="rounding", metadata={
+        "cli": False, "choices": ("rounding", "cholesky"),
+        "help": "when the M-step refuses a covariance as singular"})
     # add log p(weights, means, scales) to the objective: SVI then finds the MAP estimate
     prior: bool = field(default=False, metadata={
         "help": "put priors on the parameters (Dirichlet weights, Normal means, LogNormal "
@@ -51,6 +62,11 @@ class GMMConfig:
         "help": "log-scale spread of the LogNormal(0, s) prior on the standard deviations "
                 "(with --prior)"})
 
+    @property
+    def full_matrices(self) -> bool:
+        """Whether the components' scales are (K, D, D) Cholesky factors (full or tied)."""
+        return self.covariance_type in FULL_MATRICES
+
     def __post_init__(self):
         self.validate()
 
@@ -59,6 +75,8 @@ class GMMConfig:
         if self.covariance_type not in COVARIANCE_TYPES:
             raise InputError(f"unknown covariance_type={self.covariance_type!r}; choose one of: "
                              + ", ".join(COVARIANCE_TYPES))
+        if self.singular not in ("rounding", "cholesky"):
+            raise InputError(f"unknown singular={self.singular!r}; choose rounding or cholesky")
         if self.components < 1:
             raise InputError(f"components={self.components} must be at least 1")
         if self.dim < 1:
@@ -98,7 +116,8 @@ def _check_data(config: GMMConfig, x: torch.Tensor) -> None:
 
 def _check_params(config: GMMConfig, params: Params) -> None:
     k, d = config.components, config.dim
-    scale_shape = {"full": (k, d, d), "diag": (k, d), "spherical": (k,)}[config.covariance_type]
+    scale_shape = {"full": (k, d, d), "tied": (k, d, d), "diag": (k, d),
+                   "spherical": (k,)}[config.covariance_type]
     expected = {"weights": (k,), "means": (k, d), SCALE_NAME[config.covariance_type]: scale_shape}
     for name, shape in expected.items():
         if name not in params:

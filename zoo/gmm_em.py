@@ -53,7 +53,7 @@ def _components(config: GMMConfig, params: Params, center: torch.Tensor) -> _Com
     _check_params(config, params)
     weights, means = params["weights"], params["means"]
     k, d = means.shape
-    if config.covariance_type == "full":
+    if config.full_matrices:
         scale_tril = params["scale_tril"]
         diagonal = scale_tril.diagonal(dim1=-2, dim2=-1)
     else:
@@ -66,7 +66,7 @@ def _components(config: GMMConfig, params: Params, center: torch.Tensor) -> _Com
     log_const = (torch.log(weights) - 0.5 * d * math.log(2 * math.pi)
                  - torch.log(diagonal).sum(-1))[:, None]
     shift = center - means  # (K, D)
-    if config.covariance_type == "full":
+    if config.full_matrices:
         identity = torch.eye(d, dtype=means.dtype, device=means.device).expand(k, d, d)
         precision_factor = torch.linalg.solve_triangular(
             scale_tril, identity, upper=False).transpose(-1, -2)  # P_k = L_k^{-T}, upper
@@ -90,7 +90,7 @@ def _augmented(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
 def _whiten(config: GMMConfig, parts: _Components, rows: torch.Tensor) -> torch.Tensor:
     """``(n, D + 1)`` augmented rows -> ``(K, n, D)`` whitened differences to every component
     (full covariances: ``(K, n, D + 1)``, with a trailing 1)."""
-    if config.covariance_type == "full":
+    if config.full_matrices:
         return torch.matmul(rows, parts.whiten)
     return torch.addcmul(parts.bias, rows[:, :-1], parts.whiten)
 
@@ -114,7 +114,7 @@ def _log_joint_blocks(config: GMMConfig, parts: _Components, x: torch.Tensor):
     (K, n))`` per row block."""
     augmented = _augmented(x, parts.center)
     # |[y, 1]|² - 1 = |y|²: the trailing 1 costs no precision that a log-density needs
-    offset = parts.log_const + (0.5 if config.covariance_type == "full" else 0.0)
+    offset = parts.log_const + (0.5 if config.full_matrices else 0.0)
     for rows in _row_blocks(x, config.components * config.dim):
         block = augmented[rows]
         y = _whiten(config, parts, block)
@@ -149,6 +149,10 @@ def _normalize(joint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 
 
+class SingularCovarianceError(InputError):
+    """The M-step met a covariance it cannot use (see :func:`maximize`)."""
+
+
 class MixtureStatistics(NamedTuple):
     """Posterior-weighted sufficient statistics of the data, about per-component centres.
 
@@ -174,7 +178,7 @@ def sufficient_statistics(config: GMMConfig, x: torch.Tensor,
     if resp.shape != (x.shape[0], config.components):
         raise InputError(f"responsibilities have shape {tuple(resp.shape)}, expected "
                          f"({x.shape[0]}, {config.components})")
-    return weighted_moments(x, resp, full=config.covariance_type == "full")
+    return weighted_moments(x, resp, full=config.full_matrices)
 
 
 def weighted_moments(x: torch.Tensor, resp: torch.Tensor, *, full: bool = True
@@ -213,7 +217,7 @@ def label_statistics(config: GMMConfig, x: torch.Tensor,
         raise InputError(f"labels must lie in 0..{k - 1}")
     counts = sizes.to(x.dtype)
     rows = x[torch.argsort(labels)]
-    full = config.covariance_type == "full"
+    full = config.full_matrices
     first, center = x.new_zeros(k, d), x.new_zeros(k, d)
     second = x.new_zeros((k, d, d) if full else (k, d))
     for j, block in enumerate(torch.split(rows, sizes.tolist())):
@@ -292,34 +296,58 @@ def maximize(config: GMMConfig, x: torch.Tensor | None,
     weights = totals / num_data
     shift = means - center  # move the second moments from the centres to the new means
     d = center.shape[1]
-    if config.covariance_type == "full":
+    if config.full_matrices:
         cross = first[:, :, None] * shift[:, None, :]
         scatter = (second - cross - cross.transpose(1, 2)
                    + counts[:, None, None] * shift[:, :, None] * shift[:, None, :])
-        covariance = scatter / totals[:, None, None] + config.reg_covar * torch.eye(
-            d, dtype=scatter.dtype, device=scatter.device)
+        identity = torch.eye(d, dtype=scatter.dtype, device=scatter.device)
+        if config.covariance_type == "tied":  # one covariance: the pooled scatter
+            covariance = (scatter.sum(0) / totals.sum() + config.reg_covar * identity)[None]
+        else:
+            covariance = scatter / totals[:, None, None] + config.reg_covar * identity
         scale_tril, info = torch.linalg.cholesky_ex(covariance)
         pivots = scale_tril.diagonal(dim1=-2, dim2=-1).square()
         variances = covariance.diagonal(dim1=-2, dim2=-1)
+        positive = torch.isfinite(pivots).all(-1)
     else:
         scatter = second - 2 * first * shift + counts[:, None] * shift.square()
         variances = scatter / totals[:, None] + config.reg_covar
         if config.covariance_type == "spherical":
             variances = variances.mean(1, keepdim=True)
+        if config.singular == "cholesky":
+            # a populated component's variance at or below zero is rounding noise of a zero
+            # spread (one point): scikit-learn's rounding may land either side, and it fits on
+            # when positive; an empty component's is exactly zero and stays singular
+            noise = (counts > 0)[:, None] & (variances <= 0)
+            level = (4 * eps * means.abs().amax(-1, keepdim=True)).square()
+            variances = torch.where(noise, level.clamp_min(torch.finfo(center.dtype).tiny),
+                                    variances)
         pivots, info = variances, torch.zeros_like(counts, dtype=torch.int32)
-    # A pivot at rounding level is a singular covariance even where Cholesky "succeeds":
-    # rounding noise of points equal to μ is about (eps |μ|)², of a flat direction eps * var.
-    floor = d * eps * variances.amax(-1) + (4 * eps * means.abs().amax(-1)).square()
-    singular = (info > 0) | ~(pivots > floor[:, None]).all(-1)
+        positive = (variances > 0).all(-1) & torch.isfinite(variances).all(-1)
+    singular = (info > 0) | ~positive
+    if config.singular == "rounding":
+        # A pivot at rounding level is a singular covariance even where Cholesky "succeeds":
+        # rounding noise of points equal to μ is about (eps |μ|)², of a flat direction
+        # eps * var. ("cholesky": only what is not positive definite, as scikit-learn.)
+        magnitude = means.abs().amax(-1)
+        if config.covariance_type == "tied":
+            magnitude = magnitude.amax(0, keepdim=True)
+        floor = d * eps * variances.amax(-1) + (4 * eps * magnitude).square()
+        singular = singular | ~(pivots > floor[:, None]).all(-1)
     if bool(singular.any()):
         k = int(singular.nonzero()[0, 0])
-        raise InputError(
-            f"component {k} of {config.components} has a singular covariance: its "
-            f"{float(counts[k]):.4g} points are duplicates or lie on a lower-dimensional "
-            f"subspace, and reg_covar={config.reg_covar:g} does not lift it; raise reg_covar "
-            "(e.g. 1e-6 for standardized data), use fewer components, or remove duplicated "
-            "points")
-    if config.covariance_type == "full":
+        which = (f"the tied covariance of the {config.components} components"
+                 if config.covariance_type == "tied" else
+                 f"component {k} of {config.components}")
+        points = float(counts.sum() if config.covariance_type == "tied" else counts[k])
+        raise SingularCovarianceError(
+            f"{which} has a singular covariance: its {points:.4g} points are duplicates or "
+            f"lie on a lower-dimensional subspace, and reg_covar={config.reg_covar:g} does not "
+            "lift it; raise reg_covar (e.g. 1e-6 for standardized data), use fewer components, "
+            "or remove duplicated points")
+    if config.covariance_type == "tied":
+        scale = {"scale_tril": scale_tril.expand(config.components, d, d).clone()}
+    elif config.full_matrices:
         scale = {"scale_tril": scale_tril}
     elif config.covariance_type == "diag":
         scale = {"scale": variances.sqrt()}
@@ -388,7 +416,7 @@ _FEATURES: list[_Features] = []  # at most one entry: the data of the EM run in 
 
 
 def _quadratic_features(config: GMMConfig, x: torch.Tensor) -> _Features | None:
-    full = config.covariance_type == "full"
+    full = config.full_matrices
     n, d = x.shape
     quadratic = d * (d + 1) // 2 if full else d
     if n * (quadratic + d + 1) > FEATURE_VALUES:
@@ -435,7 +463,7 @@ def _quadratic_weights(config: GMMConfig, params: Params,
     means = params["means"]
     k, d = means.shape
     delta = means - features.center
-    if config.covariance_type == "full":
+    if config.full_matrices:
         precision_factor = parts.whiten[:, :d, :d]  # P_k = L_k^{-T}: Λ_k = P_k P_kᵀ
         precision = precision_factor @ precision_factor.transpose(-1, -2)
         first, second = torch.triu_indices(d, d, device=means.device)
@@ -463,7 +491,7 @@ def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
     sums = resp @ features.values.T  # (K, F)
     quadratic = sums.shape[1] - d - 1
     first, counts = sums[:, quadratic:-1], sums[:, -1]
-    if config.covariance_type == "full":
+    if config.full_matrices:
         rows, columns = torch.triu_indices(d, d, device=x.device)
         second = sums.new_zeros(k, d, d)
         second[:, rows, columns] = sums[:, :quadratic]
@@ -488,7 +516,7 @@ def _e_step_whitened(config: GMMConfig, params: Params,
     every multi-threaded operation waits for a core.
     """
     k, d = config.components, config.dim
-    full = config.covariance_type == "full"
+    full = config.full_matrices
     total = x.new_zeros(())
     # full: Σ r [y, 1]ᵀ[y, 1] holds Σ r y yᵀ, Σ r y and Σ r; diag: Σ r y², Σ r y, Σ r
     second = x.new_zeros((k, d + 1, d + 1) if full else (k, d))

@@ -37,7 +37,7 @@ from zoo.declare import declare
 from zoo.errors import InputError
 from zoo.gmm_em import MixtureStatistics, mean_variance, weighted_moments
 from zoo.gmm_em import combine as combine_moments
-from zoo.registry import EMSteps, Params
+from zoo.registry import DATA_PLATE, EMSteps, Params
 
 PARAM_NAMES = ("weights", "locs", "factors", "noise")
 
@@ -93,7 +93,7 @@ def mppca_model(x=None, *, num_data=None, subsample_size=None, config: MPPCAConf
     factors = pyro.param("factors", lambda: start["factors"])
     noise = pyro.param("noise", lambda: start["noise"], constraint=constraints.positive)
     size = x.shape[0] if x is not None else num_data
-    with pyro.plate("data", size, subsample_size=subsample_size, device=like.device) as rows:
+    with pyro.plate(DATA_PLATE, size, subsample_size=subsample_size, device=like.device) as rows:
         component = pyro.sample("component", dist.Categorical(weights))
         z = pyro.sample("z", dist.Normal(like.new_zeros(config.latent_dim), 1.0).to_event(1))
         # component may carry enumeration or particle dimensions on the left: index, broadcast

@@ -37,7 +37,7 @@ import torch
 from torch.distributions import constraints
 
 from zoo.errors import InputError
-from zoo.registry import EMSteps, ModelSpec, Params, register
+from zoo.registry import DATA_PLATE, EMSteps, ModelSpec, Params, register
 
 PARAM_NAMES = ("loc", "weight", "noise")
 _CHUNK_ROWS = 65536  # rows per block of the centred covariance on the CPU
@@ -263,19 +263,31 @@ def closed_form(config: PPCAConfig, x: torch.Tensor) -> Params:
     if config.prior_precision > 0:
         raise InputError(f"prior_precision={config.prior_precision} asks for a MAP estimate, "
                          "which has no closed form; use --inference em or svi")
+    q = config.latent_dim
+    params, values = tipping_bishop(x, q)
+    if params["noise"] <= values[0] * torch.finfo(x.dtype).eps:
+        raise InputError(f"the data lie in a subspace of at most {q} dimensions, so the noise "
+                         f"variance is 0; use latent_dim below {q} or data with noise")
+    return params
+
+
+def tipping_bishop(x: torch.Tensor, latent_dim: int) -> tuple[Params, torch.Tensor]:
+    """The maximum-likelihood PPCA parameters of ``x : (N, D)`` for any ``latent_dim`` from 0
+    to D, unchecked (``noise`` is 0 where q >= min(N - 1, D)), and the covariance's
+    eigenvalues (D,), largest first. :func:`closed_form` is this with the zoo's checks."""
     data = moments(x)
     # a D x D eigendecomposition: float64 costs nothing here and keeps small eigenvalues exact
     values, vectors = torch.linalg.eigh(data.covariance.double())
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
-    q = config.latent_dim
-    noise = values[q:].mean()
-    if noise <= values[0] * torch.finfo(x.dtype).eps:
-        raise InputError(f"the data lie in a subspace of at most {q} dimensions, so the noise "
-                         f"variance is 0; use latent_dim below {q} or data with noise")
+    q = latent_dim
+    # N centred rows span at most N - 1 directions: beyond them the eigenvalues are exactly 0
+    # (numerically, rounding), and so is the noise where q reaches the rank
+    rank = min(data.num_data - 1, values.shape[0])
+    noise = values[q:].mean() if q < rank else values.new_zeros(())
     weight = vectors[:, :q] * (values[:q] - noise).clamp_min(0).sqrt()
     sign = torch.sign(weight.gather(0, weight.abs().argmax(0, keepdim=True)))
     return {"loc": data.mean, "weight": (weight * sign).to(x.dtype),
-            "noise": noise.to(x.dtype)}
+            "noise": noise.to(x.dtype)}, values
 
 
 def diagonalizing_rotation(params: Params) -> torch.Tensor:
@@ -408,6 +420,81 @@ def m_step(config: PPCAConfig, x: torch.Tensor, statistics: Statistics) -> Param
     return {name: value.to(dtype) for name, value in params.items()}
 
 
+# --- factor analysis by the SVD iteration (scikit-learn's FactorAnalysis) -----------------
+
+FA_NOISE_FLOOR = 1e-12  # the smallest noise variance the SVD iteration keeps (absolute)
+
+
+class SVDIteration(NamedTuple):
+    params: Params  # {"loc", "weight" (D, q), "noise" (D,)}
+    log_likelihood: list[float]  # the total log p(x) of every iteration's (W, psi)
+    converged: bool
+
+
+def factor_analysis_svd(x: torch.Tensor, latent_dim: int, *, tol: float = 1e-2,
+                        max_iter: int = 1000, noise_init: torch.Tensor | None = None
+                        ) -> SVDIteration:
+    """Maximum-likelihood factor analysis of ``x : (N, D)`` by the SVD iteration (Barber,
+    *Bayesian Reasoning and Machine Learning*, 2012, section 21.2.2), the algorithm of
+    scikit-learn's ``FactorAnalysis``: with the rows centred and scaled column-wise by
+    psi^-1/2 / sqrt(N), the top ``q`` singular values s and right vectors V of that matrix
+    give W = psi^1/2 V^T diag(max(s^2 - 1, 0))^1/2 and the exact log-likelihood of (W, psi);
+    then psi = max(var - diag(W W^T), ``FA_NOISE_FLOOR``). It stops when the total
+    log-likelihood (nats, summed over rows) gains less than ``tol``; ``latent_dim`` may be
+    anything from 0 to D, and any number of rows is fitted.
+    """
+    n, dim = x.shape
+    mean = x.mean(0)
+    centred = x - mean
+    variances = centred.square().mean(0)
+    psi = (torch.ones_like(variances) if noise_init is None
+           else noise_init.to(variances).clone())
+    constant = dim * math.log(2 * math.pi) + latent_dim
+    history: list[float] = []
+    converged = False
+    weight = x.new_zeros(latent_dim, dim)
+    for _ in range(max_iter):
+        root = psi.sqrt() + FA_NOISE_FLOOR
+        _, singular, right_t = torch.linalg.svd(centred / (root * math.sqrt(n)),
+                                                full_matrices=False)
+        squared = singular.square()
+        top, rest = squared[:latent_dim], squared[latent_dim:]
+        if top.shape[0] < latent_dim:  # fewer rows than factors: the missing values are 0
+            top = torch.cat([top, top.new_zeros(latent_dim - top.shape[0])])
+            right_t = torch.cat([right_t, right_t.new_zeros(latent_dim - right_t.shape[0],
+                                                            dim)])
+        weight = (top - 1).clamp_min(0).sqrt()[:, None] * right_t[:latent_dim] * root
+        total = -0.5 * n * float(constant + top.log().sum() + rest.sum() + psi.log().sum())
+        history.append(total)
+        if len(history) > 1 and total - history[-2] < tol:
+            converged = True
+            break
+        psi = (variances - weight.square().sum(0)).clamp_min(FA_NOISE_FLOOR)
+    return SVDIteration({"loc": mean, "weight": weight.T.contiguous(), "noise": psi},
+                        history, converged)
+
+
+def orthomax(weight: torch.Tensor, gamma: float, *, tol: float = 1e-6,
+             max_iter: int = 100) -> torch.Tensor:
+    """The orthogonal rotation ``W R`` of the loadings ``weight : (D, q)`` that maximizes the
+    orthomax criterion (Kaiser 1958): ``gamma=1`` varimax, ``gamma=0`` quartimax. Each step
+    solves the linearized problem by an SVD (the polar factor); it stops when the criterion
+    grows by a relative ``tol`` or less. W W^T, so the model's covariance, is unchanged."""
+    dim, q = weight.shape
+    rotation = torch.eye(q, dtype=weight.dtype, device=weight.device)
+    previous = 0.0
+    for _ in range(max_iter):
+        rotated = weight @ rotation
+        target = rotated ** 3 - (gamma / dim) * rotated * rotated.square().sum(0)
+        left, singular, right_t = torch.linalg.svd(weight.T @ target)
+        rotation = left @ right_t
+        criterion = float(singular.sum())
+        if previous != 0 and criterion / previous < 1 + tol:
+            break
+        previous = criterion
+    return weight @ rotation
+
+
 def _canonical_rotation(weight: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
     """``W R``, the one of the equally likely ``W R`` (R orthogonal) whose columns are
     Psi^-1-orthogonal, longest first, each with its largest whitened entry positive.
@@ -486,7 +573,8 @@ class LinearGaussianModel:
             pyro.factor("weight_prior", _log_prior(self.config, weight))
         size = x.shape[0] if x is not None else (num_data or 1)
         zeros = weight.new_zeros(self.config.latent_dim)
-        with pyro.plate("data", size, subsample_size=subsample_size, device=weight.device) as idx:
+        with pyro.plate(DATA_PLATE, size, subsample_size=subsample_size,
+                        device=weight.device) as idx:
             z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))
             observed = None if x is None else x[idx]
             return pyro.sample("x", dist.Normal(loc + z @ weight.T, scale).to_event(1),

@@ -3,7 +3,12 @@
 A :class:`ModelSpec` says what a model IS (its config, its Pyro model, the closed forms it
 has) and which guides approximate its posterior. The command line, the comparison harness and
 the tests iterate over :func:`models`; nothing dispatches on model names. A user's own model
-file registers the same way, with :func:`register`.
+file, and a plugin module named under the entry point group ``lvm_zoo.models``
+(:mod:`zoo.plugins`), register the same way, with :func:`register`.
+
+A strategy asks a spec for capabilities by name (:meth:`ModelSpec.has`,
+:meth:`ModelSpec.capability`: ``EM_STEPS``, ``CLOSED_FORM``, ... below), never for a field of
+its own; a capability the fields do not name is offered in ``ModelSpec.capabilities``.
 
 The model's global parameters travel in ONE representation, ``Params``: a dict from the
 ``pyro.param`` site names the model uses to constrained tensors. EM, the closed form and SVI all
@@ -14,11 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,8 +30,11 @@ from typing import Any, Protocol
 import torch
 
 from zoo.errors import InputError
+from zoo.plugins import Registry
 
 Params = dict[str, torch.Tensor]
+
+DATA_PLATE = "data"  # the plate of the rows: local latents and observations live inside it
 
 
 class PyroModel(Protocol):
@@ -35,7 +42,8 @@ class PyroModel(Protocol):
 
     ``model(x=None, *, num_data=None, subsample_size=None)``: ``x : (N, D)`` observed rows, or
     ``None`` to sample ``num_data`` rows from the prior. Local latents live in
-    ``pyro.plate("data", N, subsample_size=subsample_size)``. Guides have the same signature.
+    ``pyro.plate(DATA_PLATE, N, subsample_size=subsample_size)`` (``DATA_PLATE`` is
+    ``"data"``). Guides have the same signature.
     """
 
     def __call__(
@@ -47,38 +55,92 @@ class PyroModel(Protocol):
     ) -> Any: ...
 
 
+class Init(Protocol):
+    """``init(config, x, generator, method) -> Params``: starting parameters from the data."""
+
+    def __call__(self, config: Any, x: Any, generator: torch.Generator | None,
+                 method: str) -> Params: ...
+
+
+class EStep(Protocol):
+    """``e_step(config, params, x) -> (statistics, mean_log_likelihood)``: posterior statistics
+    of the latents under ``params``, and the mean log p(x) at ``params`` in nats per
+    datapoint."""
+
+    def __call__(self, config: Any, params: Params, x: Any) -> tuple[Any, torch.Tensor]: ...
+
+
+class MStep(Protocol):
+    """``m_step(config, x, statistics) -> Params``: the parameters that maximize the expected
+    complete-data log-likelihood (``x`` is ``None`` where EM ran on shards or chunks: the
+    statistics must then carry everything the M-step needs)."""
+
+    def __call__(self, config: Any, x: Any, statistics: Any) -> Params: ...
+
+
+class Combine(Protocol):
+    """``combine(parts, weights=None)``: the E-step statistics of the union of disjoint row
+    sets, Σ_i w_i s_i. EM on shards (torch.distributed), on chunks of a memory-mapped file,
+    and stepwise (online) EM need it."""
+
+    def __call__(self, parts: Sequence[Any], weights: Sequence[float] | None = None
+                 ) -> Any: ...
+
+
+class Summarize(Protocol):
+    """``summarize(config, x)``: a summary of the rows that ``init``, ``e_step`` and ``m_step``
+    take in place of ``x`` (PPCA and FA: the mean and covariance), for models whose E-step sees
+    the data only through it: EM on shards or chunks then passes over the rows once."""
+
+    def __call__(self, config: Any, x: torch.Tensor) -> Any: ...
+
+
+class CombineSummaries(Protocol):
+    """``combine_summaries(parts)``: the summary of the union of disjoint row sets."""
+
+    def __call__(self, parts: Sequence[Any]) -> Any: ...
+
+
+class LabelStatistics(Protocol):
+    """``label_statistics(config, x, labels)``: the statistics of hard labels ``(N,)``,
+    combinable like the E-step's: K-means on shards or chunks ends with ``m_step`` on them."""
+
+    def __call__(self, config: Any, x: torch.Tensor, labels: torch.Tensor) -> Any: ...
+
+
 @dataclass(frozen=True)
 class EMSteps:
-    """The closed-form pieces the generic EM loop (``inference.em``) calls.
+    """The closed-form pieces the generic EM loop (``inference.em``) calls, each typed by the
+    protocol of its name: ``init``, ``e_step``, ``m_step``.
 
-    - ``init(config, x, generator, method) -> Params``: starting parameters from the data.
-    - ``e_step(config, params, x) -> (statistics, mean_log_likelihood)``: posterior statistics
-      of the latents under ``params`` and the mean log p(x) in nats per datapoint at ``params``.
-    - ``m_step(config, x, statistics) -> Params``: the parameters that maximize the expected
-      complete-data log-likelihood (``x`` is ``None`` where EM ran on shards or chunks: the
-      statistics must then carry everything the M-step needs).
-
-    The optional hooks below make EM run past one tensor: on the shards of a process group,
-    on the chunks of a memory-mapped file, or stepwise on minibatches.
+    The optional hooks make EM run past one tensor: on the shards of a process group, on the
+    chunks of a memory-mapped file, or stepwise on minibatches (``combine``, ``summarize`` /
+    ``combine_summaries``, ``label_statistics``).
     """
 
-    init: Callable[..., Params]
-    e_step: Callable[..., tuple[Any, torch.Tensor]]
-    m_step: Callable[..., Params]
+    init: Init
+    e_step: EStep
+    m_step: MStep
     init_methods: tuple[str, ...] = ("random",)  # the first is the default start
     accelerate: bool = False  # SQUAREM by default (``inference.em``), where it helps
-    combine: Callable[..., Any] | None = None
-    # ^ (parts, weights=None) -> the E-step statistics of the union of disjoint row sets,
-    #   Σ_i w_i s_i: EM on shards (torch.distributed), on chunks of a memory-mapped file, and
-    #   stepwise (online) EM need it
-    summarize: Callable[..., Any] | None = None
-    # ^ (config, x) -> a summary of the rows that ``init``, ``e_step`` and ``m_step`` take in
-    #   place of ``x`` (PPCA and FA: the mean and covariance), for models whose E-step sees the
-    #   data only through it: EM on shards or chunks then passes over the rows once
-    combine_summaries: Callable[..., Any] | None = None  # (parts) -> the union's summary
-    label_statistics: Callable[..., Any] | None = None
-    # ^ (config, x, labels) -> the statistics of hard labels, combinable like the E-step's:
-    #   K-means on shards or chunks ends with ``m_step`` on them
+    combine: Combine | None = None
+    summarize: Summarize | None = None
+    combine_summaries: CombineSummaries | None = None
+    label_statistics: LabelStatistics | None = None
+
+
+# What a strategy may ask a model for (``spec.has(...)``, ``spec.capability(...)``). The first
+# ones are answered by the spec's own fields; any other name by ``ModelSpec.capabilities``, so
+# that a new strategy and the models it fits agree on a name without a new field here.
+CLOSED_FORM = "closed-form maximum likelihood"  # spec.closed_form
+EM_STEPS = "closed-form E and M steps"  # spec.em
+COMBINABLE_STATISTICS = "E-step statistics that combine across row sets"  # spec.em.combine
+HARD_ASSIGNMENT_M_STEP = "an M-step on hard assignments"  # spec.from_assignments
+GUIDES = "guides"  # spec.guides (of a catalog-joined spec)
+LOCAL_LATENTS = "local latents"  # spec.local_sites
+GLOBAL_LATENTS = "global latents"  # spec.global_sites
+EXACT_MARGINAL = "exact log p(x)"  # spec.log_marginal
+CONJUGATE_UPDATES = "conjugate coordinate updates"  # spec.capabilities[CONJUGATE_UPDATES]
 
 
 @dataclass(frozen=True)
@@ -120,6 +182,25 @@ class ModelSpec:
     baselines: Mapping[str, Callable[..., dict]] = field(default_factory=dict)
     # ^ other registered models that `compare` fits on the same split, with their options
     #   derived from this model's config, e.g. {"ppca": lambda c: {"latent_dim": c.latent_dim}}
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
+    # ^ capability name -> its hook, for what the fields above do not name: a new strategy asks
+    #   for its own capability (e.g. CONJUGATE_UPDATES) and a model offers it here
+
+    def capability(self, name: str) -> Any:
+        """The hook behind capability ``name`` (one of this module's capability names, or any
+        other a strategy asks for), or ``None`` when the model has none."""
+        em = self.em
+        answers = {
+            CLOSED_FORM: self.closed_form, EM_STEPS: em,
+            COMBINABLE_STATISTICS: em.combine if em is not None else None,
+            HARD_ASSIGNMENT_M_STEP: self.from_assignments, GUIDES: self.guides or None,
+            LOCAL_LATENTS: self.local_sites or None, GLOBAL_LATENTS: self.global_sites or None,
+            EXACT_MARGINAL: self.log_marginal}
+        return answers[name] if name in answers else self.capabilities.get(name)
+
+    def has(self, name: str) -> bool:
+        """Whether the model has capability ``name``."""
+        return self.capability(name) is not None
 
     def make_config(self, dim: int, **options: Any) -> Any:
         """Build the config from command-line style options; ``None`` means 'use the default'."""
@@ -135,15 +216,16 @@ class ModelSpec:
         return self.config_class(dim=dim, **given)
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+# The built-in model modules; importing one registers its spec(s). pyproject.toml declares the
+# same modules under [project.entry-points."lvm_zoo.models"], where another distribution
+# declares its own (see zoo.plugins).
+BUILTINS = (("gmm", "zoo.gmm"), ("ppca", "zoo.ppca"), ("dglvm", "zoo.dglvm"),
+            ("mppca", "zoo.mppca"), ("student-t-mixture", "zoo.student_t_mixture"),
+            ("bayesian-gmm", "zoo.bayesian_gmm"))
+_REGISTRY: Registry[ModelSpec] = Registry("lvm_zoo.models", "model", BUILTINS)
 _ORIGINS: dict[str, str] = {}  # model name -> "path/to/file.py:NAME" for models from user files
-# Built-in model modules; importing one registers its spec.
-_BUILTIN_MODULES = ("zoo.gmm", "zoo.ppca", "zoo.dglvm", "zoo.mppca", "zoo.student_t_mixture")
-
-
 _SOURCES: dict[str, tuple[ModelSpec, str]] = {}  # name -> (spec, the file that declared it)
 _IMPORTING: list[Path] = []  # the user files being imported (get_model("file.py:NAME"))
-_builtins_started = False
 
 
 def register(spec: ModelSpec, *, replace: bool = False, source: str | None = None
@@ -155,8 +237,7 @@ def register(spec: ModelSpec, *, replace: bool = False, source: str | None = Non
     same file declaring its model again (a file imported twice in one process, a notebook
     cell run again) replaces it. ``source`` is the declaring file (default: the user file
     being imported, else the file that defines ``spec.make_model``)."""
-    if not _builtins_started:
-        _load_builtins()  # the built-in names are taken first, whatever imports what
+    _REGISTRY.load()  # the built-in names are taken first, whatever imports what
     source = str(_IMPORTING[-1]) if _IMPORTING else source or source_file(spec.make_model)
     existing = _REGISTRY.get(spec.name)
     if existing is not None and existing is not spec and not replace:
@@ -167,7 +248,7 @@ def register(spec: ModelSpec, *, replace: bool = False, source: str | None = Non
             raise InputError(f"model '{spec.name}' is already registered{where}; declare yours "
                              f"under another name, or replace it on purpose with "
                              f"declare('{spec.name}', ..., replace=True)")
-    _REGISTRY[spec.name] = spec
+    _REGISTRY.register(spec.name, spec)
     _SOURCES[spec.name] = (spec, source)
     return spec
 
@@ -181,17 +262,8 @@ def source_file(function: Callable) -> str | None:
     return str(Path(path).resolve())
 
 
-def _load_builtins() -> None:
-    global _builtins_started
-    _builtins_started = True
-    for module in _BUILTIN_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-
-
 def models() -> dict[str, ModelSpec]:
-    """All registered models, built-ins first."""
-    _load_builtins()
+    """All registered models: the built-ins, then those of installed plugins and user files."""
     return dict(_REGISTRY)
 
 
@@ -199,7 +271,7 @@ def get_model(name: str) -> ModelSpec:
     """Look a model up by registry name, or load ``path/to/file.py:NAME`` and look up NAME."""
     if ":" in name and name.split(":", 1)[0].endswith(".py"):
         path, model_name = name.rsplit(":", 1)
-        _load_builtins()  # before the file: a file may not take a built-in's name
+        _REGISTRY.load()  # before the file: a file may not take a built-in's name
         _import_user_file(Path(path))
         name = model_name
         if name in _REGISTRY:

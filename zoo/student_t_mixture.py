@@ -37,7 +37,7 @@ from zoo.declare import declare
 from zoo.errors import InputError
 from zoo.gmm_em import MixtureStatistics, mean_variance, weighted_moments
 from zoo.gmm_em import combine as combine_moments
-from zoo.registry import EMSteps, Params
+from zoo.registry import DATA_PLATE, EMSteps, Params
 from zoo.seeding import own_random_stream
 
 
@@ -89,7 +89,7 @@ def student_t_mixture_model(x=None, *, num_data=None, subsample_size=None,
                              constraint=constraints.lower_cholesky)
     half_df = like.new_tensor(config.df / 2)
     size = x.shape[0] if x is not None else num_data
-    with pyro.plate("data", size, subsample_size=subsample_size, device=like.device) as rows:
+    with pyro.plate(DATA_PLATE, size, subsample_size=subsample_size, device=like.device) as rows:
         component = pyro.sample("component", dist.Categorical(weights))
         precision = pyro.sample("precision", dist.Gamma(half_df, half_df))
         # component and precision may carry enumeration or particle dimensions on the left;

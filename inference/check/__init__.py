@@ -43,6 +43,8 @@ from inference.catalog import get_model
 from inference.check.checker import _Checker
 from inference.check.report import CheckReport, Problem
 from inference.data import DataRequest, load
+from inference.evaluate import yardstick_notes
+from inference.fitting import default_test_fraction
 from inference.sampling import own_random_stream
 from zoo.errors import InputError
 from zoo.registry import ModelSpec
@@ -52,28 +54,31 @@ __all__ = ["CheckReport", "Problem", "check", "check_model"]
 CHECK_ROWS = 64  # rows of the training data the check runs on
 
 
-def check(model: ModelSpec | str, *, data: str | None = None, data_root=None,
-          download: bool = False, test_fraction: float = 0.2, binarize: str | None = None,
-          standardize: bool = False, dequantize: bool = False, device: str = "auto",
-          dtype: str = "float32", seed: int = 0, rows: int = CHECK_ROWS,
+def check(model: ModelSpec | str, *, data: DataRequest | str | None = None, data_root=None,
+          download: bool = False, test_fraction: float | None = None,
+          binarize: str | None = None, standardize: bool = False, dequantize: bool = False,
+          device: str = "auto", dtype: str = "float32", seed: int = 0, rows: int = CHECK_ROWS,
           guides: tuple[str, ...] | None = None,
           **options) -> CheckReport:
-    """Check ``model`` on the first ``rows`` training rows of ``data`` (the model's default
-    dataset when ``None``); ``options`` are the model's config fields. The Python face of
-    ``lvm-zoo check``."""
-    spec = get_model(model) if isinstance(model, str) else model
+    """Check ``model`` on the first ``rows`` training rows of ``data`` (a
+    :class:`DataRequest` as the fit's plan takes, or a dataset name: the model's default
+    dataset when ``None``, with the data keywords); ``options`` are the model's config fields.
+    The Python face of ``lvm-zoo check``."""
+    spec = get_model(model)
     if rows < 2:
         raise InputError(f"rows={rows} must be at least 2 (the check also subsamples)")
-    loaded = load(DataRequest(name=data, root=data_root, download=download,
-                              test_fraction=test_fraction, binarize=binarize,
-                              standardize=standardize, dequantize=dequantize, seed=seed,
-                              dtype=dtype, device=device),
-                  spec)
-    dataset, x_train, target = loaded.dataset, loaded.train, loaded.device
     config_names = {f.name for f in dataclasses.fields(spec.config_class)}
     unknown = sorted(k for k, v in options.items() if v is not None and k not in config_names)
     if unknown:
         raise InputError(f"check takes no option {', '.join(unknown)}")
+    if not isinstance(data, DataRequest):
+        data = DataRequest(
+            name=data, root=data_root, download=download,
+            test_fraction=default_test_fraction(spec) if test_fraction is None
+            else test_fraction, binarize=binarize, standardize=standardize,
+            dequantize=dequantize, seed=seed, dtype=dtype, device=device)
+    loaded = load(data, spec)
+    dataset, x_train, target = loaded.dataset, loaded.train, loaded.device
     config = spec.make_config(dim=dataset.dim, **options)
     x = x_train[:rows]
     config.validate(x.shape[0])
@@ -83,11 +88,12 @@ def check(model: ModelSpec | str, *, data: str | None = None, data_root=None,
         raise InputError(f"model '{spec.name}' has no guide {', '.join(missing)}; choose from: "
                          + ", ".join(spec.guides))
     problems = check_model(spec, config, x, guides=chosen, seed=seed)
+    notes = [] if problems else yardstick_notes(spec, config, x, chosen)
     return CheckReport(model=spec.name, data=dataset.name, rows=int(x.shape[0]),
                        device=str(target), guides=chosen,
                        sites={"local": tuple(spec.local_sites),
                               "global": tuple(spec.global_sites)},
-                       problems=problems)
+                       problems=problems, notes=notes)
 
 
 def check_model(spec: ModelSpec, config, x: torch.Tensor, *,

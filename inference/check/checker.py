@@ -95,14 +95,17 @@ class _Checker(_ModelChecks, _GuideChecks):
     def _perturb(self, fn, name, site, guide, full_trace, replay=None) -> Problem | None:
         """Push an unconstrained ``pyro.param`` out of every constrained set (negative
         entries, mixed signs) and run ``fn``; a constraint error names the parameter."""
-        constraint = site["kwargs"].get("constraint")
+        store = pyro.get_param_store()
+        if name not in store:
+            return None
+        # a parameter fetched without its initial value (a PyroModule's PyroParam) has the
+        # constraint it was registered with, in the store, not in the site
+        constraint = (getattr(store, "_constraints", {}).get(name) if len(site["args"]) < 2
+                      else site["kwargs"].get("constraint"))
         if constraint is not None and constraint is not pyro.distributions.constraints.real:
             return None
         if "$$$" in name or ("." in name and guide is not None):
             return None  # network weights and AutoGuide parameters: unconstrained by design
-        store = pyro.get_param_store()
-        if name not in store:
-            return None
         original = store[name].detach().clone()
         if not original.is_floating_point():
             return None

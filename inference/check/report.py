@@ -34,6 +34,7 @@ class CheckReport:
     guides: tuple[str, ...]
     sites: dict[str, tuple[str, ...]]
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # not problems: what the fit will do
 
     @property
     def ok(self) -> bool:
@@ -43,12 +44,15 @@ class CheckReport:
         sites = "; ".join(f"{kind} {', '.join(names) or '-'}" for kind, names in self.sites.items())
         guides = ", ".join(self.guides) or "none"
         if self.ok:
-            return (f"ok: model '{self.model}' and its guides ({guides}) run on {self.rows} rows "
-                    f"of {self.data} on {self.device}, also subsampled ({sites})")
+            return "\n".join(
+                [f"ok: model '{self.model}' and its guides ({guides}) run on {self.rows} rows "
+                 f"of {self.data} on {self.device}, also subsampled ({sites})"]
+                + [f"note: {note}" for note in self.notes])
         return (f"{len(self.problems)} problem(s) in model '{self.model}' on {self.rows} rows of "
                 f"{self.data}")
 
     def to_dict(self) -> dict:
         return {"model": self.model, "data": self.data, "rows": self.rows, "device": self.device,
                 "guides": list(self.guides), "sites": {k: list(v) for k, v in self.sites.items()},
-                "ok": self.ok, "problems": [dataclasses.asdict(p) for p in self.problems]}
+                "ok": self.ok, "problems": [dataclasses.asdict(p) for p in self.problems],
+                "notes": list(self.notes)}

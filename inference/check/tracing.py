@@ -13,8 +13,7 @@ from pyro.poutine.util import site_is_subsample
 from inference.check.devices import _DeviceAudit
 from inference.check.report import Problem
 from zoo.errors import InputError
-
-DATA_PLATE = "data"
+from zoo.registry import DATA_PLATE
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -24,6 +25,8 @@ class Fit:
     permutation: torch.Tensor | None = None  # labels matched to the anchor fit (mixtures)
     idata: object = None  # az.InferenceData of ``draws``
     reference_idata: object = None  # az.InferenceData of ``reference``
+    measures: dict = field(default_factory=dict)  # what the comparison adds to the record
+    run_dir: Path | None = None  # its run folder, once written
 
     @property
     def result(self):
@@ -32,11 +35,13 @@ class Fit:
     @property
     def record(self) -> dict:
         """The fit's JSON record with what the comparison added (read-only: see ``add``)."""
-        return self.fitted.record
+        return self.fitted.fit_record(
+            measures=dict(self.measures),
+            run_dir=None if self.run_dir is None else str(self.run_dir)).to_dict()
 
     def add(self, **fields) -> None:
         """Add fields to the record (the comparison's measures)."""
-        self.fitted.extra.update(fields)
+        self.measures.update(fields)
 
 
 def anchor_of(fits: list[Fit]) -> Fit | None:

@@ -16,12 +16,13 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import Categorical, Independent, MultivariateNormal, Normal
 
+from inference.catalog import guide_entry
 from inference.decomposition import elbo_decomposition
 from inference.evaluate import fitted, guide_site, iwae, pointwise_log_weights
 from inference.results import FitResult
 from inference.sampling import own_random_stream
 from zoo.errors import InputError
-from zoo.registry import ModelSpec
+from zoo.registry import DATA_PLATE, ModelSpec
 
 GAP_ROWS = 64  # training rows of the amortization-gap split
 GAP_STEPS = 300  # Adam steps of the per-datapoint q* where it has no closed form
@@ -45,7 +46,7 @@ def judge_fit(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, recor
         out.update(elbo=exact["elbo"], gap=exact["log_likelihood"] - exact["elbo"],
                    elbo_method="exact")
     out["approximation_gap"] = out["gap"]
-    if is_amortized(spec, guide, result, x.shape[0]):
+    if is_amortized(spec, guide, result):
         out["approximation_gap"] = None  # not the whole gap: it is split below, or unknown
         with own_random_stream(seed, x.device):
             try:  # q* in closed form: on every training row; fitted: on gap_rows of them
@@ -63,16 +64,10 @@ def judge_fit(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, recor
     return out
 
 
-def is_amortized(spec: ModelSpec, guide: str, result: FitResult, num_rows: int) -> bool:
-    """An amortized guide has parameters of its own (an encoder) and none per datapoint. The
-    guide factory's ``per_datapoint`` attribute says so; without it, parameters whose first
-    dimension is the number of training rows mark a per-datapoint guide."""
-    if not result.guide_params:
-        return False
-    flag = getattr(spec.guides[guide], "per_datapoint", None)  # the guide class says
-    if flag is not None:
-        return not flag
-    return not any(v.dim() >= 1 and v.shape[0] == num_rows for v in result.guide_params.values())
+def is_amortized(spec: ModelSpec, guide: str, result: FitResult) -> bool:
+    """An amortized guide has parameters of its own (an encoder) and none per datapoint, as
+    its entry in the guide registry says (``GuideEntry.per_datapoint``)."""
+    return bool(result.guide_params) and not guide_entry(spec, guide).per_datapoint
 
 
 def exact_decomposition(spec: ModelSpec, config, result: FitResult,
@@ -198,7 +193,7 @@ class _FreeGuide:
         return normal.to_event(self.event_dims) if self.event_dims else normal
 
     def __call__(self, x=None, *, num_data=None, subsample_size=None):
-        with pyro.plate("data", x.shape[0], subsample_size=subsample_size,
+        with pyro.plate(DATA_PLATE, x.shape[0], subsample_size=subsample_size,
                         device=x.device) as idx:
             pyro.sample(self.site, self.distribution(idx))
 

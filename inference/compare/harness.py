@@ -33,7 +33,15 @@ from inference.compare.labels import label_switching_measures
 from inference.compare.report import write_report
 from inference.compare.tables import summarize, write_csv
 from inference.data import DataRequest, load
-from inference.fitting import fit, make_config, prepare, save, split_options
+from inference.fitting import (
+    data_request,
+    grid_option_names,
+    make_config,
+    plan,
+    run,
+    split_options,
+    write_run,
+)
 from inference.runs import (
     check_writable,
     earlier_files,
@@ -67,9 +75,13 @@ def strategy_grid(spec: ModelSpec, config=None, x: torch.Tensor | None = None,
     return cells
 
 
-def grid_option_names() -> set[str]:
-    return {f for s in registry.strategies().values() if s.GridOptions is not None
-            for f in s.GridOptions.__dataclass_fields__}
+class Comparison(list):
+    """The records of a comparison, one per fit (a list), with ``summary``: one row per
+    strategy, mean and standard deviation over seeds, computed once."""
+
+    def __init__(self, records: list[dict], summary: list[dict]):
+        super().__init__(records)
+        self.summary = summary
 
 
 def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = None,
@@ -77,15 +89,18 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
             strategies: Sequence[str] | None = None, reference: str | None = None,
             gap_rows: int = GAP_ROWS, draws: int = export.DRAWS, report: bool = True,
             progress: bool = False, iwae_samples: int | None = None,
-            overwrite: bool = False, **options) -> list[dict]:
+            overwrite: bool = False, nuts_samples: int | None = None,
+            nuts_warmup: int | None = None, nuts_chains: int | None = None,
+            **options) -> Comparison:
     """Run every applicable strategy on one train/test split (drawn by ``seed``), ``seeds``
     seeds each (``seed``, ``seed + 1``, ...), judge each fit, write the comparison folder;
-    returns one record per fit.
+    returns one record per fit (and their ``summary``).
 
     ``options`` are the model's config fields, the strategies' options (each cell takes those
     of its own strategy) and the strategies' grid options (``elbos``); ``strategies``
     keeps only the named cells (by slug: ``"em"``, ``"svi-exact"``); ``reference="nuts"``
-    adds NUTS as the reference posterior; ``gap_rows`` (0: none) sizes the amortization-gap
+    adds NUTS as the reference posterior (``nuts_samples``, ``nuts_warmup``, ``nuts_chains``:
+    per chain, and how many chains); ``gap_rows`` (0: none) sizes the amortization-gap
     subset; ``draws`` is the number of posterior draws exported per fit. An ``out`` folder
     that already holds a comparison is refused unless ``overwrite``, which removes the earlier
     comparison's files and run folders once the new fits are done.
@@ -97,63 +112,86 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     _check_options(seeds=seeds, reference=reference, gap_rows=gap_rows, draws=draws,
                    grid_options=grid_options, options=options)
     model_options, fit_options = split_options(spec, options)
-    loaded = load(DataRequest.coerce(data, seed=seed) if not isinstance(data, DataRequest)
-                  else data, spec)
-    config = make_config(spec, loaded, model_options)
-    x_train = loaded.train
+    request = data_request(spec, data, seed)
+    loaded = load(request, spec)
+    config = make_config(spec, loaded, model_options)  # once, for every cell and seed
+    nuts = {"samples": nuts_samples, "warmup": nuts_warmup, "chains": nuts_chains}
     if reference == "nuts":
-        export.check_nuts_applies(spec, config, x_train)
-    cells = _chosen(strategy_grid(spec, config, x_train, **grid_options), strategies)
-    plans = [(cell, _cell_options(cell, fit_options)) for cell in cells]
-    for cell, cell_options in plans:  # every cell's options are checked before any fit
-        prepare(spec, inference=cell.strategy, guide=cell.guide, **cell_options)
+        export.NutsOptions.make(**nuts)
+        export.check_nuts_applies(spec, config, loaded.train)
+    cells = _chosen(strategy_grid(spec, config, loaded.train, **grid_options), strategies)
+    plans = [(cell, plan(spec, inference=cell.strategy, guide=cell.guide, data=request, seed=s,
+                         iwae_samples=iwae_samples, progress=progress, posterior=False,
+                         **model_options, **_cell_options(cell, fit_options)))
+             for cell in cells for s in range(seed, seed + seeds)]  # all checked before work
+    return _run_grid(spec, plans, loaded, config, out=out, overwrite=overwrite, seed=seed,
+                     gap_rows=gap_rows, draws=draws, reference=reference, nuts=nuts,
+                     report=report)
+
+
+def _run_grid(spec: ModelSpec, plans: list, loaded, config, *, out, overwrite: bool, seed: int,
+              gap_rows: int, draws: int, reference: str | None, nuts: dict,
+              report: bool) -> Comparison:
+    """Fit the planned cells into a comparison folder (locked), judge, export, report."""
+    progress = any(settled.progress for _, settled in plans)
     compare_dir = check_writable(Path(out) if out else fresh_folder(Path("runs") / (
         f"compare-{spec.name}-{Path(loaded.dataset.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")))
     with locked(compare_dir):  # one process at a time writes a comparison folder
         refuse_earlier(compare_dir, comparison=True, overwrite=overwrite)
         earlier = earlier_files(compare_dir, comparison=True) if overwrite else {}
-        fits: list[Fit] = []
-        for cell, cell_options in plans:
-            for s in range(seed, seed + seeds):
-                if progress:
-                    print(f"compare: {cell.label}, seed {s}", file=sys.stderr, flush=True)
-                fitted = fit(spec, inference=cell.strategy, guide=cell.guide, seed=s, loaded=loaded,
-                             progress=progress, iwae_samples=iwae_samples, **model_options,
-                             **cell_options)
-                item = Fit(cell, s, fitted, baseline=registry.strategies()[cell.strategy].baseline)
-                item.add(strategy=cell.label,
-                         elbo_estimator=fitted.result.info.get("elbo_estimator"),
-                         compare_dir=str(compare_dir))
-                item.add(**judge_fit(spec, config, fitted.result, x_train, fitted.metrics,
-                                     gap_rows=gap_rows, seed=s))
-                fits.append(item)
-        rows_chosen = _chosen_rows(spec, config, fits, x_train, seed)
+        fits = [_fitted(cell, settled, loaded, config, compare_dir, gap_rows)
+                for cell, settled in plans]
+        _measured(spec, config, fits, loaded.train, seed, draws, reference, nuts)
         for item in fits:
-            item.draws = export.draw_posterior(spec, config, item.result, x_train, rows=rows_chosen,
-                                               label=item.cell.label, num_draws=draws,
-                                               seed=item.seed)
-        _label_switching(spec, config, fits, x_train)
-        if reference == "nuts":
-            _nuts_reference(spec, config, fits, x_train, rows_chosen, seed)
-        for item in fits:
-            save(item.fitted, compare_dir / f"{item.cell.slug}-seed{item.seed}", figures=False,
-                 posterior=False)  # the comparison exports its own posterior.nc next
+            item.run_dir = compare_dir / f"{item.cell.slug}-seed{item.seed}"
+            write_run(item.fitted, item.run_dir, figures=False, posterior=False,
+                      measures=item.measures)  # the comparison exports its posterior.nc next
             _export(item)
         records = [item.record for item in fits]
         records += _baselines(spec, config, loaded, compare_dir, seed, progress)
         summary = summarize(records)
-        write_json(compare_dir / "comparison.json", records)
-        write_csv(compare_dir / "comparison.csv", records)
-        write_json(compare_dir / "summary.json", summary)
-        write_csv(compare_dir / "summary.csv", summary)
-        figures = comparison_figures(spec, loaded.dataset, config, fits, summary, x_train,
+        _write(compare_dir, records, summary)
+        figures = comparison_figures(spec, loaded.dataset, config, fits, summary, loaded.train,
                                      compare_dir, seed)
         if report:
             write_report(compare_dir, spec=spec, dataset=loaded.dataset, config=config,
                          records=records, summary=summary, figures=figures,
                          summaries=_arviz_summaries(fits, seed), nuts=_nuts_notes(fits))
         remove_earlier(earlier)  # --overwrite: what the new comparison did not write anew
-    return records
+    return Comparison(records, summary)
+
+
+def _fitted(cell: Cell, settled, loaded, config, compare_dir: Path, gap_rows: int) -> Fit:
+    """One cell at one seed: fitted on the shared data and config, judged, its gaps added."""
+    if settled.progress:
+        print(f"compare: {cell.label}, seed {settled.seed}", file=sys.stderr, flush=True)
+    fitted = run(settled, loaded=loaded, config=config)
+    item = Fit(cell, settled.seed, fitted, baseline=settled.strategy.baseline)
+    item.add(strategy=cell.label, elbo_estimator=fitted.result.info.get("elbo_estimator"),
+             compare_dir=str(compare_dir))
+    item.add(**judge_fit(settled.spec, config, fitted.result, loaded.train, fitted.metrics,
+                         gap_rows=gap_rows, seed=settled.seed))
+    return item
+
+
+def _measured(spec, config, fits: list[Fit], x: torch.Tensor, seed: int, draws: int,
+              reference: str | None, nuts: dict | None = None) -> None:
+    """The chosen rows' posterior draws of every fit, labels matched, NUTS beside them."""
+    rows_chosen = _chosen_rows(spec, config, fits, x, seed)
+    for item in fits:
+        item.draws = export.draw_posterior(spec, config, item.result, x, rows=rows_chosen,
+                                           label=item.cell.label, num_draws=draws,
+                                           seed=item.seed)
+    _label_switching(spec, config, fits, x)
+    if reference == "nuts":
+        _nuts_reference(spec, config, fits, x, rows_chosen, seed, **(nuts or {}))
+
+
+def _write(compare_dir: Path, records: list[dict], summary: list[dict]) -> None:
+    write_json(compare_dir / "comparison.json", records)
+    write_csv(compare_dir / "comparison.csv", records)
+    write_json(compare_dir / "summary.json", summary)
+    write_csv(compare_dir / "summary.csv", summary)
 
 
 def _cell_options(cell: Cell, options: dict) -> dict:
@@ -174,10 +212,14 @@ def _baselines(spec: ModelSpec, config, loaded, compare_dir: Path, seed: int,
                 continue
             if progress:
                 print(f"compare: baseline {name} {inference}", file=sys.stderr, flush=True)
-            fitted = fit(other, inference=inference, seed=seed, loaded=loaded, **derive(config))
-            fitted.extra.update(strategy=f"{name} {inference}", compare_dir=str(compare_dir))
-            save(fitted, compare_dir / f"baseline-{name}-{inference}-seed{seed}", figures=False)
-            records.append(fitted.record)
+            settled = plan(other, inference=inference, seed=seed, data=loaded.request,
+                           posterior=False, **derive(config))
+            fitted = run(settled, loaded=loaded)
+            record = write_run(fitted, compare_dir / f"baseline-{name}-{inference}-seed{seed}",
+                               figures=False, posterior=False,
+                               measures={"strategy": f"{name} {inference}",
+                                         "compare_dir": str(compare_dir)})
+            records.append(record.to_dict())
     return records
 
 
@@ -237,20 +279,34 @@ def _label_switching(spec, config, fits: list[Fit], x: torch.Tensor) -> None:
         item.permutation = None if measures is None else measures["permutation"]
 
 
-def _nuts_reference(spec, config, fits: list[Fit], x, rows, seed) -> None:
-    """NUTS at each fit's parameters (first seed of each strategy), on the chosen rows."""
+def _nuts_reference(spec, config, fits: list[Fit], x, rows, seed, **nuts) -> None:
+    """NUTS at each fit's parameters (first seed of each strategy), run once per distinct
+    parameters (once for a Bayesian model without point parameters): given every training
+    row for a model with global latents, on the chosen rows otherwise (exact for them: the
+    rows are independent given the parameters). ``nuts``: samples, warmup, chains."""
+    options = export.NutsOptions.make(**nuts)
+    runs: list[tuple[dict, export.PosteriorDraws]] = []
     for item in fits:
         item.add(reference_distance=None)
         if item.seed != seed or item.draws is None:
             continue
-        item.reference = export.nuts_reference(spec, config, item.result, x, rows=rows,
-                                               seed=seed, label=f"nuts ({item.cell.label})")
+        params = item.result.params
+        found = next((draws for key, draws in runs if key.keys() == params.keys() and all(
+            torch.equal(key[k].cpu(), params[k].cpu()) for k in key)), None)
+        if found is None:
+            found = export.nuts_reference(
+                spec, config, item.result, x, rows=rows, seed=seed,
+                label="nuts" if not params else f"nuts ({item.cell.label})",
+                num_samples=options.samples, warmup_steps=options.warmup,
+                num_chains=options.chains, max_local_rows=0)
+            runs.append((params, found))
+        item.reference = export.restricted(found, rows)  # the rows the figures show
         item.add(reference_distance=export.reference_distance(item.draws, item.reference))
 
 
 def _export(item: Fit) -> None:
     """posterior.nc (and nuts.nc) into the fit's run folder."""
-    run_dir = item.fitted.run_dir
+    run_dir = item.run_dir
     record = item.record
     attrs = {"model": record["model"], "strategy": item.cell.label,
              "inference": item.cell.strategy, "guide": item.cell.guide,

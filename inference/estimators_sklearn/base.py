@@ -10,8 +10,10 @@ same call the command line makes. The fitted state is the zoo's one parameter re
 ``components_``, ...) is derived from them by :meth:`LatentModelEstimator._derive`.
 
 Numbers: data come in as numpy arrays, are checked by scikit-learn's ``validate_data`` and are
-computed on in the parameters' dtype (float64 for a fit here, as scikit-learn; the run's dtype
-for :func:`inference.estimators_sklearn.loading.load`); arrays come back as float64.
+computed on in the parameters' dtype (float64 for a fit on the CPU; float32 data stay float32
+on a GPU; the run's dtype for :func:`inference.estimators_sklearn.loading.load`); fitted
+attributes and outputs come back in the dtype of the data fitted on (float32 in, float32 out,
+as scikit-learn), float64 for a loaded run.
 
 Randomness: ``random_state`` gives one integer seed per fit (an int is used as it is, so
 ``random_state=0`` is the command line's ``--seed 0``). A fit leaves the caller's random
@@ -31,149 +33,73 @@ import dataclasses
 import io
 import math
 import numbers
-import random
 import tempfile
-from collections.abc import Iterator
-from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
-import pyro
 import torch
 from pyro import poutine
 from sklearn.base import _fit_context
-from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from inference import strategies
-from inference.catalog import get_model
 from inference.data import choose_device
+from inference.estimators_sklearn.continuation import SVIContinuation, _can_partial_fit
+from inference.estimators_sklearn.support import (
+    _BEST_KEYS,
+    _FILE_MODELS,
+    COMMON_CONSTRAINTS,
+    NEVER,
+    _svi_strategy_module,
+    as_numpy,
+    config_from_fields,
+    is_file_reference,
+    kept_random_state,
+    model_spec,
+    seed_from,
+    strategy_options,
+    svi_state,
+)
 from inference.evaluate import fitted, iwae, pointwise_log_weights
 from inference.results import FitResult
-from inference.runs import load_checkpoint
-from inference.svi import ELBOS
-from zoo.errors import InputError
-from zoo.registry import ModelSpec, Params
+from zoo.plugins import Registry
+from zoo.registry import DATA_PLATE, ModelSpec, Params
 from zoo.seeding import own_random_stream
 
-NEVER = 2**62  # a stop_window no history reaches: partial_fit's SVI never stops by itself
-_BEST_KEYS = ("best_step", "best_window", "best_params")
-
-# Parameters every estimator takes the same way (each class adds its own).
-COMMON_CONSTRAINTS: dict[str, list] = {
-    "guide": [str, None],
-    "elbo": [StrOptions(set(ELBOS)), None],
-    "steps": [Interval(Integral, 1, None, closed="left"), None],
-    "lr": [Interval(Real, 0.0, None, closed="neither"), None],
-    "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-    "random_state": ["random_state"],
-    "device": [str],
-}
+# re-exported: the helpers lived here before :mod:`.support` and :mod:`.continuation`
+__all__ = ["_BEST_KEYS", "_FILE_MODELS", "BUILTINS", "COMMON_CONSTRAINTS", "ESTIMATORS", "NEVER",
+           "LatentModelEstimator", "SVIContinuation", "_can_partial_fit", "_svi_strategy_module",
+           "as_numpy", "check_latent", "config_from_fields", "is_file_reference",
+           "kept_random_state", "model_spec", "register_estimator", "seed_from",
+           "strategy_options", "svi_state"]
 
 
-# --- small helpers --------------------------------------------------------------------------
+# The estimator class of each model (``load(run_dir)`` makes one; any other model gets
+# ``PyroLatentModel``). The built-in modules register theirs with ``@register_estimator``;
+# pyproject.toml declares them under [project.entry-points."lvm_zoo.estimators"].
+BUILTINS = (("mixture", "inference.estimators_sklearn.mixture"),
+            ("linear", "inference.estimators_sklearn.linear"),
+            ("deep", "inference.estimators_sklearn.deep"))
+ESTIMATORS: Registry[type] = Registry("lvm_zoo.estimators", "estimator", BUILTINS)
 
 
-def _svi_strategy_module():
-    """:mod:`inference.strategies.svi`, imported only after the registry has loaded every
-    built-in strategy: importing it first would register SVI ahead of EM and so change the
-    default strategy (``strategies.get(None, spec)``) of every model in the process."""
-    strategies.strategies()
-    from inference.strategies import svi
-
-    return svi
-
-
-_FILE_MODELS: dict[str, str] = {}  # "path/file.py:NAME" -> NAME, once the file is imported
-
-
-def is_file_reference(reference: str) -> bool:
-    return ":" in reference and reference.split(":", 1)[0].endswith(".py")
-
-
-def model_spec(reference: str) -> ModelSpec:
-    """The catalog's spec for a registry name or ``path/file.py:NAME`` (a file is imported
-    once per process; later look-ups use the name it registered)."""
-    name = _FILE_MODELS.get(reference)
-    if name is not None:
-        with contextlib.suppress(InputError):
-            return get_model(name)
-    spec = get_model(reference)
-    if is_file_reference(reference):
-        _FILE_MODELS[reference] = spec.name
-    return spec
-
-
-def seed_from(random_state) -> int:
-    """One integer seed: an int ``random_state`` as it is, else a draw from it (None: numpy's
-    global stream, as scikit-learn)."""
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        return int(random_state)
-    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-
-
-@contextlib.contextmanager
-def kept_random_state(device: torch.device) -> Iterator[None]:
-    """The caller's Python, numpy and torch streams are as they were afterwards (the zoo's
-    fits call ``pyro.set_rng_seed``, which seeds all three)."""
-    # the legacy global stream is the one pyro.set_rng_seed seeds, so it is the one to restore
-    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)  # noqa: NPY002
-
-
-def as_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A float64 (or integer) numpy array of a tensor, on the CPU."""
-    array = tensor.detach().cpu().numpy()
-    return array.astype(np.float64) if np.issubdtype(array.dtype, np.floating) else array
-
-
-def svi_state(result: FitResult, checkpoint: Path, kept: str | None = None) -> dict | None:
-    """The SVI checkpoint of the state ``result`` returned (its best restart's file), with the
-    best-window bookkeeping removed (a continuation starts its own), or None."""
-    restart = int(result.info.get("best_restart", 0) or 0)
-    path = _svi_strategy_module().restart_checkpoint(checkpoint, restart)
-    if path is None or not Path(path).is_file():
-        return None
-    state = load_checkpoint(path)
-    if (kept or result.info.get("kept")) == "best" and "best_params" in state:
-        state["params"] = state["best_params"]  # the fit returned the best window's state
-    for key in _BEST_KEYS:
-        state.pop(key, None)
-    return state
-
-
-def config_from_fields(spec: ModelSpec, fields: dict):
-    """The config dataclass from its fields (lists from JSON become tuples)."""
-    return spec.config_class(**{k: tuple(v) if isinstance(v, list) else v
-                                for k, v in fields.items()})
-
-
-def _can_partial_fit(estimator) -> bool:
-    try:
-        return estimator._supports_partial_fit()
-    except (InputError, ValueError, KeyError):
-        return False
+def register_estimator(cls: type) -> type:
+    """Class decorator: ``cls`` is the estimator of the model ``cls._model``."""
+    return ESTIMATORS.register(cls._model, cls, origin=cls.__module__)
 
 
 # --- the base estimator ----------------------------------------------------------------------
 
 
-class LatentModelEstimator:
+class LatentModelEstimator(SVIContinuation):
     """What the zoo's scikit-learn estimators share (see the module docstring). A mixin: an
     estimator lists it before scikit-learn's mixins (so that its ``score`` is the one used,
     not ``DensityMixin``'s placeholder) and ``BaseEstimator`` last."""
 
     _model: ClassVar[str] = ""  # the registry name; PyroLatentModel takes it as a parameter
     _dtype_default: ClassVar[torch.dtype] = torch.float64
+    _min_samples: ClassVar[int] = 2  # rows a fit needs at the least
     _needs_guide_for_density: ClassVar[bool] = False
 
     # --- what a subclass says ----------------------------------------------------------------
@@ -193,6 +119,14 @@ class LatentModelEstimator:
     def _check_sizes(self, n_samples: int, n_features: int) -> None:
         """ValueErrors naming the estimator's parameter, before the zoo's own checks."""
 
+    def _fit_seed(self) -> int:
+        """The fit's integer seed (``seed_``) from ``random_state``."""
+        return seed_from(self.random_state)
+
+    def _inspect(self, X: np.ndarray) -> None:
+        """A look at the data before the config is made (subclasses: PPCA's fraction of the
+        variance)."""
+
     def _derive(self) -> None:
         """Set the public fitted attributes from ``params_`` (subclasses)."""
 
@@ -211,6 +145,26 @@ class LatentModelEstimator:
                 if value.is_floating_point():
                     return value.dtype
         return self._dtype_default
+
+    def _compute_dtype(self, dtype: np.dtype, device: torch.device) -> torch.dtype:
+        """The fit's dtype: float64 on the CPU (scikit-learn's accuracy), float32 data kept
+        float32 on a GPU."""
+        if device.type == "cuda" and dtype == np.float32:
+            return torch.float32
+        return self._dtype_default
+
+    def _out(self, array: np.ndarray) -> np.ndarray:
+        """A float array in the dtype of the data the estimator was fitted on (scikit-learn
+        keeps float32 float32)."""
+        dtype = getattr(self, "_output_dtype", np.float64)
+        if isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.floating):
+            return array.astype(dtype, copy=False)
+        return array
+
+    def _cast_fitted(self) -> None:
+        for name, value in list(vars(self).items()):
+            if name.endswith("_") and not name.startswith("_"):
+                vars(self)[name] = self._out(value)
 
     def _config(self):
         return config_from_fields(self._spec(), self._config_fields)
@@ -272,10 +226,11 @@ class LatentModelEstimator:
         """One fit by the zoo's strategy registry; for SVI also its state (checkpoint)."""
         strategy = strategy or self._strategy_name(spec)
         options = {**self._options_for(strategy, x.shape[0]), **overrides}
-        uses_guide = strategies.strategies()[strategy].uses_guide
+        chosen = strategies.strategies()[strategy]
+        uses_guide = chosen.uses_guide
         guide = self._guide_name(spec) if uses_guide else None
         with tempfile.TemporaryDirectory(prefix="lvm-zoo-sklearn-") as folder:
-            checkpoint = Path(folder) / "checkpoint.pt" if strategy == "svi" else None
+            checkpoint = Path(folder) / "checkpoint.pt" if chosen.checkpoints else None
             if resume_state is not None:
                 torch.save(resume_state, checkpoint)
             with contextlib.redirect_stderr(io.StringIO()):  # "resuming from step ..."
@@ -294,12 +249,15 @@ class LatentModelEstimator:
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Fit the model to ``X`` (n_samples, n_features); ``y`` is ignored."""
-        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        X = validate_data(self, X, dtype=[np.float64, np.float32],
+                          ensure_min_samples=self._min_samples)
+        self._output_dtype = X.dtype  # float32 in, float32 fitted attributes out
+        self._inspect(X)
         spec = self._spec()
         config = self._make_config(spec, *X.shape)
-        seed = seed_from(self.random_state)
+        seed = self._fit_seed()
         device = self._device()
-        x = torch.tensor(X, dtype=self._dtype_default, device=device)
+        x = torch.tensor(X, dtype=self._compute_dtype(X.dtype, device), device=device)
         with kept_random_state(device):
             result, state = self._run(spec, config, x, seed)
         self._store(spec, config, result, seed, state, x)
@@ -327,72 +285,7 @@ class LatentModelEstimator:
         else:
             self.lower_bound_ = math.nan
         self._derive()
-
-    # --- partial_fit (SVI) -----------------------------------------------------------------
-
-    def _supports_partial_fit(self) -> bool:
-        spec = self._spec()
-        if self._strategy_name(spec) != "svi":
-            return False
-        guide = self._guide_name(spec)
-        return guide in spec.guides and not getattr(spec.guides[guide], "per_datapoint", False)
-
-    @available_if(_can_partial_fit)
-    @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None):
-        """One epoch of SVI steps on the batch ``X`` (``ceil(n_samples / batch_size)`` steps),
-        continuing the fit before it: parameters, Adam's moments, the random stream. After a
-        fit by another strategy (EM) or a load without an SVI checkpoint it continues from the
-        fitted parameters with a fresh Adam; the first call on an unfitted estimator starts a
-        fit of one epoch."""
-        first = not self.__sklearn_is_fitted__()
-        X = validate_data(self, X, reset=first, dtype=np.float64, ensure_min_samples=1)
-        spec = self._spec()
-        device = self._device()
-        if first:
-            config = self._make_config(spec, *X.shape)
-            seed, state = seed_from(self.random_state), None
-            x = torch.tensor(X, dtype=self._dtype_default, device=device)
-        else:
-            config, seed = self._config(), self.seed_
-            config.validate(X.shape[0])
-            x = torch.tensor(X, dtype=self._dtype(), device=device)
-            state = getattr(self, "_svi_state", None)
-            if state is None:  # fitted by another strategy, or loaded without a checkpoint
-                with kept_random_state(device):
-                    state = self._state_from_params(spec, config, x, seed)
-        done = 0 if state is None else int(state["step"])
-        svi = _svi_strategy_module()
-        options = svi.SVIOptions(**self._options_for("svi", x.shape[0]))
-        settings = svi.StochasticVariationalInference.settings(spec, config, x, options,
-                                                               self._guide_name(spec))
-        batch = settings.get("batch_size") or x.shape[0]
-        steps = math.ceil(x.shape[0] / min(batch, x.shape[0]))
-        with kept_random_state(device):
-            result, state = self._fit_strategy(
-                spec, config, x, seed, strategy="svi", resume_state=state,
-                steps=done + steps, stop_tol=0.0, stop_window=NEVER)
-        self._store(spec, config, result, seed, state, x)
-        return self
-
-    def _state_from_params(self, spec: ModelSpec, config, x: torch.Tensor, seed: int) -> dict:
-        """An SVI checkpoint that starts from the fitted parameters (and the guide's, where the
-        fit has them; a fresh guide otherwise) with a fresh Adam: what ``partial_fit``
-        continues when the fit kept no SVI state of its own."""
-        guide = self._guide_name(spec)
-        torch.manual_seed(seed)
-        with fitted(spec, config, self._params_on(x), x, guide=guide,
-                    guide_params=self._params_on(x, self.guide_params_)):
-            values = {n: p.detach().clone() for n, p in
-                      pyro.get_param_store().named_parameters()}
-        names = sorted(values)
-        optimizer = torch.optim.Adam([values[n].requires_grad_() for n in names])
-        history = self.history_.get("elbo", []) if self.inference_ == "svi" else []
-        return {"step": len(history), "seed": seed,
-                "history": torch.tensor(history, dtype=torch.float64), "params": values,
-                "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(x.device)}
-                   if x.device.type == "cuda" else {})}
+        self._cast_fitted()
 
     # --- the yardstick ---------------------------------------------------------------------
 
@@ -423,7 +316,7 @@ class LatentModelEstimator:
     def score_samples(self, X) -> np.ndarray:
         """log p(x) of every row of ``X`` in nats: exact where the model has it, else the IWAE
         bound with ``iwae_samples`` draws from the guide."""
-        return as_numpy(self._log_px(self._checked(X)))
+        return self._out(as_numpy(self._log_px(self._checked(X))))
 
     def score(self, X, y=None) -> float:
         """The mean log-likelihood of ``X`` per row, in nats (higher is better)."""
@@ -451,7 +344,7 @@ class LatentModelEstimator:
                 trace = poutine.trace(model).get_trace(None, num_data=int(n_samples))
         observed = [n for n, s in trace.nodes.items() if s["type"] == "sample"
                     and n not in spec.local_sites and n not in spec.global_sites
-                    and any(f.name == "data" for f in s["cond_indep_stack"])]
+                    and any(f.name == DATA_PLATE for f in s["cond_indep_stack"])]
         name = "x" if "x" in observed else observed[-1]
         local = [trace.nodes[s]["value"] for s in spec.local_sites if s in trace.nodes]
         return trace.nodes[name]["value"], local[0] if local else None
@@ -495,7 +388,3 @@ def check_latent(estimator: LatentModelEstimator, Z, width: int) -> torch.Tensor
     return estimator._tensor(Z)
 
 
-def strategy_options(run: dict) -> dict[str, Any]:
-    """A run's strategy options (``run.json``'s ``options``)."""
-    options = run.get("options")
-    return dict(options) if isinstance(options, dict) else {}

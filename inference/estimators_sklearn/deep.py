@@ -37,12 +37,14 @@ from inference.estimators_sklearn.base import (
     LatentModelEstimator,
     as_numpy,
     check_latent,
+    register_estimator,
     strategy_options,
 )
 from inference.svi import STOP_TOL
 from zoo import dglvm
 
 
+@register_estimator
 class DeepLatentGaussian(LatentModelEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                          DensityMixin, BaseEstimator):
     """Deep Gaussian latent-variable model (VAE) fitted by SVI.

@@ -97,7 +97,7 @@ class PyroLatentModel(LatentModelEstimator, DensityMixin, BaseEstimator):
     def _params_from_run(cls, spec, config, run, metrics) -> dict:
         options = strategy_options(run)
         named = {k: options.pop(k) for k in _NAMED if k in options}
-        if run["inference"] == "svi" and "stop_tol" in options:
+        if "stop_tol" in options:  # the stopping rule's tolerance is the estimator's tol
             named["tol"] = options.pop("stop_tol")
         model_options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                          if f.name != "dim"}

@@ -1,13 +1,14 @@
 """``load(run_dir)``: a saved run as a fitted scikit-learn estimator, from weights only.
 
-The run folder is read as :func:`inference.fitting.evaluate_run` reads it: ``run.json`` and
+The run folder is read as :func:`inference.reevaluate.evaluate_run` reads it: ``run.json`` and
 ``params.pt`` through :func:`inference.runs.load_run` (``torch.load(weights_only=True)``,
 nothing unpickled), and the model found by the same rule (a run of a model from a user's file
 needs that file named, ``model="FILE.py"``; nothing in the folder is imported). The estimator
-class follows the model: ``gmm`` -> :class:`GaussianMixture`, ``ppca`` -> :class:`PPCA`, ``fa``
--> :class:`FactorAnalysis`, ``dglvm`` -> :class:`DeepLatentGaussian`, any other ->
-:class:`PyroLatentModel`. Its parameters are the run's (so ``clone(est).fit(X)`` refits the way
-the run was fitted) and it computes in the run's dtype with the run's seed, so its
+class follows the model, by the estimator registry (``base.ESTIMATORS``: ``gmm`` ->
+:class:`GaussianMixture`, ``ppca`` -> :class:`PPCA`, ``fa`` -> :class:`FactorAnalysis`, ``dglvm``
+-> :class:`DeepLatentGaussian`, and what plugins register), any other ->
+:class:`PyroLatentModel`. Its parameters are the run's (so ``clone(est).fit(X)`` refits the
+way the run was fitted) and it computes in the run's dtype with the run's seed, so its
 ``score_samples`` are the run's numbers: the exact log p(x), or for a model without one the
 same IWAE draws as the run's metrics. An SVI run's ``checkpoint.pt`` (weights only too) lets
 ``partial_fit`` continue it.
@@ -19,17 +20,15 @@ from pathlib import Path
 
 from inference.catalog import get_model
 from inference.estimators_sklearn import base
-from inference.estimators_sklearn.base import LatentModelEstimator, config_from_fields
-from inference.estimators_sklearn.deep import DeepLatentGaussian
+from inference.estimators_sklearn.base import (
+    ESTIMATORS,
+    LatentModelEstimator,
+    config_from_fields,
+)
 from inference.estimators_sklearn.generic import PyroLatentModel
-from inference.estimators_sklearn.linear import PPCA, FactorAnalysis
-from inference.estimators_sklearn.mixture import GaussianMixture
 from inference.results import FitResult
 from inference.runs import CHECKPOINT_FILE, HISTORY_FILE, load_run, read_json
 from zoo.errors import InputError
-
-ESTIMATORS: dict[str, type[LatentModelEstimator]] = {
-    "gmm": GaussianMixture, "ppca": PPCA, "fa": FactorAnalysis, "dglvm": DeepLatentGaussian}
 
 
 def load(run_dir: str | Path, model: str | None = None, *,
@@ -39,7 +38,7 @@ def load(run_dir: str | Path, model: str | None = None, *,
     ``model`` names the user's file for a run of a model declared there (``"FILE.py"`` or
     ``"FILE.py:NAME"``), as ``lvm-zoo evaluate --model``; ``device`` is where it computes.
     """
-    from inference.fitting import _model_reference  # the rule; fitting imports arviz: late
+    from inference.reevaluate import _model_reference  # the rule: a run never names code
 
     run, params, guide_params, metrics = load_run(run_dir)
     reference = _model_reference(run, model, run_dir)

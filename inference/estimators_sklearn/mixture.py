@@ -5,11 +5,24 @@ The parameters are scikit-learn's (``n_components``, ``covariance_type``, ``tol`
 ``precisions_init``, ``random_state``, ``warm_start``, ``verbose``) with the same meanings and
 defaults, plus ``inference`` (``"em"``, ``"online-em"``, ``"svi"`` or ``"kmeans"``), ``guide``,
 ``elbo``, ``steps``, ``lr``, ``batch_size``, ``passes``, ``step_decay`` and ``device``. Names
-map onto the zoo's: ``n_components`` is the config's ``components``; ``init_params``
-``"kmeans"`` / ``"k-means++"`` / ``"random"`` are EM's ``init`` ``"kmeans"`` / ``"kmeans++"`` /
-``"random"``; ``tol`` is EM's, on the change of the mean log-likelihood per datapoint
-(scikit-learn's rule and unit), under online EM the same between its last two passes, or under
-SVI the stopping rule's ``stop_tol`` (nats per datapoint per window).
+map onto the zoo's: ``n_components`` is the config's ``components``; ``tol`` is EM's, on the
+change of the mean log-likelihood per datapoint (scikit-learn's rule and unit), under online EM
+the same between its last two passes, or under SVI the stopping rule's ``stop_tol`` (nats per
+datapoint per window).
+
+EM (the default) is scikit-learn's fit, step for step: every restart starts from
+responsibilities drawn as scikit-learn draws them (:mod:`.starts`: ``"kmeans"``,
+``"k-means++"`` (the seed rows alone), ``"random"``, ``"random_from_data"``, from one
+``RandomState``, an instance being consumed as scikit-learn consumes it), the restart with the
+highest ``lower_bound_`` (log p(x) before the last M-step) is kept, and a warm start measures
+its first change from the previous fit's lower bound, so that repeated ``max_iter=1`` fits
+converge after the second. The same ``random_state`` gives scikit-learn's ``n_iter_``, labels
+and score (``tests/inference/test_sklearn_agreement.py``). ``covariance_type="tied"`` keeps K
+equal Cholesky factors in ``params_`` and scikit-learn's (D, D) arrays as attributes.
+``reg_covar`` is scikit-learn's: a fit fails (ValueError, scikit-learn's message) only where a
+covariance is not positive definite. float32 data give float32 fitted attributes and outputs
+(computed in float64 on the CPU). ``sample`` draws scikit-learn's rows (numpy, the same
+``random_state``), grouped by component.
 
 ``inference="online-em"`` is stepwise EM (:mod:`inference.online_em`): ``fit`` makes ``passes``
 passes (default 1) of minibatches of ``batch_size`` rows; ``partial_fit(X)`` is one update on
@@ -24,50 +37,61 @@ every minibatch's mean log-likelihood before its update; ``converged_`` is False
 ``partial_fit`` (a stream has no convergence test). With ``inference="svi"``, ``partial_fit`` is
 the base class's: one epoch of SVI on ``X``.
 
-Differences from scikit-learn: ``covariance_type="tied"`` is not offered; ``lower_bound_`` is
-the exact mean log-likelihood of the returned parameters (EM), or the last ELBO (SVI);
-``sample`` returns the rows in the order drawn, not grouped by component; ``verbose`` shows a
-progress bar (``verbose_interval`` is not a parameter).
+Differences from scikit-learn: ``history_["log_likelihood"]`` ends with log p(x) of the
+returned parameters (one entry more than ``lower_bounds_``); under SVI ``lower_bound_`` is the
+last ELBO; ``verbose`` shows a progress bar (``verbose_interval`` is not a parameter); under
+SVI ``"tied"`` ties the covariances through the mean of the K factors.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, DensityMixin, _fit_context
+from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_array, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from inference import online_em
 from inference.em import MAX_ITER, TOL, fit_em
+from inference.estimators_sklearn import starts
 from inference.estimators_sklearn.base import (
     COMMON_CONSTRAINTS,
     LatentModelEstimator,
-    _can_partial_fit,
     as_numpy,
-    kept_random_state,
+    register_estimator,
     seed_from,
     strategy_options,
 )
+from inference.estimators_sklearn.mixture_init import (
+    CONVERGENCE_MESSAGE,
+    EM_INIT,
+    KMEANS_INIT,
+    SINGULAR_MESSAGE,
+    SKLEARN_INIT,
+    _lower_bound,
+    initial_arrays,
+    with_given,
+)
+from inference.estimators_sklearn.mixture_online import OnlineEM
 from inference.results import FitResult
 from inference.svi import STOP_TOL
 from zoo import gmm
-from zoo.registry import ModelSpec, Params
+from zoo.registry import Params
 
-# scikit-learn's init_params -> the zoo's EM init (and K-means' start)
-EM_INIT = {"kmeans": "kmeans", "k-means++": "kmeans++", "random": "random"}
-KMEANS_INIT = {"kmeans": "k-means++", "k-means++": "k-means++", "random": "random",
-               "random_from_data": "random"}
-SKLEARN_INIT = {"kmeans": "kmeans", "kmeans++": "k-means++", "random": "random"}
+# re-exported: these lived here before :mod:`.mixture_init` and :mod:`.mixture_online`
+__all__ = ["CONVERGENCE_MESSAGE", "EM_INIT", "KMEANS_INIT", "SINGULAR_MESSAGE", "SKLEARN_INIT",
+           "GaussianMixture", "OnlineEM", "_lower_bound"]
 
 
-class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
+@register_estimator
+class GaussianMixture(OnlineEM, LatentModelEstimator, DensityMixin, BaseEstimator):
     """Gaussian mixture with scikit-learn's interface: EM (default), online EM, SVI or K-means.
 
     Fitted attributes (scikit-learn's): ``weights_``, ``means_``, ``covariances_``,
@@ -130,7 +154,7 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
 
     def _config_options(self, n_samples, n_features) -> dict:
         return {"components": self.n_components, "covariance_type": self.covariance_type,
-                "reg_covar": float(self.reg_covar)}
+                "reg_covar": float(self.reg_covar), "singular": "cholesky"}
 
     def _tol(self) -> float:
         return float(self.tol) if self.tol > 0 else math.ulp(0.0)  # tol=0: only a fixed point
@@ -153,74 +177,61 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
 
     # --- starts of our own: given arrays, random_from_data, warm start, max_iter=0 ----------
 
-    def _initial_arrays(self, n_features: int) -> dict:
-        k, d = self.n_components, n_features
-        arrays = {}
-        if self.weights_init is not None:
-            weights = check_array(self.weights_init, dtype=np.float64, ensure_2d=False)
-            if weights.shape != (k,):
-                raise ValueError(f"The parameter 'weights_init' should have the shape of "
-                                 f"({k},), but got {weights.shape}")
-            if weights.min() < 0 or weights.max() > 1 or not np.isclose(weights.sum(), 1.0):
-                raise ValueError("The parameter 'weights_init' should be in the range [0, 1] "
-                                 f"and sum to 1, but got {weights}")
-            arrays["weights"] = weights
-        if self.means_init is not None:
-            means = check_array(self.means_init, dtype=np.float64)
-            if means.shape != (k, d):
-                raise ValueError(f"The parameter 'means_init' should have the shape of "
-                                 f"({k}, {d}), but got {means.shape}")
-            arrays["means"] = means
-        if self.precisions_init is not None:
-            shape = {"full": (k, d, d), "diag": (k, d), "spherical": (k,)}[self.covariance_type]
-            precisions = check_array(self.precisions_init, dtype=np.float64, ensure_2d=False,
-                                     allow_nd=True)
-            if precisions.shape != shape:
-                raise ValueError(f"The parameter 'precisions_init' should have the shape of "
-                                 f"{shape} for covariance_type={self.covariance_type!r}, but "
-                                 f"got {precisions.shape}")
-            if self.covariance_type == "full":
-                if not np.allclose(precisions, precisions.transpose(0, 2, 1)) or (
-                        np.linalg.eigvalsh(precisions).min() <= 0):
-                    raise ValueError("The parameter 'precisions_init' should be symmetric, "
-                                     "positive-definite matrices")
-            elif precisions.min() <= 0:
-                raise ValueError("The parameter 'precisions_init' should be positive")
-            arrays["precisions"] = precisions
-        return arrays
+    def _initial_arrays(self, n_features: int, components: int | None = None) -> dict:
+        """The given ``weights_init`` / ``means_init`` / ``precisions_init``, checked with
+        scikit-learn's messages."""
+        return initial_arrays(self.weights_init, self.means_init, self.precisions_init,
+                              components or self.n_components, n_features, self.covariance_type)
 
-    def _start(self, spec: ModelSpec, config, x: torch.Tensor,
-               generator: torch.Generator) -> Params:
-        """One start as scikit-learn makes it: the init method's parameters, with the given
-        weights, means and precisions put in their place."""
-        k = config.components
-        if self.init_params == "random_from_data":
-            rows = torch.randperm(x.shape[0], generator=generator, device=x.device)[:k]
-            resp = x.new_zeros(x.shape[0], k)
-            resp[rows, torch.arange(k, device=x.device)] = 1.0
-            params = gmm.m_step(config, x, resp)
+    def _start(self, config, x: torch.Tensor, rng: np.random.RandomState) -> Params:
+        """One start as scikit-learn makes it (:mod:`.starts`, the same draws from ``rng``),
+        with the given weights, means and precisions put in their place."""
+        return self._with_given(config, starts.start(self.init_params, config, x, rng), x)
+
+    def _with_given(self, config, params: Params, x: torch.Tensor) -> Params:
+        """``params`` with ``weights_init`` / ``means_init`` / ``precisions_init`` in place."""
+        return with_given(self._initial_arrays(config.dim, config.components), config, params, x)
+
+    # --- scikit-learn's private hooks that its own tests call ----------------------------------
+
+    def _initialize(self, X, resp) -> None:
+        """scikit-learn's ``_initialize``: the parameters of one M-step from the
+        responsibilities ``resp`` (n_samples, n_components), with the given ``*_init`` arrays
+        in their place, as the fitted state."""
+        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        self._output_dtype = X.dtype
+        spec = self._spec()
+        resp = np.asarray(resp)
+        config = spec.make_config(X.shape[1], **{**self._config_options(*X.shape),
+                                                 "components": resp.shape[1]})
+        x = torch.tensor(X, dtype=self._dtype_default)
+        resp = torch.as_tensor(resp, dtype=x.dtype)
+        params = self._with_given(config, gmm.m_step(config, x, resp), x)
+        result = FitResult(model=spec.name, inference="em", guide=None, params=params,
+                           history={"log_likelihood": []}, steps=0, converged=False,
+                           device=str(x.device), seed=0)
+        self._store(spec, config, result, 0, None, None)
+
+    def _set_parameters(self, params) -> None:
+        """scikit-learn's ``_set_parameters``: its ``(weights, means, covariances,
+        precisions_cholesky)`` as the fitted attributes, ``precisions_`` derived from the
+        Cholesky factors (``U U^T``) in their dtype."""
+        weights, means, covariances, cholesky = (np.asarray(a) for a in params)
+        self.weights_, self.means_, self.covariances_ = weights, means, covariances
+        self.precisions_cholesky_ = cholesky
+        if self.covariance_type == "full":
+            self.precisions_ = cholesky @ cholesky.transpose(0, 2, 1)
+        elif self.covariance_type == "tied":
+            self.precisions_ = cholesky @ cholesky.T
         else:
-            params = spec.em.init(config, x, generator, EM_INIT[self.init_params])
-        arrays = self._initial_arrays(config.dim)
-        like = {"dtype": x.dtype, "device": x.device}
-        if "weights" in arrays:
-            params["weights"] = torch.tensor(arrays["weights"], **like)
-        if "means" in arrays:
-            params["means"] = torch.tensor(arrays["means"], **like)
-        if "precisions" in arrays:
-            precisions = torch.tensor(arrays["precisions"], **like)
-            if config.covariance_type == "full":
-                params["scale_tril"] = torch.linalg.cholesky(torch.linalg.inv(precisions))
-            else:
-                params["scale"] = precisions.rsqrt()
-        return params
+            self.precisions_ = cholesky ** 2
 
     def _warm_params(self, config) -> Params | None:
         if not (self.warm_start and self.__sklearn_is_fitted__()):
             return None
         old = self.params_
-        scale = gmm.SCALE_NAME[config.covariance_type]
-        if scale not in old or tuple(old["means"].shape) != (config.components, config.dim):
+        same = self._config_fields.get("covariance_type") == config.covariance_type
+        if not same or tuple(old["means"].shape) != (config.components, config.dim):
             return None  # another mixture than the fitted one: start afresh
         return dict(old)
 
@@ -229,111 +240,50 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
             return self._fit_online(spec, config, x, seed)
         if self.inference != "em":
             return self._fit_strategy(spec, config, x, seed)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # warned once below
+                best = self._fit_em(spec, config, x, seed)
+        except gmm.SingularCovarianceError as error:
+            raise ValueError(SINGULAR_MESSAGE + f" ({error})") from error
+        if self.max_iter > 0 and not best.converged:
+            warnings.warn(CONVERGENCE_MESSAGE, ConvergenceWarning, stacklevel=3)
+        return best, None
+
+    def _fit_seed(self) -> int:
+        """As scikit-learn, a ``RandomState`` instance itself draws the starts (and is
+        consumed, restart after restart); ``seed_`` is then read from a copy of it."""
+        stream = self.random_state
+        if isinstance(stream, np.random.RandomState):
+            self._start_stream = stream
+            return seed_from(copy.deepcopy(stream))
+        self._start_stream = None
+        return super()._fit_seed()
+
+    def _fit_em(self, spec, config, x, seed) -> FitResult:
+        """scikit-learn's fit: ``n_init`` starts drawn from one ``RandomState(seed)`` (or the
+        warm start), EM from each, the restart with the highest lower bound kept. Under a warm
+        start the first iteration's change is measured from the previous fit's lower bound,
+        so that repeated ``fit`` calls of ``max_iter=1`` converge as scikit-learn's."""
         warm = self._warm_params(config)
-        custom = (warm is not None or self.max_iter == 0 or self.init_params == "random_from_data"
-                  or any(a is not None for a in (self.weights_init, self.means_init,
-                                                 self.precisions_init)))
-        if not custom:
-            return self._fit_strategy(spec, config, x, seed)
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        restarts = 1 if warm is not None else self.n_init
+        rng = getattr(self, "_start_stream", None) or np.random.RandomState(seed)
         best = None
-        for _ in range(restarts):
+        for _ in range(1 if warm is not None else self.n_init):
             start = ({k: v.to(x) for k, v in warm.items()} if warm is not None
-                     else self._start(spec, config, x, generator))
+                     else self._start(config, x, rng))
             if self.max_iter == 0:
                 log_likelihood = float(spec.log_marginal(config, start, x).mean())
                 result = FitResult(model=spec.name, inference="em", guide=None, params=start,
                                    history={"log_likelihood": [log_likelihood]}, steps=0,
                                    converged=False, device=str(x.device), seed=seed)
             else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)  # warned once below
-                    result = fit_em(spec, config, x, init=start, tol=self._tol(),
-                                    max_iter=self.max_iter, seed=seed, progress=self._progress())
-            if best is None or result.history["log_likelihood"][-1] > \
-                    best.history["log_likelihood"][-1]:
+                history = self.history_.get("log_likelihood", []) if warm is not None else []
+                result = fit_em(spec, config, x, init=start, tol=self._tol(),
+                                max_iter=self.max_iter, seed=seed, progress=self._progress(),
+                                previous=history[-2] if len(history) > 1 else None)
+            if best is None or _lower_bound(result) > _lower_bound(best):
                 best = result
-        if self.max_iter > 0 and not best.converged:
-            warnings.warn("Best performing initialization did not converge. Try different init "
-                          "parameters, or increase max_iter, tol, or check for degenerate data.",
-                          ConvergenceWarning, stacklevel=3)
-        return best, None
-
-    # --- online EM: fit and partial_fit -----------------------------------------------------
-
-    def _online_settings(self, n_features: int) -> dict:
-        """The step-size schedule and warm-up of :func:`inference.online_em.stepwise_update`:
-        ``fit``'s defaults, so that ``partial_fit`` on the same minibatches is ``fit``."""
-        step_decay = self._step_decay()
-        return {"step_decay": online_em.STEP_DECAY if step_decay is None else step_decay,
-                "step_offset": online_em.STEP_OFFSET,
-                "warmup": online_em.default_warmup(n_features)}
-
-    def _fit_online(self, spec, config, x, seed):
-        """``fit`` by online EM: the start by ``init_params`` (or the given arrays, or the
-        warm start) on online EM's init subsample, then ``passes`` passes of minibatches."""
-        options = self._options_for("online-em", x.shape[0])
-        options.pop("init", None)
-        warm = self._warm_params(config)
-        init = ({k: v.to(x) for k, v in warm.items()} if warm is not None
-                else lambda config, rows, generator: self._start(spec, config, rows, generator))
-        options.update(self._online_settings(x.shape[1]))
-        return online_em.run_online_em(spec, config, x, init=init, seed=seed,
-                                       progress=self._progress(), **options)
-
-    def _supports_partial_fit(self) -> bool:
-        if self.inference == "online-em":
-            return True
-        return super()._supports_partial_fit()
-
-    @available_if(_can_partial_fit)
-    @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None):
-        """Online EM (``inference="online-em"``): one stepwise-EM update on the rows of ``X``,
-        continuing the running statistics and step count; the first call on an unfitted
-        estimator starts from ``X`` (see the module docstring). SVI: one epoch of SVI steps
-        on ``X``, continuing the fit before it."""
-        if self.inference != "online-em":
-            return super().partial_fit(X, y)
-        first = not self.__sklearn_is_fitted__()
-        X = validate_data(self, X, reset=first, dtype=np.float64, ensure_min_samples=1)
-        spec = self._spec()
-        device = self._device()
-        history: list[float] = []
-        if first:
-            config = self._make_config(spec, *X.shape)
-            seed = seed_from(self.random_state)
-            x = torch.tensor(X, dtype=self._dtype_default, device=device)
-            generator = torch.Generator(device=device).manual_seed(seed)
-            with kept_random_state(device):
-                state = online_em.StepwiseState(self._start(spec, config, x, generator))
-        else:
-            config, seed = self._config(), self.seed_
-            x = torch.tensor(X, dtype=self._dtype(), device=device)
-            state = getattr(self, "_online_state", None)
-            if state is None:  # fitted by another strategy, or loaded: fresh statistics
-                state = online_em.StepwiseState(self._params_on(x))
-            else:
-                history = list(self.history_.get("log_likelihood", []))
-        history.append(online_em.stepwise_update(spec, config, state, x,
-                                                 **self._online_settings(X.shape[1])))
-        result = FitResult(model=spec.name, inference="online-em", guide=None,
-                           params=state.params, history={"log_likelihood": history},
-                           steps=state.updates, converged=False, device=str(device), seed=seed,
-                           info={"updates": state.updates, "rows_seen": state.rows})
-        self._store(spec, config, result, seed, state, x)
-        return self
-
-    def _store(self, spec, config, result, seed, state, x=None) -> None:
-        online = state if isinstance(state, online_em.StepwiseState) else None
-        super()._store(spec, config, result, seed, None if online is not None else state, x)
-        self._online_state = online
-        for name in ("statistics_", "n_steps_"):
-            vars(self).pop(name, None)
-        if online is not None:
-            self.statistics_ = online.statistics
-            self.n_steps_ = int(online.updates)
+        return best
 
     # --- fitted attributes (scikit-learn's) ---------------------------------------------------
 
@@ -343,6 +293,8 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
         self.means_ = as_numpy(p["means"])
         if "scale_tril" in p:
             tril = p["scale_tril"]
+            if self._config_fields.get("covariance_type") == "tied":
+                tril = tril[0]  # the one shared factor (all K are equal)
             eye = torch.eye(tril.shape[-1], dtype=tril.dtype).expand_as(tril)
             inverse = torch.linalg.solve_triangular(tril, eye, upper=False)  # L^-1
             cholesky = inverse.transpose(-1, -2)  # scikit-learn's: precision = U U^T
@@ -356,6 +308,8 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
             self.precisions_ = as_numpy(variance.reciprocal())
         self.lower_bounds_ = list(self.history_.get("log_likelihood", [])[:-1]
                                   or self.history_.get("elbo", []))
+        if self.inference_ == "em" and self.lower_bounds_:
+            self.lower_bound_ = self.lower_bounds_[-1]  # scikit-learn's: before the last M-step
 
     # --- methods ---------------------------------------------------------------------------
 
@@ -370,20 +324,42 @@ class GaussianMixture(LatentModelEstimator, DensityMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """p(component | x) for every row, shape (n_samples, n_components)."""
-        return as_numpy(self._log_resp(X).exp())
+        return self._out(as_numpy(self._log_resp(X).exp()))
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         """Fit, then the most probable component of every row of ``X``."""
         return self.fit(X).predict(X)
 
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """``(X, y)``: ``n_samples`` draws and the component each came from."""
-        x, z = self._draw(n_samples)
-        return as_numpy(x), as_numpy(z)
+        """``(X, y)``: ``n_samples`` draws and the component each came from, scikit-learn's
+        draws from the same ``random_state``: the counts per component from one multinomial,
+        then each component's rows in turn (so the rows come grouped by component)."""
+        check_is_fitted(self)
+        if not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples}. The sampling "
+                             "requires at least one sample.")
+        rng = check_random_state(self.random_state)
+        weights = self.weights_.astype(np.float64)
+        counts = rng.multinomial(n_samples, weights / weights.sum())
+        kind = self._config_fields.get("covariance_type")
+        rows = []
+        for k, (mean, count) in enumerate(zip(self.means_.astype(np.float64), counts,
+                                              strict=True)):
+            if kind in gmm.FULL_MATRICES:
+                covariance = self.covariances_ if kind == "tied" else self.covariances_[k]
+                rows.append(rng.multivariate_normal(mean, covariance.astype(np.float64),
+                                                    int(count)))
+            else:
+                scale = np.sqrt(self.covariances_[k].astype(np.float64))
+                rows.append(mean + rng.standard_normal(size=(int(count), mean.shape[0]))
+                            * scale)
+        labels = np.concatenate([np.full(count, k, dtype=int)
+                                 for k, count in enumerate(counts)])
+        return self._out(np.vstack(rows)), labels
 
     def _n_parameters(self) -> int:
         k, d = self.means_.shape
-        covariance = {"full": k * d * (d + 1) / 2, "diag": k * d,
+        covariance = {"full": k * d * (d + 1) / 2, "tied": d * (d + 1) / 2, "diag": k * d,
                       "spherical": k}[self._config().covariance_type]
         return int(covariance + k * d + k - 1)
 

@@ -1,37 +1,61 @@
 """Figures: generic training curves here, one module per model family beside it.
 
 A model's figure module registers a function ``(dataset, config, result, out_dir) -> list[Path]``
-under the model's name with :func:`figures_for`; ``lvm-zoo fit`` calls it after a fit. Figures
-are PNG files written atomically with :func:`save_figure`.
+under the model's name with :func:`figures_for`; ``lvm-zoo fit`` calls it after a fit. The
+registry, :data:`MODEL_FIGURES`, imports the built-in figure modules below, then those other
+distributions name under the entry point group ``lvm_zoo.figures`` (:mod:`zoo.plugins`).
+Figures are PNG files written atomically with :func:`save_figure`.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
-import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # headless machines fall back to Agg by themselves
+import numpy as np
+import torch
 
 from inference.runs import atomic_write
+from zoo.plugins import Registry
 
-MODEL_FIGURES: dict[str, Callable[..., list[Path]]] = {}
+# The built-in figure modules; pyproject.toml declares the same modules under
+# [project.entry-points."lvm_zoo.figures"].
+BUILTINS = (("gmm", "inference.figures.gmm"), ("ppca", "inference.figures.ppca"),
+            ("dglvm", "inference.figures.dglvm"))
+MODEL_FIGURES: Registry[Callable[..., list[Path]]] = Registry("lvm_zoo.figures", "figure",
+                                                               BUILTINS)  # model name -> fn
+MAX_ROWS = 2000  # rows a figure draws at most: a scatter of more shows nothing more, and costs
+
+
+def figure_rows(num_rows: int, max_rows: int = MAX_ROWS, *, seed: int = 0) -> torch.Tensor:
+    """The indices, in increasing order, of the rows a figure of ``num_rows`` rows draws: all of
+    them up to ``max_rows``, else a seeded uniform sample of ``max_rows`` without replacement."""
+    if num_rows <= max_rows:
+        return torch.arange(num_rows)
+    chosen = np.random.default_rng(seed).choice(num_rows, size=max_rows, replace=False)
+    return torch.from_numpy(np.sort(chosen))
+
+
+def sample_rows(x: torch.Tensor, max_rows: int = MAX_ROWS, *, seed: int = 0) -> torch.Tensor:
+    """The rows of ``x : (N, ...)`` at :func:`figure_rows`, as a float64 CPU tensor: only those
+    rows are read (a memory-mapped file stays on disk, a GPU tensor on the GPU)."""
+    index = figure_rows(x.shape[0], max_rows, seed=seed)
+    return x[index.to(x.device)].detach().to("cpu", torch.float64)
 
 
 def figures_for(model_name: str):
     """Decorator: register ``fn(dataset, config, result, out_dir) -> list[Path]``."""
     def register(fn):
-        MODEL_FIGURES[model_name] = fn
-        return fn
+        return MODEL_FIGURES.register(model_name, fn, origin=fn.__module__)
     return register
 
 
 def load_model_figures() -> None:
-    """Import every figure module in this package, so that each registers itself."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    """Import the figure modules, so that each registers itself (:data:`MODEL_FIGURES` does
+    this on its first look-up too)."""
+    MODEL_FIGURES.load()
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:

@@ -8,7 +8,8 @@
   curves where the history has them (``test_elbo``, ``test_iwae``: one value per epoch).
 
 Image figures need an image dataset (``dataset.is_image``); pixels are shown on the data's own
-range (digits 0..16, others [0, 1]) mapped to black..white.
+range (digits 0..16, others [0, 1]; read off at most :data:`inference.figures.MAX_ROWS` seeded
+rows) mapped to black..white.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from torchvision.utils import make_grid
 
-from inference.figures import figures_for, save_figure
+from inference.figures import figures_for, sample_rows, save_figure
 from zoo.dglvm import DGLVMConfig, Encoder, decode, load_module, sample
 from zoo.registry import Params
 
@@ -36,12 +36,13 @@ def dglvm_figures(dataset, config: DGLVMConfig, result, out_dir: str | Path) -> 
                                  title=f"dglvm on {dataset.name}"))
     if not dataset.is_image:
         return paths
-    x = dataset.train.detach().cpu()
-    value_range = (float(x.min()), float(x.max()))
+    x = dataset.train[:16].detach().cpu()
+    drawn = sample_rows(dataset.train, seed=result.seed)  # the pixels' range, from a sample
+    value_range = (float(drawn.min()), float(drawn.max()))
     shape = dataset.obs_shape
-    latent = posterior_means(config, {**params, **guide_params}, x[:16])
+    latent = posterior_means(config, {**params, **guide_params}, x)
     if latent is not None:
-        paths.append(reconstructions(config, params, x[:16], latent, shape,
+        paths.append(reconstructions(config, params, x, latent, shape,
                                      out_dir / "reconstructions.png", value_range=value_range))
     paths.append(samples(config, params, shape, out_dir / "samples.png",
                          value_range=value_range, seed=result.seed))
@@ -69,6 +70,8 @@ def posterior_means(config: DGLVMConfig, guide_params: Params,
 
 
 def _grid(images: torch.Tensor, shape, nrow: int, value_range) -> torch.Tensor:
+    from torchvision.utils import make_grid  # seconds to import: only when images are drawn
+
     low, high = value_range
     scaled = ((images - low) / max(high - low, 1e-12)).clamp(0, 1)
     grid = make_grid(scaled.reshape(-1, 1, *shape), nrow=nrow, padding=1, pad_value=1.0)

@@ -3,7 +3,9 @@
 - :func:`plot_em_contours`: the fitted density over the data at several EM iterations, one panel
   each (Bishop's "L = 1, 2, 5, 20" picture): points coloured by their responsibilities, density
   contours, and each component's 2-sigma ellipse. Data of more than two dimensions show the
-  exact marginal of the mixture on the first two.
+  exact marginal of the mixture on the first two. The panels are the parameters the fit itself
+  kept (:attr:`FitResult.snapshots`): no figure re-runs EM. At most
+  :data:`inference.figures.MAX_ROWS` seeded rows are drawn, whatever N.
 - :func:`plot_training_curves`: EM's log-likelihood per iteration and SVI's ELBO per step of
   every guide on one axis (logarithmic in the step), nats per datapoint.
 """
@@ -11,18 +13,17 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from sklearn.exceptions import ConvergenceWarning
+from matplotlib.collections import LineCollection
 
-from inference.em import fit_em
-from inference.figures import figures_for, save_figure
+from inference import strategies
+from inference.figures import MAX_ROWS, figures_for, sample_rows, save_figure
 from inference.results import FitResult
-from zoo.gmm import SPEC, GMMConfig, log_marginal, responsibilities
+from zoo.gmm import GMMConfig, log_marginal, responsibilities
 from zoo.registry import Params
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
@@ -56,79 +57,120 @@ def marginal_2d(params: Params) -> Params:
             "scale_tril": scale_tril}
 
 
-def em_snapshots(config: GMMConfig, x: torch.Tensor, result: FitResult,
-                 iterations: Sequence[int] | None = None) -> dict[int, Params]:
-    """Parameters after the given numbers of EM iterations (0: the start), re-run from the
-    fit's recorded start (same init method, seed and restart); empty if that start was given.
-
-    Default iterations: 0, 3, 5, 16 and the last, as far as the fit ran.
-    """
-    method = result.info.get("init")
-    if result.inference != "em" or method not in SPEC.em.init_methods:
+def fit_snapshots(result: FitResult) -> dict[int, Params]:
+    """The parameters the fit kept at a few points of its history (EM: 0, 3, 5, 16, as far as
+    it ran) and its last, ``{history index: Params}``; empty when it kept none (SVI, or
+    parameters too large to keep)."""
+    if not result.snapshots:
         return {}
-    last = result.steps
-    wanted = sorted({i for i in (iterations or (0, 3, 5, 16, last)) if 0 <= i <= last})
-    generator = torch.Generator(device=x.device).manual_seed(result.seed)
-    for _ in range(result.info.get("best_restart", 0) + 1):
-        params = SPEC.em.init(config, x, generator, method)
-    snapshots = {0: params} if 0 in wanted else {}
-    with warnings.catch_warnings():  # stopping after i updates is the point here
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for iteration in (i for i in wanted if i > 0):  # the one EM loop, i updates from there
-            snapshots[iteration] = fit_em(SPEC, config, x, init=params, max_iter=iteration,
-                                          tol=0.0, accelerate=False).params
-    return snapshots
+    return dict(sorted({**result.snapshots, result.steps: result.params}.items()))
 
 
-def _ellipse(mean: torch.Tensor, scale_tril: torch.Tensor, radius: float = 2.0):
-    angle = torch.linspace(0, 2 * math.pi, 100, dtype=scale_tril.dtype)
-    circle = torch.stack([angle.cos(), angle.sin()])
-    points = mean[:, None] + radius * scale_tril @ circle
-    return points[0], points[1]
+def _ellipses(params: Params, radius: float = 2.0):
+    """The ``radius``-sigma ellipses of every component of 2-D full-covariance ``params``:
+    ``(K, 100, 2)`` points."""
+    angle = torch.linspace(0, 2 * math.pi, 100, dtype=params["means"].dtype)
+    circle = torch.stack([angle.cos(), angle.sin()])  # (2, 100)
+    points = params["means"][:, :, None] + radius * params["scale_tril"] @ circle
+    return points.transpose(1, 2)
 
 
-def plot_em_contours(x: torch.Tensor, snapshots: Mapping[int | str, Params], path: str | Path,
-                     *, feature_names: Sequence[str] | None = None) -> Path:
-    """One panel per snapshot (``{iteration or label: params}``) of the data ``x : (N, D)``
-    coloured by responsibilities, the mixture density's contours and 2-sigma ellipses."""
-    x = x.detach().cpu().double()[:, :2]
-    panels = len(snapshots)
-    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.6), squeeze=False,
-                             sharex=True, sharey=True)
-    low, high = x.min(0).values, x.max(0).values
+def _grid(points) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 120 x 120 float64 grid over the drawn ``points`` (N, 2), padded by 15% each way:
+    ``(mesh_x, mesh_y, grid)``, ``grid`` the (120 * 120, 2) points of the mesh."""
+    low, high = points.min(0), points.max(0)
     pad = 0.15 * (high - low + 1e-12)
     grid_x = torch.linspace(float(low[0] - pad[0]), float(high[0] + pad[0]), 120,
                             dtype=torch.float64)
     grid_y = torch.linspace(float(low[1] - pad[1]), float(high[1] + pad[1]), 120,
                             dtype=torch.float64)
     mesh_x, mesh_y = torch.meshgrid(grid_x, grid_y, indexing="xy")
-    grid = torch.stack([mesh_x.reshape(-1), mesh_y.reshape(-1)], 1)
+    return mesh_x, mesh_y, torch.stack([mesh_x.reshape(-1), mesh_y.reshape(-1)], 1)
+
+
+def _component_colors(k: int) -> torch.Tensor:
+    """The RGB colour of each of ``k`` components, (k, 3) in [0, 1] (:data:`COLORS`, cycled)."""
+    return torch.tensor([[int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+                         for c in (COLORS * (k // len(COLORS) + 1))[:k]], dtype=torch.float64)
+
+
+def _draw_panel(ax, x: torch.Tensor, params: Params, mesh: tuple, size: float) -> GMMConfig:
+    """One panel's points (coloured by responsibilities), density contours, 2-sigma ellipses
+    and means, for 2-D full-covariance float64 ``params``; returns their config."""
+    mesh_x, mesh_y, grid = mesh
+    points = x.numpy()
+    config = config_of(params)
+    colors = _component_colors(config.components)
+    resp = responsibilities(config, params, x)
+    ax.scatter(points[:, 0], points[:, 1], s=size,
+               c=(resp @ colors).clamp(0, 1).numpy(), alpha=0.75, linewidths=0)
+    density = log_marginal(config, params, grid).exp().reshape(mesh_x.shape)
+    ax.contour(mesh_x.numpy(), mesh_y.numpy(), density.numpy(), levels=7, colors="k",
+               linewidths=0.6, alpha=0.6)
+    ax.add_collection(LineCollection(_ellipses(params).numpy(), colors=colors.numpy(),
+                                     linewidths=1.6))
+    means = params["means"].numpy()
+    ax.scatter(means[:, 0], means[:, 1], marker="x", c=colors.numpy(), s=49,
+               linewidths=2, zorder=3)
+    return config
+
+
+def _panel_title(label: int | str, mean_ll: float) -> str:
+    name = f"iteration {label}" if isinstance(label, int) else str(label)
+    return f"{name}\nlog p(x) = {mean_ll:.4f} nats/point"
+
+
+def _notes(dim: int, drawn: int, num_rows: int, log_likelihoods) -> list[str]:
+    """The figure's footnotes: a marginal shown, a sample of the rows drawn, whose log p(x)."""
+    notes = []
+    if dim > 2:
+        notes.append(f"the first two of {dim} coordinates (the mixture's exact marginal)")
+    if drawn < num_rows:
+        notes.append(f"{drawn:,} of {num_rows:,} rows drawn (a seeded sample)")
+    if log_likelihoods and (dim > 2 or drawn < num_rows):
+        notes.append("log p(x): the fit's, over all rows and coordinates")
+    return notes
+
+
+def plot_em_contours(x: torch.Tensor, snapshots: Mapping[int | str, Params], path: str | Path,
+                     *, feature_names: Sequence[str] | None = None,
+                     log_likelihoods: Mapping[int | str, float] | None = None,
+                     num_rows: int | None = None, max_rows: int = MAX_ROWS,
+                     seed: int = 0) -> Path:
+    """One panel per snapshot (``{iteration or label: params}``) of the data ``x : (N, D)``
+    coloured by responsibilities, the mixture density's contours and 2-sigma ellipses.
+
+    At most ``max_rows`` rows are drawn (a seeded sample, :func:`inference.figures.sample_rows`;
+    ``num_rows`` is N when ``x`` is already such a sample). A panel's title gives its entry of
+    ``log_likelihoods`` (the fit's mean log p(x) over all rows and dimensions) where there is
+    one, else the mean log p(x) of the drawn rows under the panel's first-two-coordinate
+    marginal."""
+    num_rows = x.shape[0] if num_rows is None else num_rows
+    dim = x.shape[1]
+    x = sample_rows(x, max_rows, seed=seed)[:, :2]
+    points = x.numpy()
+    panels = len(snapshots)
+    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.6), squeeze=False,
+                             sharex=True, sharey=True)
+    mesh = _grid(points)
+    size = 7 if len(points) <= 500 else 3
     for ax, (label, params) in zip(axes[0], snapshots.items(), strict=True):
         params = {k: v.detach().cpu().double() for k, v in marginal_2d(params).items()}
-        config = config_of(params)
-        k = config.components
-        colors = torch.tensor([[int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)]
-                               for c in (COLORS * (k // len(COLORS) + 1))[:k]],
-                              dtype=torch.float64)
-        resp = responsibilities(config, params, x)
-        ax.scatter(x[:, 0], x[:, 1], s=7, c=(resp @ colors).clamp(0, 1).numpy(),
-                   alpha=0.75, linewidths=0)
-        density = log_marginal(config, params, grid).exp().reshape(mesh_x.shape)
-        ax.contour(mesh_x.numpy(), mesh_y.numpy(), density.numpy(), levels=7, colors="k",
-                   linewidths=0.6, alpha=0.6)
-        for j in range(k):
-            ex, ey = _ellipse(params["means"][j], params["scale_tril"][j])
-            ax.plot(ex, ey, color=colors[j].numpy(), lw=1.6)
-            ax.plot(*params["means"][j], marker="x", color=colors[j].numpy(), ms=7, mew=2)
-        mean_ll = float(log_marginal(config, params, x).mean())
-        name = f"iteration {label}" if isinstance(label, int) else str(label)
-        ax.set_title(f"{name}\nlog p(x) = {mean_ll:.4f} nats/point", fontsize=9)
-        ax.set_xlim(float(grid_x[0]), float(grid_x[-1]))
-        ax.set_ylim(float(grid_y[0]), float(grid_y[-1]))
+        config = _draw_panel(ax, x, params, mesh, size)
+        if log_likelihoods is not None and label in log_likelihoods:
+            mean_ll = float(log_likelihoods[label])
+        else:
+            mean_ll = float(log_marginal(config, params, x).mean())
+        ax.set_title(_panel_title(label, mean_ll), fontsize=9)
+        ax.set_xlim(float(mesh[0][0, 0]), float(mesh[0][0, -1]))
+        ax.set_ylim(float(mesh[1][0, 0]), float(mesh[1][-1, 0]))
         if feature_names:
             ax.set_xlabel(feature_names[0], fontsize=8)
     if feature_names and len(feature_names) > 1:
         axes[0][0].set_ylabel(feature_names[1], fontsize=8)
+    notes = _notes(dim, len(points), num_rows, log_likelihoods)
+    if notes:
+        fig.suptitle("; ".join(notes), fontsize=8, y=0.995)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -160,26 +202,34 @@ def plot_training_curves(curves: Mapping[str, Sequence[float]], path: str | Path
     return save_figure(fig, path)
 
 
-def _curve_label(result: FitResult) -> str:
-    if result.inference == "em":
-        return "EM log-likelihood"
-    return f"SVI ELBO ({result.guide or 'svi'})"
+def _curve_label(result: FitResult, key: str) -> str:
+    """``"EM log-likelihood"``, ``"SVI ELBO (exact)"``: the strategy, the curve, the guide."""
+    what = {"log_likelihood": "log-likelihood", "elbo": "ELBO"}.get(key, key)
+    return f"{result.inference.upper()} {what}" + (f" ({result.guide})" if result.guide else "")
 
 
 @figures_for("gmm")
 def gmm_figures(dataset, config: GMMConfig, result: FitResult, out_dir: str | Path) -> list[Path]:
-    """Contours of the fit (at several EM iterations for EM) and its training curve."""
+    """Contours of the fit (at the EM iterations the fit kept, for EM) and its training curve;
+    reads at most :data:`inference.figures.MAX_ROWS` rows of ``dataset.train``."""
     out_dir = Path(out_dir)
-    x = dataset.train.to(dtype=result.params["means"].dtype,
-                         device=result.params["means"].device)
     paths = []
+    # an exact maximum-likelihood fit's history is log p(x) of all rows, its end the optimum
+    strategy = strategies.strategies().get(result.inference)
+    exact = strategy is not None and strategy.baseline
     if config.dim >= 2:  # contours need a plane; wider data show their first two coordinates
-        snapshots = em_snapshots(config, x, result) or {"fitted": result.params}
+        x = sample_rows(dataset.train, seed=result.seed)
+        snapshots = fit_snapshots(result) or {"fitted": result.params}
+        history = result.history.get("log_likelihood") or []
+        known = ({i: history[i] for i in snapshots if isinstance(i, int) and i < len(history)}
+                 if exact else {})
         names = getattr(dataset, "feature_names", None)
         paths.append(plot_em_contours(x, snapshots, out_dir / "gmm_contours.png",
-                                      feature_names=names))
-    curves = {_curve_label(result): values for values in result.history.values()}
-    optimum = result.history["log_likelihood"][-1] if result.inference == "em" else None
+                                      feature_names=names, log_likelihoods=known,
+                                      num_rows=dataset.train.shape[0]))
+    curves = {_curve_label(result, key): values for key, values in result.history.items()}
+    history = result.history.get("log_likelihood")
+    optimum = history[-1] if exact and history else None
     paths.append(plot_training_curves(curves, out_dir / "gmm_curves.png", optimum=optimum,
                                       title=f"gmm, K={config.components}, "
                                             f"{config.covariance_type} covariance"))

@@ -7,6 +7,9 @@
 - ``posterior_ellipses.png``: exact and best mean-field posteriors of a few datapoints, at the
   fitted W and at W rotated by 45 degrees (same likelihood, correlated posterior): there the
   axis-aligned mean-field ellipse is visibly too small.
+
+The scatters draw at most :data:`inference.figures.MAX_ROWS` seeded rows; the spectrum's sample
+covariance reads every row once, in chunks (one D x D product: the closed-form fit's own cost).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 from matplotlib.patches import Ellipse
 
-from inference.figures import figures_for, save_figure
+from inference.figures import figure_rows, figures_for, save_figure
 from zoo.ppca import diagonalizing_rotation, log_marginal, posterior
 
 
@@ -28,16 +31,36 @@ from zoo.ppca import diagonalizing_rotation, log_marginal, posterior
 def ppca_figures(dataset, config, result, out_dir) -> list[Path]:
     """The three figures for a fitted PPCA / factor analysis ``result`` on ``dataset.train``."""
     out_dir = Path(out_dir)
-    x = dataset.train.to(result.params["weight"].dtype)
     params = {k: v.detach().cpu() for k, v in result.params.items()}
+    dtype = params["weight"].dtype
+    index = figure_rows(dataset.train.shape[0], seed=result.seed)
+    x = dataset.train[index.to(dataset.train.device)].detach().to("cpu", dtype)
+    labels = dataset.train_labels
+    labels = None if labels is None else np.asarray(labels)[index.numpy()]
     title = f"{result.model} ({result.inference}{', ' + result.guide if result.guide else ''})"
-    paths = [latent_means_figure(x, dataset.train_labels, config, params,
+    paths = [latent_means_figure(x, labels, config, params,
                                  out_dir / "latent_means.png", title=title),
-             spectrum_figure(x, config, params, out_dir / "spectrum.png", title=title)]
+             spectrum_figure(dataset.train, config, params, out_dir / "spectrum.png",
+                             title=title)]
     if config.latent_dim >= 2:
         paths.append(posterior_ellipses_figure(x, config, params,
-                                               out_dir / "posterior_ellipses.png", title=title))
+                                               out_dir / "posterior_ellipses.png", title=title,
+                                               num_rows=dataset.train.shape[0]))
     return paths
+
+
+def sample_covariance(x: torch.Tensor, chunk_rows: int = 1 << 16) -> torch.Tensor:
+    """The covariance of ``x : (N, D)`` (divided by N) in float64 on the CPU, accumulated over
+    chunks of rows around a shift (the first row) against cancellation; no copy of ``x``."""
+    shift = x[0].detach().to("cpu", torch.float64)
+    total = torch.zeros_like(shift)
+    second = torch.zeros(shift.shape[0], shift.shape[0], dtype=torch.float64)
+    for chunk in x.split(chunk_rows):
+        centred = chunk.detach().to("cpu", torch.float64) - shift
+        total += centred.sum(0)
+        second += centred.T @ centred
+    mean = total / x.shape[0]
+    return second / x.shape[0] - torch.outer(mean, mean)
 
 
 def canonical(params: dict) -> dict:
@@ -70,8 +93,9 @@ def latent_means_figure(x, labels, config, params, path, *, title: str = "") -> 
 
 
 def spectrum_figure(x, config, params, path, *, title: str = "") -> Path:
-    centred = x - x.mean(0)
-    sample = torch.linalg.eigvalsh((centred.T @ centred / len(x)).double()).flip(0).numpy()
+    """The eigenvalues of the sample covariance of every row of ``x : (N, D)`` against the
+    fitted model's."""
+    sample = torch.linalg.eigvalsh(sample_covariance(x)).flip(0).numpy()
     weight = params["weight"].double()
     psi = params["noise"].double().expand(weight.shape[0])
     fitted = torch.linalg.eigvalsh(weight @ weight.T + torch.diag(psi)).flip(0).numpy()
@@ -94,10 +118,12 @@ def spectrum_figure(x, config, params, path, *, title: str = "") -> Path:
 
 
 def posterior_ellipses_figure(x, config, params, path, *, title: str = "",
-                              angle: float = math.pi / 4, count: int = 4) -> Path:
+                              angle: float = math.pi / 4, count: int = 4,
+                              num_rows: int | None = None) -> Path:
     """Exact (solid) and best mean-field (dashed) posteriors, 1 and 2 standard deviations, of
     ``count`` datapoints, in the plane of the best- and worst-determined latent coordinates
-    (z1 and zq), at the fitted W and at W turned by ``angle`` in that plane."""
+    (z1 and zq), at the fitted W and at W turned by ``angle`` in that plane. ``num_rows`` is
+    the data's N when ``x`` is a sample of its rows (the title then says so)."""
     fitted = canonical(params)
     q = config.latent_dim
     plane = [0, q - 1]
@@ -135,8 +161,11 @@ def posterior_ellipses_figure(x, config, params, path, *, title: str = "",
     variances = posterior(config, fitted, chosen[:1]).covariance_matrix[0].diagonal()
     ratio = (variances[-1] / variances[0]).item()
     likelihood = log_marginal(config, rotated, x).mean().item()
-    fig.suptitle(f"posterior of {count} datapoints, {title}: mean log p(x) = {likelihood:.3f} "
-                 f"at both W\nthe posterior variances of z{q} and z1 differ {ratio:.2g}-fold; "
+    drawn = (f" over {x.shape[0]:,} of {num_rows:,} rows"
+             if num_rows is not None and num_rows > x.shape[0] else "")
+    fig.suptitle(f"posterior of {count} datapoints, {title}: mean log p(x){drawn} = "
+                 f"{likelihood:.3f} at both W\nthe posterior variances of z{q} and z1 differ "
+                 f"{ratio:.2g}-fold; "
                  "the more they differ, the more a rotation costs mean-field", fontsize=10)
     return save_figure(fig, path)
 

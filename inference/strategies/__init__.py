@@ -1,20 +1,24 @@
 """The strategy registry: every way of fitting a model, one module each.
 
 A strategy is an object with a ``name`` (what ``--inference`` takes), a one-line ``summary``,
-``applies(spec)`` (which models it can fit), its ``Options`` (a frozen dataclass: its fields
-become command-line flags, Python keywords and ``lvm-zoo list`` entries, validated from their
-``metadata`` as :func:`make_options` says), and ``fit(spec, config, x, options, guide=...,
-context=...) -> FitResult``. ``cells(spec, config, x, grid_options)`` says which cells of the
-comparison grid it contributes (default: one); ``GridOptions`` adds flags to ``lvm-zoo
-compare``.
+``requires`` (the capabilities it asks a model for, :data:`zoo.registry.EM_STEPS` and the
+like; ``applies(spec)`` is true when the model has them all, and a strategy may refine it),
+its ``Options`` (a frozen dataclass: its fields become command-line flags, Python keywords and
+``lvm-zoo list`` entries, validated from their ``metadata`` as :func:`make_options` says), and
+``fit(spec, config, x, options, guide=..., context=...) -> FitResult``. ``cells(spec, config,
+x, grid_options)`` says which cells of the comparison grid it contributes (default: one);
+``GridOptions`` adds flags to ``lvm-zoo compare``.
 
 Registering one is all it takes::
 
     register(MyStrategy())
 
-and ``lvm-zoo list``, ``lvm-zoo fit --inference NAME``, ``lvm-zoo compare`` and
-``inference.api.fit(..., inference=NAME)`` pick it up. The built-in modules of this package are
-imported by :func:`strategies`; nothing outside a strategy's own module names it.
+and ``lvm-zoo list``, ``lvm-zoo fit --inference NAME``, ``lvm-zoo compare``,
+``inference.api.fit(..., inference=NAME)`` and the scikit-learn estimators pick it up. The
+built-in modules of this package, then the modules other distributions name under the entry
+point group ``lvm_zoo.strategies`` (:mod:`zoo.plugins`), are imported by :func:`strategies`.
+Nothing outside a strategy's own module names it: other code asks the strategy object
+(``uses_guide``, ``baseline``, ``checkpoints``) or the model (``spec.has(...)``).
 
 Option fields carry their rules in ``metadata``: ``help`` (the flag's help), ``min`` (a lower
 bound, inclusive), ``positive`` (strictly above 0), ``choices``, ``cli=False`` (no flag).
@@ -25,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import types
 import typing
 from dataclasses import dataclass
@@ -36,11 +39,18 @@ from inference import distributed
 from inference.results import FitResult
 from inference.shards import Rows
 from zoo.errors import InputError
+from zoo.plugins import Registry
 from zoo.registry import ModelSpec
 
-_BUILTIN_MODULES = ("inference.strategies.closed_form", "inference.strategies.em",
-                    "inference.strategies.online_em", "inference.strategies.kmeans",
-                    "inference.strategies.svi")
+# The built-in strategy modules, in the order of the comparison grid (the first strategy that
+# applies is a model's default). pyproject.toml declares the same modules under
+# [project.entry-points."lvm_zoo.strategies"], where another distribution declares its own.
+BUILTINS = (("closed-form", "inference.strategies.closed_form"),
+            ("em", "inference.strategies.em"),
+            ("online-em", "inference.strategies.online_em"),
+            ("kmeans", "inference.strategies.kmeans"),
+            ("cavi", "inference.strategies.cavi"),
+            ("svi", "inference.strategies.svi"))
 
 
 @dataclass(frozen=True)
@@ -99,11 +109,17 @@ class Strategy:
     summary: ClassVar[str]
     Options: ClassVar[type] = NoOptions
     GridOptions: ClassVar[type | None] = None
+    requires: ClassVar[tuple[str, ...]] = ()  # capabilities asked of a model (zoo.registry)
     uses_guide: ClassVar[bool] = False  # whether ``--guide`` applies
-    baseline: ClassVar[bool] = False  # fitted for a spec's baseline models in a comparison
+    baseline: ClassVar[bool] = False
+    # ^ an exact maximum-likelihood fit: the comparison aligns the others to it, fits it for a
+    #   spec's baseline models, and figures draw its final log-likelihood as the optimum
+    checkpoints: ClassVar[bool] = False  # writes ``context.checkpoint`` and resumes from it
 
     def applies(self, spec: ModelSpec) -> bool:
-        raise NotImplementedError
+        """Whether the strategy can fit ``spec``: by default, the model has every capability
+        in ``requires``."""
+        return all(spec.has(capability) for capability in self.requires)
 
     def fit(self, spec: ModelSpec, config, x, options, *, guide: str | None = None,
             context: FitContext = DEFAULT_CONTEXT) -> FitResult:
@@ -116,8 +132,7 @@ class Strategy:
         return f"<strategy {self.name}>"
 
 
-_REGISTRY: dict[str, Strategy] = {}
-_loaded = False
+_REGISTRY: Registry[Strategy] = Registry("lvm_zoo.strategies", "strategy", BUILTINS)
 
 
 def register(strategy: Strategy) -> Strategy:
@@ -127,27 +142,20 @@ def register(strategy: Strategy) -> Strategy:
             raise InputError(f"strategy {strategy!r} needs a string '{attribute}'")
     if not dataclasses.is_dataclass(strategy.Options):
         raise InputError(f"strategy '{strategy.name}': Options must be a frozen dataclass")
-    _REGISTRY[strategy.name] = strategy
-    return strategy
+    if not all(isinstance(c, str) for c in strategy.requires):
+        raise InputError(f"strategy '{strategy.name}': requires must be capability names")
+    # ordered by its module: a built-in keeps its place whichever module was imported first
+    return _REGISTRY.register(strategy.name, strategy, origin=type(strategy).__module__)
 
 
 def unregister(name: str) -> None:
-    _REGISTRY.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def strategies() -> dict[str, Strategy]:
     """Every registered strategy: the built-ins in the order of the comparison grid (the first
     that applies is a model's default), then any others in the order they registered."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
-    builtin = [type(s).__module__ for s in _REGISTRY.values()]
-    order = {module: i for i, module in enumerate(_BUILTIN_MODULES)}
-    ranked = sorted(range(len(builtin)), key=lambda i: (order.get(builtin[i], len(order)), i))
-    names = list(_REGISTRY)
-    return {names[i]: _REGISTRY[names[i]] for i in ranked}
+    return dict(_REGISTRY)
 
 
 def applicable(spec: ModelSpec) -> list[str]:

@@ -8,15 +8,14 @@ import torch
 
 from inference.results import FitResult
 from inference.strategies import DEFAULT_CONTEXT, FitContext, Strategy, register
+from zoo.registry import CLOSED_FORM
 
 
 class ClosedForm(Strategy):
     name = "closed-form"
     summary = "maximum likelihood in closed form (where the model has one)"
+    requires = (CLOSED_FORM,)
     baseline = True
-
-    def applies(self, spec) -> bool:
-        return spec.closed_form is not None
 
     def fit(self, spec, config, x, options, *, guide=None,
             context: FitContext = DEFAULT_CONTEXT) -> FitResult:

@@ -8,10 +8,11 @@ from inference import em
 from inference.catalog import models
 from inference.results import FitResult
 from inference.strategies import DEFAULT_CONTEXT, FitContext, Strategy, register
+from zoo.registry import EM_STEPS
 
 
 def _em_models() -> dict:
-    return {name: spec for name, spec in models().items() if spec.em is not None}
+    return {name: spec for name, spec in models().items() if spec.has(EM_STEPS)}
 
 
 def _init_help() -> str:
@@ -51,10 +52,8 @@ class ExpectationMaximization(Strategy):
     name = "em"
     summary = "expectation-maximization with the model's closed-form E and M steps"
     Options = EMOptions
+    requires = (EM_STEPS,)
     baseline = True
-
-    def applies(self, spec) -> bool:
-        return spec.em is not None
 
     def fit(self, spec, config, x, options: EMOptions, *, guide=None,
             context: FitContext = DEFAULT_CONTEXT) -> FitResult:

@@ -13,6 +13,7 @@ from inference.shards import Rows
 from inference.strategies import DEFAULT_CONTEXT, FitContext, Strategy, register
 from zoo.errors import InputError
 from zoo.gmm_init import nearest_centers
+from zoo.registry import HARD_ASSIGNMENT_M_STEP
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,7 @@ class KMeans(Strategy):
     name = "kmeans"
     summary = "Lloyd's K-means, then the mixture's M-step on the hard assignments"
     Options = KMeansOptions
-
-    def applies(self, spec) -> bool:
-        return spec.from_assignments is not None
+    requires = (HARD_ASSIGNMENT_M_STEP,)
 
     def fit(self, spec, config, x, options: KMeansOptions, *, guide=None,
             context: FitContext = DEFAULT_CONTEXT) -> FitResult:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from inference import online_em
 from inference.results import FitResult
 from inference.strategies import DEFAULT_CONTEXT, Cell, FitContext, Strategy, register
+from zoo.registry import COMBINABLE_STATISTICS, EM_STEPS
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,7 @@ class OnlineEM(Strategy):
     summary = ("online (stepwise) EM on minibatches, Cappé & Moulines 2009: running E-step "
                "statistics, an M-step per minibatch")
     Options = OnlineEMOptions
-
-    def applies(self, spec) -> bool:
-        return spec.em is not None and spec.em.combine is not None
+    requires = (EM_STEPS, COMBINABLE_STATISTICS)
 
     def fit(self, spec, config, x, options: OnlineEMOptions, *, guide=None,
             context: FitContext = DEFAULT_CONTEXT) -> FitResult:

@@ -6,10 +6,16 @@ runs ``restarts`` data-based starts keeping the best (each with a checkpoint of 
 that ``--resume`` reuses finished restarts and continues the interrupted one), and says which
 grid cells SVI fills in a comparison: one per guide under its default estimator, one per extra
 estimator of ``--elbos``, and ``TraceEnum_ELBO`` for every guide of a model with a discrete
-local latent."""
+local latent.
+
+The strategy builds the guide (:func:`build_guide`): it tells a guide that takes an
+``enumerate`` argument whether the ELBO it picked enumerates, and runs the guide's explicit
+``setup(x)`` step (e.g. the GMM encoder's warm start) before SVI starts; calling a guide never
+trains it."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from inference.results import FitResult
 from inference.strategies import DEFAULT_CONTEXT, Cell, FitContext, Strategy, register
 from inference.svi import ELBOS, fit_svi
 from zoo.errors import InputError
+from zoo.registry import DATA_PLATE, GUIDES
 
 ESTIMATORS = tuple(ELBOS)
 
@@ -69,10 +76,9 @@ class StochasticVariationalInference(Strategy):
     summary = "stochastic variational inference with a guide and an ELBO estimator"
     Options = SVIOptions
     GridOptions = SVIGridOptions
+    requires = (GUIDES,)
     uses_guide = True
-
-    def applies(self, spec) -> bool:
-        return bool(spec.guides)
+    checkpoints = True
 
     def fit(self, spec, config, x, options: SVIOptions, *, guide=None,
             context: FitContext = DEFAULT_CONTEXT) -> FitResult:
@@ -107,7 +113,8 @@ class StochasticVariationalInference(Strategy):
                       if context.chunk_rows is not None else x)
             init = spec.init_params(config, source, generator) if spec.init_params else None
             model = spec.make_model(config, init)
-            result = fit_svi(model, spec.guides[guide](model, config), x, seed=run_seed,
+            result = fit_svi(model, build_guide(spec, guide, model, config, x,
+                                                settings["elbo"]), x, seed=run_seed,
                              progress=context.progress, model_name=spec.name, guide_name=guide,
                              checkpoint=restart_checkpoint(context.checkpoint, restart),
                              resume=context.resume, restart=restart if restarts > 1 else None,
@@ -161,6 +168,38 @@ class StochasticVariationalInference(Strategy):
         return cells
 
 
+ENUMERATING = frozenset({"TraceEnum_ELBO", "JitTraceEnum_ELBO"})
+
+
+def build_guide(spec, name: str, model, config, x: torch.Tensor, elbo="Trace_ELBO"):
+    """The guide ``name`` of ``spec`` for ``model``, ready for SVI on ``x`` under ``elbo``.
+
+    A factory that takes ``enumerate`` is told whether ``elbo`` enumerates (a guide must not
+    ask Pyro's handler stack); a guide with a ``setup(x)`` method runs it here, inside a
+    param-store scope of its own so that what it reads of the model leaves no parameter
+    behind."""
+    factory = spec.guides[name]
+    factory = getattr(factory, "factory", factory)  # a registry entry: the factory it calls
+    options = {}
+    if _takes(factory, "enumerate"):
+        options["enumerate"] = (elbo if isinstance(elbo, str)
+                                else type(elbo).__name__) in ENUMERATING
+    guide = factory(model, config, **options)
+    setup = getattr(guide, "setup", None)
+    if callable(setup):
+        with pyro.get_param_store().scope():
+            setup(x)
+    return guide
+
+
+def _takes(factory, keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: no keywords of ours
+        return False
+    return keyword in parameters
+
+
 def restart_checkpoint(checkpoint: Path | None, restart: int) -> Path | None:
     """Where restart ``restart`` saves its state: ``checkpoint`` itself for the first one
     (``checkpoint.pt``), ``checkpoint-restart{r}.pt`` beside it for the others."""
@@ -198,7 +237,7 @@ def has_discrete_local_latent(spec, config, x: torch.Tensor) -> bool:
         trace = poutine.trace(spec.make_model(config)).get_trace(x[:2])
     return any(site["type"] == "sample" and not site["is_observed"]
                and site["fn"].has_enumerate_support
-               and any(f.name == "data" for f in site["cond_indep_stack"])
+               and any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
                for site in trace.nodes.values())
 
 

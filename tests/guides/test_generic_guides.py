@@ -144,7 +144,7 @@ def test_guides_recover_the_conjugate_posterior_mean_of_a_global(tmp_path):
     exact = (x.sum(0) / 1.25) / precision
     for name in ("auto-normal", "auto-lowrank", "auto-mvn"):
         model = spec.make_model(config, None)
-        result = fit_svi(model, spec.guides[name](model, config), x, steps=300, lr=0.01,
+        result = fit_svi(model, spec.guides[name](model, config), x, steps=400, lr=0.05,
                          num_particles=8, seed=0)
         with fitted(spec, config, result.params, x, guide=name,
                     guide_params=result.guide_params) as (_, guide), torch.no_grad():

@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 
 from inference.catalog import get_model
 from inference.runs import load_checkpoint
+from inference.strategies.svi import build_guide
 from inference.svi import fit_svi
 from zoo.errors import InputError
 from zoo.gmm import synthetic
@@ -60,7 +61,8 @@ def fit_gmm(batch_size: int | None, steps: int = GMM_STEPS, **options):
     pyro.set_rng_seed(seed)
     init = spec.init_params(config, x, torch.Generator().manual_seed(seed))
     model = spec.make_model(config, init)
-    return fit_svi(model, spec.guides["exact"](model, config), x, elbo="TraceEnum_ELBO",
+    guide = build_guide(spec, "exact", model, config, x, elbo="TraceEnum_ELBO")
+    return fit_svi(model, guide, x, elbo="TraceEnum_ELBO",
                    steps=steps, lr=0.05, batch_size=batch_size, seed=seed, stop_tol=0.0,
                    **options)
 
@@ -76,7 +78,8 @@ def fit_ppca(steps: int, batch_size: int = 8, **options):
     init = spec.init_params(config, x, torch.Generator().manual_seed(seed)) \
         if spec.init_params else None
     model = spec.make_model(config, init)
-    return fit_svi(model, spec.guides["amortized"](model, config), x, elbo="Trace_ELBO",
+    guide = build_guide(spec, "amortized", model, config, x, elbo="Trace_ELBO")
+    return fit_svi(model, guide, x, elbo="Trace_ELBO",
                    steps=steps, lr=0.02, batch_size=batch_size, seed=seed, stop_tol=0.0,
                    **options)
 

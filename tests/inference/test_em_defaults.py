@@ -95,10 +95,15 @@ def test_the_kmeans_start_is_sklearns(covariance_type):
     means = np.stack([a[labels == j].mean(0) for j in range(k)])
     np.testing.assert_allclose(start["weights"].numpy(), counts / len(a), rtol=1e-12)
     np.testing.assert_allclose(start["means"].numpy(), means, rtol=1e-10, atol=1e-12)
+    pooled = sum((a[labels == j] - means[j]).T @ (a[labels == j] - means[j])
+                 for j in range(k)) / len(a) + 1e-6 * np.eye(13)
     for j in range(k):
         diff = a[labels == j] - means[j]
         covariance = diff.T @ diff / counts[j] + 1e-6 * np.eye(13)
-        if covariance_type == "full":
+        if covariance_type == "tied":  # every component holds the pooled covariance
+            ours_j, covariance = (start["scale_tril"][j] @ start["scale_tril"][j].T).numpy(), \
+                pooled
+        elif covariance_type == "full":
             ours_j = (start["scale_tril"][j] @ start["scale_tril"][j].T).numpy()
         elif covariance_type == "diag":
             ours_j, covariance = start["scale"][j].square().numpy(), covariance.diagonal()

@@ -90,7 +90,7 @@ def test_auto_mvn_posterior_of_a_bayesian_mixture_agrees_with_nuts(tmp_path, dra
     assert fitted.record["elbo"] < fitted.record["train_log_likelihood"]
     svi = global_posterior(fitted, num_draws=2000).posterior
     nuts = export.nuts_reference(fitted.spec, fitted.config, fitted.result, fitted.data.train,
-                                 rows=torch.arange(4), num_samples=draws, warmup_steps=warmup)
+                                 num_samples=draws, warmup_steps=warmup, num_chains=2)
     assert nuts.diagnostics["r_hat_max"] < r_hat and nuts.diagnostics["divergences"] == 0
     for site, values in nuts.globals.items():
         reference_mean, reference_sd = values.double().mean(0), values.double().std(0)
@@ -103,15 +103,33 @@ def test_fit_reference_nuts_checks_the_global_latents(capsys, tmp_path, data_fil
 
     out = tmp_path / "run"
     code = main(["fit", f"{MODELS}:normal-normal", "--data", str(data_file), "--guide",
-                 "auto-mvn", "--reference", "nuts", "--out", str(out)])
+                 "auto-mvn", "--reference", "nuts", "--nuts-samples", "300", "--nuts-warmup",
+                 "200", "--nuts-chains", "3", "--out", str(out)])
     printed = capsys.readouterr().out
-    assert code == 0 and "NUTS reference (2 chains)" in printed
+    assert code == 0 and "NUTS reference (3 chains x 300 draws, " in printed
     assert (out / "posterior-nuts.nc").is_file() and (out / "posterior.nc").is_file()
     import json
 
     nuts = json.loads((out / "metrics.json").read_text())["nuts_reference"]
     assert nuts["r_hat_max"] < 1.05 and nuts["divergences"] == 0
+    assert nuts["r_hat_target"] == 1.01 and nuts["ess_target"] == 400
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert nuts["rows"] == nuts["rows_of"] == metrics["n_train"]  # every training row
+    assert nuts["meets_targets"] == (nuts["r_hat_max"] <= 1.01 and min(
+        nuts["ess_bulk_min"], nuts["ess_tail_min"]) >= 400)
     (mu,) = nuts["sites"]
     assert abs(mu["fit_mean"] - mu["nuts_mean"]) < mu["nuts_sd"]  # the two posteriors agree
+    import arviz as az
+
+    from inference import posterior_export as export
+
+    chains = export.load_inference_data(out / "posterior-nuts.nc").posterior
+    assert chains["mu"].shape == (3, 300)  # the chains kept apart: R-hat recomputes
+    assert float(az.rhat(chains)["mu"]) == pytest.approx(nuts["r_hat_max"], rel=1e-9)
+    # a model whose latents are all discrete: refused before any training
     assert main(["fit", "gmm", "--reference", "nuts", "--out", str(tmp_path / "gmm")]) == 2
-    assert "has none" in capsys.readouterr().err and not (tmp_path / "gmm").exists()
+    assert "no continuous latent" in capsys.readouterr().err
+    assert not (tmp_path / "gmm" / "params.pt").exists()
+    assert main(["fit", f"{MODELS}:normal-normal", "--nuts-chains", "2",
+                 "--out", str(tmp_path / "lone")]) == 2
+    assert "with --reference nuts" in capsys.readouterr().err

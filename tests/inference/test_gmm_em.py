@@ -31,6 +31,8 @@ DATA = datasets()
 
 
 def covariances(config, params) -> np.ndarray:
+    if config.covariance_type == "tied":  # scikit-learn's: the one shared matrix
+        return (params["scale_tril"][0] @ params["scale_tril"][0].mT).numpy()
     if config.covariance_type == "full":
         return (params["scale_tril"] @ params["scale_tril"].mT).numpy()
     return (params["scale"] ** 2).numpy()
@@ -39,7 +41,7 @@ def covariances(config, params) -> np.ndarray:
 def sklearn_from(config, start, max_iter: int) -> GaussianMixture:
     """scikit-learn's GaussianMixture started at exactly ``start``, tol=0."""
     cov = covariances(config, start)
-    precisions = np.linalg.inv(cov) if config.covariance_type == "full" else 1.0 / cov
+    precisions = np.linalg.inv(cov) if config.full_matrices else 1.0 / cov
     return GaussianMixture(
         config.components, covariance_type=config.covariance_type, tol=0.0, max_iter=max_iter,
         reg_covar=config.reg_covar, init_params="random_from_data",

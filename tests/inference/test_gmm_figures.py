@@ -1,33 +1,47 @@
-"""The Gaussian mixture's figures are written, one panel per requested EM iteration."""
+"""The Gaussian mixture's figures: drawn from the fit's own history and a bounded sample of rows."""
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 from matplotlib.image import imread
+from torch.overrides import TorchFunctionMode
 
-from inference.em import fit_em
-from inference.figures import MODEL_FIGURES
-from inference.figures.gmm import em_snapshots, marginal_2d, plot_training_curves
+from inference.em import SNAPSHOT_ITERATIONS, fit_em
+from inference.figures import MAX_ROWS, MODEL_FIGURES, figure_rows
+from inference.figures.gmm import fit_snapshots, marginal_2d, plot_training_curves
 from zoo import gmm
 from zoo.datasets import load_dataset
 
 
-def test_em_snapshots_replay_the_fit_from_its_recorded_start():
-    x = load_dataset("old-faithful", test_fraction=0, standardize=True,
-                     dtype=torch.float64).train
+def _faithful(dtype=torch.float64):
+    return load_dataset("old-faithful", test_fraction=0, standardize=True, dtype=dtype)
+
+
+@pytest.mark.parametrize("accelerate", [False, True])
+def test_the_fit_keeps_its_snapshots_and_they_match_its_history(accelerate):
+    x = _faithful().train
     config = gmm.GMMConfig(dim=2, components=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = fit_em(gmm.SPEC, config, x, init="random", n_init=2, seed=3, max_iter=20)
-    snapshots = em_snapshots(config, x, result, iterations=(0, 3, result.steps))
-    assert sorted(snapshots) == [0, 3, result.steps]
-    for name, value in result.params.items():
-        np.testing.assert_allclose(snapshots[result.steps][name].numpy(), value.numpy(),
-                                   rtol=1e-12)
+        result = fit_em(gmm.SPEC, config, x, init="random", n_init=2, seed=3, max_iter=20,
+                        accelerate=accelerate)
+    snapshots = fit_snapshots(result)
     history = result.history["log_likelihood"]
-    np.testing.assert_allclose(float(gmm.log_marginal(config, snapshots[3], x).mean()),
-                               history[3], rtol=1e-12)
+    expected = sorted({i for i in SNAPSHOT_ITERATIONS if i < len(history)} | {result.steps})
+    assert sorted(snapshots) == expected
+    for index, params in snapshots.items():  # the point of history[index], every one of them
+        np.testing.assert_allclose(float(gmm.log_marginal(config, params, x).mean()),
+                                   history[index], rtol=1e-12)
+    if not accelerate:  # plain EM: snapshot i is i EM updates from the start, replayed here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            replay = fit_em(gmm.SPEC, config, x, init=snapshots[0], max_iter=3, tol=0.0,
+                            accelerate=False)
+        for name, value in replay.params.items():
+            np.testing.assert_allclose(snapshots[3][name].numpy(), value.numpy(), rtol=1e-12)
 
 
 def test_marginal_of_a_wide_mixture_is_its_first_two_coordinates():
@@ -45,13 +59,61 @@ def test_marginal_of_a_wide_mixture_is_its_first_two_coordinates():
 
 
 def test_fit_figures_are_written(tmp_path):
-    dataset = load_dataset("old-faithful", test_fraction=0, standardize=True)
+    dataset = _faithful(torch.float32)
     config = gmm.GMMConfig(dim=2, components=2)
     result = fit_em(gmm.SPEC, config, dataset.train, seed=0)
     paths = MODEL_FIGURES["gmm"](dataset, config, result, tmp_path)
     assert [p.name for p in paths] == ["gmm_contours.png", "gmm_curves.png"]
     contours = imread(paths[0])
-    assert contours.shape[1] > 2.5 * contours.shape[0]  # a row of panels
+    panels = len(fit_snapshots(result))
+    assert panels >= 4  # the start, 3, 5 (16 if it ran so far) and the last
+    assert contours.shape[1] > (panels - 0.5) * contours.shape[0]  # a row of panels
     curves = plot_training_curves({"EM": [-2.0, -1.5, -1.4], "SVI": [-3.0, -1.45]},
                                   tmp_path / "curves.png", optimum=-1.4)
     assert imread(curves).std() > 0
+
+
+def test_figure_rows_are_a_seeded_sample_without_repeats():
+    assert figure_rows(10).tolist() == list(range(10))
+    rows = figure_rows(10**6, seed=4)
+    assert len(rows) == MAX_ROWS == len(set(rows.tolist()))
+    assert bool((rows[1:] > rows[:-1]).all()) and int(rows[-1]) < 10**6
+    assert torch.equal(rows, figure_rows(10**6, seed=4))
+    assert not torch.equal(rows, figure_rows(10**6, seed=5))
+
+
+class _ReadsOf(TorchFunctionMode):
+    """Records every torch operation that takes ``watched`` as an argument, with the number
+    of rows of what it returned."""
+
+    def __init__(self, watched: torch.Tensor):
+        super().__init__()
+        self.watched, self.reads = watched, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(a is self.watched for a in args) or any(
+                v is self.watched for v in (kwargs or {}).values()):
+            rows = out.shape[0] if isinstance(out, torch.Tensor) and out.dim() else None
+            self.reads.append((getattr(func, "__name__", str(func)), rows))
+        return out
+
+
+def test_figures_of_a_million_rows_read_at_most_max_rows(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    config = gmm.GMMConfig(dim=16, components=8)
+    truth = {"weights": torch.full((8,), 1 / 8), "means": 4 * torch.randn(8, 16,
+                                                                          generator=generator),
+             "scale_tril": torch.eye(16).expand(8, 16, 16).clone()}
+    x, _ = gmm.sample(config, truth, 10**6, generator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fit_em(gmm.SPEC, config, x[:4000], max_iter=8, seed=0)
+    dataset = SimpleNamespace(train=x, feature_names=None)
+    with _ReadsOf(x) as reads:
+        paths = MODEL_FIGURES["gmm"](dataset, config, result, tmp_path)
+    # the million rows are only indexed, at most MAX_ROWS of them (shape queries aside)
+    data_reads = [(name, rows) for name, rows in reads.reads if rows is not None]
+    assert data_reads and all(name == "__getitem__" and rows <= MAX_ROWS
+                              for name, rows in data_reads), data_reads
+    assert imread(paths[0]).std() > 0

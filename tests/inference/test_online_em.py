@@ -22,7 +22,7 @@ from inference import strategies
 from inference.catalog import get_model
 from inference.cli import main
 from inference.em import fit_em
-from inference.estimators_sklearn import GaussianMixture, load
+from inference.estimators_sklearn import GaussianMixture, load, starts
 from inference.online_em import (
     StepwiseState,
     default_batch_size,
@@ -136,8 +136,10 @@ def test_a_stream_of_partial_fits_is_fit_online_em_on_the_same_batches():
     _, x = mixture(2000, seed=5, dtype=torch.float64)
     X = x.numpy()
     config = gmm.GMMConfig(dim=3, components=4)
+    # the estimator's start is scikit-learn's (numpy RandomState(7)) on the first minibatch
+    first = starts.start("kmeans", config, x[:100], np.random.RandomState(7))
     reference = fit_online_em(SPEC, config, x, batch_size=100, init_size=100, shuffle=False,
-                              init="kmeans", seed=7)
+                              init=first, seed=7)
     stream = GaussianMixture(4, inference="online-em", init_params="kmeans", random_state=7)
     for begin in range(0, 2000, 100):
         stream.partial_fit(X[begin:begin + 100])
@@ -149,8 +151,10 @@ def test_a_stream_of_partial_fits_is_fit_online_em_on_the_same_batches():
     assert not stream.converged_
     # fit() by online EM is the strategy's fit (its shuffled minibatches, same defaults)
     fitted = GaussianMixture(4, inference="online-em", batch_size=100, random_state=7).fit(X)
-    strategy = strategies.fit(SPEC, config, x, inference="online-em", batch_size=100,
-                              init="kmeans", seed=7)
+    strategy = fit_online_em(  # the strategy's defaults, from the estimator's start
+        SPEC, config, x, batch_size=100, seed=7,
+        init=lambda config, rows, _: starts.start("kmeans", config, rows,
+                                                  np.random.RandomState(7)))
     for name, value in strategy.params.items():
         torch.testing.assert_close(fitted.params_[name], value, rtol=0, atol=0)
     # partial_fit continues a fit: one more update, the running statistics carried on

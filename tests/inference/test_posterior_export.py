@@ -104,10 +104,13 @@ def test_nuts_reference_matches_the_exact_posterior(ppca):
     rows = export.chosen_rows(x.shape[0], count=2)
     exact = export.draw_posterior(spec, config, result, x, rows=rows, label="exact",
                                   num_draws=DRAWS, log_likelihood_rows=0)
+    # no global latents: the rows are independent given the parameters, so NUTS on the
+    # chosen rows alone (max_local_rows=0) is exact for them
     nuts = export.nuts_reference(spec, config, result, x, rows=rows, num_samples=200,
-                                 warmup_steps=150)
+                                 warmup_steps=150, num_chains=2, max_local_rows=0)
     # two chains of 200 draws, one after the other, with R-hat and ESS across them
     assert nuts.local["z"].shape == (400, 2, 2) and nuts.diagnostics["divergences"] == 0
+    assert nuts.rows.tolist() == rows.tolist() and nuts.chains == 2
     assert nuts.diagnostics["chains"] == 2 and nuts.diagnostics["r_hat_max"] < 1.05
     assert nuts.diagnostics["ess_bulk_min"] > 50
     near = export.reference_distance(exact, nuts)

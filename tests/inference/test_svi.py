@@ -1,14 +1,19 @@
 """The SVI loop: isolated fits, reproducible seeds, resumable checkpoints, divergence stops."""
 
+import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
 from inference.catalog import get_model
 from inference.evaluate import evaluate_fit, fitted, iwae, pointwise_log_weights
 from inference.strategies import fit
-from inference.svi import TrainingDiverged, fit_svi
+from inference.strategies.svi import build_guide
+from inference.svi import TrainingDiverged, fit_svi, svi_loop
 from tests.toy import TOY
+from zoo import declare
+from zoo.gmm import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +132,105 @@ def test_the_stopping_rule_stops_flat_fits_and_not_noisy_climbing_ones():
     # flat with noise small enough to certify 1e-4 per window: converged
     noise = 1e-4 * torch.randn(400, generator=generator, dtype=torch.float64)
     assert rule.converged((-1.0 + noise).tolist())
+
+
+def gmm_loop(components: int, guide: str, elbo: str, batch_size: int | None, seed: int):
+    """An SVI loop of a GMM on its own synthetic rows, built as the SVI strategy builds one."""
+    spec = get_model("gmm")
+    x, _, _ = synthetic(120, torch.Generator().manual_seed(seed), dtype=torch.float64)
+    config = spec.make_config(dim=2, components=components)
+    pyro.set_rng_seed(seed)
+    model = spec.make_model(config, spec.init_params(config, x,
+                                                     torch.Generator().manual_seed(seed)))
+    return svi_loop(model, build_guide(spec, guide, model, config, x, elbo=elbo), x,
+                    elbo=elbo, steps=30, lr=0.05, batch_size=batch_size, seed=seed,
+                    stop_tol=0.0)
+
+
+def test_two_gmm_fits_interleaved_step_by_step_give_the_numbers_of_each_alone():
+    """Same parameter names, other shapes (K=3 and K=2), both guides drawing z from the torch
+    stream: each step must run in its own param store and its own random streams."""
+    fits = [(3, "exact", "Trace_ELBO", 20, 1), (2, "mean-field", "Trace_ELBO", None, 2)]
+    alone = [gmm_loop(*options).run() for options in fits]
+    loops = [gmm_loop(*options) for options in fits]
+    while any([loop.advance() for loop in loops]):  # a list: every loop steps each round
+        pass
+    together = [loop.result() for loop in loops]
+    assert set(alone[0].params) == set(alone[1].params)  # one store would mix them
+    assert alone[0].params["means"].shape != alone[1].params["means"].shape
+    for one, other in zip(alone, together, strict=True):
+        assert one.steps == other.steps == 30
+        assert one.history["elbo"] == other.history["elbo"]
+        for name, value in {**one.params, **one.guide_params}.items():
+            assert torch.equal(value, {**other.params, **other.guide_params}[name]), name
+    assert len(pyro.get_param_store()) == 0
+
+
+# --- SVI ends at the optimum: a conjugate regression with a 0.001-sd coefficient ----------
+
+PRIOR_SD, NOISE_SD, FEATURE_SCALES = 10.0, 1.0, (1.0, 1.0, 100.0)
+
+
+def conjugate_regression(x=None, *, num_data=None, subsample_size=None):
+    """beta ~ N(0, 10² I); y_n | beta ~ N(X_n beta, 1); rows of x are (X_n, y_n)."""
+    zero = torch.zeros((), dtype=torch.float64) if x is None else x.new_zeros(())
+    beta = pyro.sample("beta", dist.Normal(zero.expand(len(FEATURE_SCALES)),
+                                           PRIOR_SD).to_event(1))
+    rows = num_data if x is None else x.shape[0]
+    with pyro.plate("data", rows, subsample_size=subsample_size, device=zero.device) as idx:
+        features = x[idx, :-1]
+        pyro.sample("y", dist.Normal((features * beta.unsqueeze(-2)).sum(-1), NOISE_SD),
+                    obs=x[idx, -1])
+
+
+REGRESSION = declare("test-conjugate-regression", conjugate_regression, global_sites=("beta",),
+                     replace=True)
+
+
+def regression_rows(n: int = 100, seed: int = 0) -> np.ndarray:
+    """(X, y): the third feature's scale is 100, so its coefficient's posterior sd is ~0.001."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, 3)) * np.array(FEATURE_SCALES) + np.array([0.0, 1.0, 0.0])
+    y = features @ np.array([1.0, -2.0, 0.03]) + NOISE_SD * rng.normal(size=n)
+    return np.column_stack([features, y])
+
+
+def exact_posterior(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The closed form: precision X'X / s² + I / s0², mean cov X'y / s²."""
+    features, y = rows[:, :-1], rows[:, -1]
+    precision = features.T @ features / NOISE_SD**2 + np.eye(features.shape[1]) / PRIOR_SD**2
+    covariance = np.linalg.inv(precision)
+    return covariance @ features.T @ y / NOISE_SD**2, np.sqrt(np.diag(covariance))
+
+
+def gaussian_moments(guide_params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd of an AutoMultivariateNormal's Gaussian (loc, scale * scale_tril)."""
+    def get(suffix):
+        return next(v for k, v in guide_params.items() if k.endswith(suffix)).double()
+    tril = get(".scale").unsqueeze(-1) * get(".scale_tril")
+    return get(".loc").numpy(), (tril @ tril.T).diagonal().sqrt().numpy()
+
+
+def test_auto_mvn_at_the_defaults_ends_at_the_exact_posterior_of_a_conjugate_regression():
+    rows = regression_rows()
+    mean, sd = exact_posterior(rows)
+    assert sd.min() < 0.002 < 0.05 < sd.max()  # one coefficient 50x tighter than the others
+    spec = get_model(REGRESSION)
+    result = fit(spec, spec.make_config(dim=4), torch.tensor(rows), inference="svi",
+                 guide="auto-mvn", seed=0)
+    fitted_mean, fitted_sd = gaussian_moments(result.guide_params)
+    assert result.converged and result.info["kept"] == "average"
+    assert np.abs((fitted_mean - mean) / sd).max() < 0.2, (fitted_mean - mean) / sd
+    assert np.abs(fitted_sd / sd - 1).max() < 0.05, fitted_sd / sd
+
+
+def test_a_constant_rate_ends_near_the_optimum_not_at_it():
+    """The reason for the schedule: the last Adam iterate at lr 0.01, the same budget, leaves
+    the tight coefficient's sd many times too wide."""
+    rows = regression_rows()
+    _, sd = exact_posterior(rows)
+    spec = get_model(REGRESSION)
+    result = fit(spec, spec.make_config(dim=4), torch.tensor(rows), inference="svi",
+                 guide="auto-mvn", seed=0, steps=600, stop_tol=0.0)
+    assert result.info["kept"] == "last" and result.info["schedule"] == "constant"
+    assert gaussian_moments(result.guide_params)[1][2] / sd[2] > 2

@@ -296,3 +296,29 @@ def test_a_checkpoint_of_another_model_size_is_refused_by_name(tmp_path):
     with pytest.raises(InputError, match="other shapes: .*weight"):
         fit(spec, spec.make_config(dim=5, latent_dim=3), x, inference="svi", steps=10,
             checkpoint=path, resume=True)
+
+
+def climb(x=None, *, num_data=None, subsample_size=None):
+    """ELBO per datapoint -(theta - 3)² with a noise term, so that Adam wanders at the top."""
+    theta = pyro.param("theta", lambda: torch.zeros((), dtype=torch.float64))
+    wobble = pyro.sample("wobble", dist.Normal(torch.zeros((), dtype=torch.float64), 1.0))
+    pyro.factor("elbo", x.shape[0] * -(theta - 3.0 + 0.1 * wobble) ** 2)
+
+
+def test_the_levels_resume_bit_for_bit_and_return_the_average(tmp_path):
+    """The schedule's levels (inference.svi_schedule) cross a checkpoint: the resumed fit
+    steps down, restarts and averages exactly as the uninterrupted one."""
+    x = torch.zeros(10, 1, dtype=torch.float64)
+    options = {"steps": 2000, "lr": 0.05, "stop_window": 20, "stop_tol": 1e-3}
+    straight = fit_svi(climb, no_guide, x, **options)
+    assert straight.info["kept"] == "average" and straight.info["lr_levels"] >= 2
+    assert straight.converged and straight.steps < 2000
+    assert float(straight.params["theta"]) == pytest.approx(3.0, abs=0.02)
+    path = tmp_path / "checkpoint.pt"
+    fit_svi(climb, no_guide, x, **{**options, "steps": straight.steps // 2 + 7},
+            checkpoint=path)
+    resumed = fit_svi(climb, no_guide, x, **options, checkpoint=path, resume=True)
+    assert resumed.history["elbo"] == straight.history["elbo"]
+    assert torch.equal(resumed.params["theta"], straight.params["theta"])
+    assert {k: resumed.info[k] for k in ("lr_levels", "averaged_steps", "kept")} == {
+        k: straight.info[k] for k in ("lr_levels", "averaged_steps", "kept")}

@@ -10,10 +10,20 @@ from scipy.stats import multivariate_t
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
+from guides.generic import generic_guides
 from inference import strategies
 from inference.catalog import get_model
 from inference.em import fit_em
 from zoo.datasets import load_dataset
+from zoo.registry import (
+    CLOSED_FORM,
+    COMBINABLE_STATISTICS,
+    EM_STEPS,
+    EXACT_MARGINAL,
+    GLOBAL_LATENTS,
+    GUIDES,
+    LOCAL_LATENTS,
+)
 
 # --- mixture of PPCAs ---------------------------------------------------------------------------
 
@@ -111,8 +121,14 @@ def test_student_t_log_marginal_matches_scipy():
 
 @pytest.mark.parametrize("name", ["mppca", "student-t-mixture"])
 def test_examples_are_declared_with_the_generic_guides_and_their_closed_forms(name):
+    """Declared the way a user declares a model: the generic guides for its latent sites, and
+    the capabilities its closed forms give (exact log p(x), EM steps that combine, so EM and
+    online EM apply beside SVI; no closed-form maximum likelihood)."""
     spec = get_model(name)
-    assert strategies.applicable(spec) == ["em", "online-em", "svi"]
-    assert list(spec.guides) == ["auto-normal", "amortized", "flow"]
-    assert spec.local_sites[0] == "component" and spec.log_marginal is not None
+    assert list(spec.guides) == list(generic_guides(spec.declared_sites)[0])
+    for capability in (EXACT_MARGINAL, EM_STEPS, COMBINABLE_STATISTICS, GUIDES, LOCAL_LATENTS):
+        assert spec.has(capability), capability
+    assert not spec.has(CLOSED_FORM) and not spec.has(GLOBAL_LATENTS)
+    assert strategies.get(None, spec).requires == (EM_STEPS,)  # EM is the default fit
+    assert spec.local_sites[0] == "component"
     assert spec.__class__.__name__ == "ModelSpec" and spec.summary

@@ -14,6 +14,7 @@ from sklearn.datasets import load_iris
 from sklearn.mixture import GaussianMixture
 from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
+import zoo.registry
 from inference import strategies
 from inference.catalog import get_model
 from zoo import gmm, gmm_em
@@ -28,7 +29,9 @@ def iris() -> torch.Tensor:
 
 
 def covariances(config, params) -> np.ndarray:
-    """scikit-learn's ``covariances_`` for our parameters."""
+    """scikit-learn's ``covariances_`` for our parameters (tied: the one shared matrix)."""
+    if config.covariance_type == "tied":
+        return (params["scale_tril"][0] @ params["scale_tril"][0].mT).numpy()
     if config.covariance_type == "full":
         return (params["scale_tril"] @ params["scale_tril"].mT).numpy()
     return (params["scale"] ** 2).numpy()
@@ -54,6 +57,10 @@ def random_params(config, generator) -> dict:
         factor = torch.randn(k, d, d, generator=generator, dtype=torch.float64)
         covariance = factor @ factor.mT / d + 0.5 * torch.eye(d, dtype=torch.float64)
         scale = {"scale_tril": torch.linalg.cholesky(covariance)}
+    elif config.covariance_type == "tied":  # K equal copies of one factor
+        factor = torch.randn(d, d, generator=generator, dtype=torch.float64)
+        covariance = factor @ factor.mT / d + 0.5 * torch.eye(d, dtype=torch.float64)
+        scale = {"scale_tril": torch.linalg.cholesky(covariance).expand(k, d, d).clone()}
     elif config.covariance_type == "diag":
         scale = {"scale": 0.5 + torch.rand(k, d, generator=generator, dtype=torch.float64)}
     else:
@@ -67,8 +74,8 @@ def random_params(config, generator) -> dict:
 def test_config_rejects_bad_values_with_the_fix():
     with pytest.raises(InputError, match="components=0 must be at least 1"):
         gmm.GMMConfig(components=0)
-    with pytest.raises(InputError, match="full, diag, spherical"):
-        gmm.GMMConfig(covariance_type="tied")
+    with pytest.raises(InputError, match="full, tied, diag, spherical"):
+        gmm.GMMConfig(covariance_type="banded")
     with pytest.raises(InputError, match="reg_covar=-1"):
         gmm.GMMConfig(reg_covar=-1.0)
     with pytest.raises(InputError, match="components=12 exceeds the 10 datapoints; use at most 10"):
@@ -104,9 +111,16 @@ def test_duplicated_points_without_reg_covar_raise_not_nan(covariance_type):
     resp = torch.cat([torch.tensor([[1.0, 0.0]]).expand(10, 2),
                       torch.tensor([[0.0, 1.0]]).expand(10, 2)]).double()
     bare = gmm.GMMConfig(dim=2, components=2, covariance_type=covariance_type, reg_covar=0.0)
-    with pytest.raises(InputError, match="component 1 of 2 has a singular covariance.*"
-                                         "raise reg_covar"):
-        gmm.m_step(bare, x, resp)
+    if covariance_type == "tied":  # the pooled scatter has the spread points: not singular
+        assert torch.isfinite(gmm.log_marginal(bare, gmm.m_step(bare, x, resp), x)).all()
+        x = torch.cat([duplicates, duplicates])  # now every point is the same one
+        with pytest.raises(gmm.SingularCovarianceError, match="the tied covariance of the 2 "
+                                                              "components has a singular"):
+            gmm.m_step(bare, x, resp)
+    else:
+        with pytest.raises(InputError, match="component 1 of 2 has a singular covariance.*"
+                                             "raise reg_covar"):
+            gmm.m_step(bare, x, resp)
     regularized = gmm.GMMConfig(dim=2, components=2, covariance_type=covariance_type)
     params = gmm.m_step(regularized, x, resp)
     assert torch.isfinite(gmm.log_marginal(regularized, params, x)).all()
@@ -150,7 +164,8 @@ def test_log_marginal_equals_scipy_density_sum(covariance_type):
     cov = covariances(config, params)
     per_component = np.stack([
         multivariate_normal(params["means"][k].numpy(),
-                            cov[k] if cov.ndim == 3 else np.diag(np.broadcast_to(cov[k], 3))
+                            cov if covariance_type == "tied" else cov[k] if cov.ndim == 3
+                            else np.diag(np.broadcast_to(cov[k], 3))
                             ).logpdf(x.numpy())
         for k in range(4)], axis=1)
     reference = logsumexp(per_component + np.log(params["weights"].numpy()), axis=1)
@@ -208,6 +223,9 @@ def naive_m_step(x: np.ndarray, resp: np.ndarray, covariance_type: str, reg: flo
         cov = (resp[:, k, None] * diff).T @ diff / counts[k] + reg * np.eye(x.shape[1])
         covs.append(cov)
     covs = np.array(covs)
+    if covariance_type == "tied":  # the pooled scatter: Σ_k n_k S_k / N
+        eye = reg * np.eye(x.shape[1])
+        covs = ((covs - eye) * counts[:, None, None]).sum(0) / counts.sum() + eye
     if covariance_type == "diag":
         covs = np.diagonal(covs, axis1=1, axis2=2)
     elif covariance_type == "spherical":
@@ -379,7 +397,11 @@ def test_spec_is_registered_with_every_guide_and_closed_form():
     spec = get_model("gmm")
     assert spec.em is gmm.SPEC.em and spec.config_class is gmm.SPEC.config_class
     assert set(spec.guides) == {"exact", "mean-field", "amortized", "enumerate"}
-    assert strategies.applicable(spec) == ["em", "online-em", "kmeans", "svi"]
+    # EM (its default fit), online EM, K-means' M-step and SVI apply; no closed form
+    assert all(spec.has(c) for c in (zoo.registry.EM_STEPS, zoo.registry.COMBINABLE_STATISTICS,
+                                     zoo.registry.HARD_ASSIGNMENT_M_STEP, zoo.registry.GUIDES))
+    assert not spec.has(zoo.registry.CLOSED_FORM)
+    assert strategies.get(None, spec).requires == (zoo.registry.EM_STEPS,)
     assert spec.guides["mean-field"].per_datapoint and not spec.guides["exact"].per_datapoint
     assert spec.default_elbo["enumerate"] == "TraceEnum_ELBO"
     assert spec.local_sites == ("z",)

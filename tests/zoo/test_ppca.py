@@ -16,6 +16,7 @@ from inference.em import fit_em
 from inference.strategies import fit
 from zoo import ppca
 from zoo.errors import InputError
+from zoo.registry import CLOSED_FORM, EM_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -306,8 +307,10 @@ def test_linear_autoencoder_trained_by_least_squares_spans_the_pca_subspace(digi
 
 def test_both_models_are_registered_with_their_closed_forms():
     ppca_spec, fa_spec = get_model("ppca"), get_model("fa")
-    assert strategies.applicable(ppca_spec) == ["closed-form", "em", "svi"]
-    assert strategies.applicable(fa_spec) == ["em", "svi"]  # factor analysis has no closed form
+    # PPCA's default fit is its closed form; factor analysis has none, so EM is its default
+    assert ppca_spec.has(CLOSED_FORM) and not fa_spec.has(CLOSED_FORM)
+    assert strategies.get(None, ppca_spec).requires == (CLOSED_FORM,)
+    assert strategies.get(None, fa_spec).requires == (EM_STEPS,)
     for spec in (ppca_spec, fa_spec):
         assert set(spec.guides) == {"exact", "mean-field", "amortized", "amortized-mlp"}
         assert spec.local_sites == ("z",) and spec.default_guide == "exact"
