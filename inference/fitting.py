@@ -318,12 +318,23 @@ def _default_folder(settled: FitPlan) -> Path:
     return path
 
 
+def _fingerprint(plan: FitPlan, loaded: LoadedData) -> dict:
+    """What every rank of a fit under torchrun must share: the plan's settings (each option
+    by its flag's name), the model's options and the rows (shape, dtype, a hash of some)."""
+    settings = plan.settings()
+    options = {f"--{k.replace('_', '-')}": v for k, v in
+               {**settings.pop("options"), **plan.model_options}.items()}
+    return {**settings, **options, "--iwae-samples": plan.iwae_samples,
+            "--reference": plan.reference, **distributed.data_fingerprint(loaded.train)}
+
+
 def run(plan: FitPlan, *, loaded: LoadedData | None = None, config=None,
         target: Target | None = None) -> Fitted:
     """Load the data (or take ``loaded``, and its ``config``), fit, judge: a :class:`Fitted`.
     With a ``target`` (a run folder's, :func:`execute`) the checkpoints go there, and the
     training is written before the yardstick runs."""
     loaded = loaded or load(plan.data, plan.spec)
+    distributed.agree(_fingerprint(plan, loaded), distributed.current())  # torchrun: alike
     config = config or make_config(plan.spec, loaded, plan.model_options)
     if plan.reference == "nuts":  # a model with nothing for NUTS to sample: before training
         from inference.posterior_export import check_nuts_applies

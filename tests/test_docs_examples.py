@@ -57,10 +57,11 @@ def _key(page: Path, first: str) -> tuple[str, str]:
 
 
 def _shell_commands(code: str) -> list[str]:
-    """The ``lvm-zoo`` lines of a shell example (continuations joined, comments dropped)."""
+    """The ``lvm-zoo`` calls of a shell example (continuations joined, comments dropped)."""
     joined = code.replace("\\\n", " ")
     lines = [line.split("  #")[0].strip() for line in joined.splitlines()]
-    return [line for line in lines if line.startswith("lvm-zoo ")]
+    # a line with optional parts in brackets (`[--json]`) is a synopsis, not a call
+    return [line for line in lines if line.startswith("lvm-zoo ") and " [" not in line]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)

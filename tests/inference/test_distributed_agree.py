@@ -81,3 +81,40 @@ def test_collective_timeout_is_read_and_checked(monkeypatch):
         monkeypatch.setenv("LVM_ZOO_COLLECTIVE_TIMEOUT", bad)
         with pytest.raises(InputError, match="LVM_ZOO_COLLECTIVE_TIMEOUT"):
             distributed.collective_timeout()
+
+
+def test_torchrun_workers_given_other_steps_stop_together_in_one_line(tmp_path):
+    """Two workers of `lvm-zoo fit` under torchrun, rank 1 with another --steps: both exit
+    with status 2 and one line naming --steps, well within a minute, instead of hanging."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    root = Path(__file__).resolve().parents[2]
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).normal(size=(400, 2)))
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import os, runpy, sys\n"
+        "sys.argv = ['lvm-zoo', 'fit', 'gmm', '--inference', 'svi', '--data', "
+        f"{str(tmp_path / 'rows.npy')!r}, '--dtype', 'float64', '--out', "
+        f"{str(tmp_path / 'run')!r}, '--steps', '20' if os.environ['RANK'] == '0' else '30']\n"
+        "runpy.run_module('inference', run_name='__main__')\n")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(script)], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root),
+                               "OMP_NUM_THREADS": "1"})
+    assert time.monotonic() - start < 60 + 30  # torchrun's own start and stop included
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if "disagree on --steps" in line]
+    assert len(lines) >= 2, done.stderr[-3000:]  # both ranks say it, once each
+    # no traceback of ours (torchrun's own launcher reports the failed workers its way)
+    assert not [line for line in done.stderr.splitlines()
+                if line.strip().startswith("File") and any(
+                    str(root / package) in line for package in ("inference", "zoo", "guides"))
+                ], done.stderr[-3000:]
+    assert not (tmp_path / "run" / "metrics.json").exists()

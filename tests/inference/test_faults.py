@@ -380,10 +380,12 @@ declare({name!r}, model{extra})
 
 @pytest.fixture
 def clean_registry():
-    registry = zoo.registry.models()
+    registry, sources = zoo.registry.models(), dict(zoo.registry._SOURCES)
     yield
     zoo.registry._REGISTRY.clear()
     zoo.registry._REGISTRY.update(registry)
+    zoo.registry._SOURCES.clear()  # which file declared each name goes back too
+    zoo.registry._SOURCES.update(sources)
 
 
 def user_file(tmp_path: Path, name: str, extra: str = "", stem: str = "user_model") -> str:
