@@ -279,7 +279,9 @@ def get_model(name: str) -> ModelSpec:
     registry = models()
     if name not in registry:
         known = ", ".join(sorted(registry)) or "(none registered)"
-        raise InputError(f"unknown model '{name}'; choose one of: {known}, "
+        close = difflib.get_close_matches(name, list(registry), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise InputError(f"unknown model '{name}'; {hint}choose one of: {known}, "
                          "or give path/to/file.py:NAME for a model of your own")
     return registry[name]
 

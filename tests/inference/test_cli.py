@@ -70,6 +70,7 @@ BAD_INPUT = {
     "missing file": (lambda p: ["fit", TOY, "--data", str(p / "absent.csv")], "does not exist"),
     "unknown dataset": (lambda p: ["fit", TOY, "--data", "no-such-data"], "unknown dataset"),
     "unknown model": (lambda p: ["fit", "no-such-model"], "unknown model 'no-such-model'"),
+    "misspelled model": (lambda p: ["fit", "gmn"], "unknown model 'gmn'; did you mean 'gmm'?"),
     "model file missing": (lambda p: ["fit", str(p / "none.py") + ":m"], "does not exist"),
     "non-numeric csv": (lambda p: ["fit", TOY, "--data", _write(p, "a.csv", "1,2\n3,x\n4,5\n")],
                         "not a number|non-numeric"),
