@@ -13,9 +13,16 @@ from typing import NamedTuple
 
 import torch
 from pyro import poutine
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import (
+    Categorical,
+    Distribution,
+    Independent,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
 
-from inference.evaluate import fitted
+from inference.evaluate import fitted, guide_site
 from inference.results import FitResult
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, Params
@@ -63,6 +70,28 @@ def elbo_decomposition(spec: ModelSpec, config, params: Params, x: torch.Tensor,
     return ElboDecomposition(log_likelihood, log_likelihood - kl, kl)
 
 
+def exact_decomposition(spec: ModelSpec, config, result: FitResult,
+                        x: torch.Tensor) -> dict | None:
+    """Mean exact log p(x), ELBO and KL of the fit's guide on ``x`` where the model has a
+    closed-form marginal and posterior over one local site (a guide that leaves the site to
+    enumeration has q = p(z | x): KL 0); ``None`` otherwise."""
+    if (spec.log_marginal is None or spec.posterior is None or len(spec.local_sites) != 1
+            or result.guide not in spec.guides):
+        return None
+    site = spec.local_sites[0]
+    with torch.no_grad(), fitted(spec, config, result.params, x, guide=result.guide,
+                guide_params=result.guide_params) as (model, guide_fn):
+        q = guide_site(guide_fn, x, site)
+        try:
+            if q is None:
+                log_likelihood = spec.log_marginal(config, result.params, x)
+                return {"log_likelihood": float(log_likelihood.mean()),
+                        "elbo": float(log_likelihood.mean()), "kl": 0.0}
+            return elbo_decomposition(spec, config, result.params, x, q).means()
+        except (InputError, NotImplementedError):
+            return None
+
+
 def decompose_fit(spec: ModelSpec, config, result: FitResult, x: torch.Tensor,
                   guide: str | None = None) -> ElboDecomposition:
     """:func:`elbo_decomposition` of a fitted result on ``x`` (its training rows, for a
@@ -97,11 +126,26 @@ def guide_distribution(guide, x: torch.Tensor, site: str = "z") -> Distribution:
 
 def gaussian_aware_kl(q: Distribution, p: Distribution) -> torch.Tensor:
     """``kl_divergence(q, p)``; a diagonal Gaussian (``Independent(Normal, 1)``) facing a
-    full-covariance one is first written as a ``MultivariateNormal``."""
+    full-covariance one is first written as a ``MultivariateNormal``. Two categoricals are
+    compared through their log-probabilities: torch's rule reads ``p.probs == 0`` as
+    impossible (KL = inf), but a posterior responsibility below float32's smallest number
+    (a logit 104 nats down) rounds to 0 while its logit is finite, and q's mass there adds
+    ``q (log q - log p)``, a finite (and negligible) amount."""
+    if isinstance(q, Categorical) and isinstance(p, Categorical):
+        return categorical_kl(q, p)
     try:
         return kl_divergence(q, p)
     except NotImplementedError:
         return kl_divergence(_as_multivariate_normal(q), _as_multivariate_normal(p))
+
+
+def categorical_kl(q: Categorical, p: Categorical) -> torch.Tensor:
+    """KL(q || p) from normalized logits, in float64: ``sum_k q_k (log q_k - log p_k)``, terms
+    with ``q_k = 0`` contributing 0 and ``p_k`` impossible (logit -inf) only where q puts mass."""
+    log_q, log_p = q.logits.double(), p.logits.double()
+    q_probs = log_q.exp()
+    terms = torch.where(q_probs > 0, q_probs * (log_q - log_p), torch.zeros_like(q_probs))
+    return terms.sum(-1).to(q.logits.dtype)
 
 
 def _as_multivariate_normal(d: Distribution) -> Distribution:

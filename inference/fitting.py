@@ -27,6 +27,7 @@ import torch
 from inference import distributed, strategies
 from inference.catalog import get_model
 from inference.data import DataRequest, LoadedData, load
+from inference.decomposition import exact_decomposition
 from inference.evaluate import evaluate_fit
 from inference.fit_posterior import (
     NutsCheck,
@@ -182,6 +183,11 @@ def judge(spec: ModelSpec, config, result: FitResult, loaded: LoadedData, *, see
     value (Theis et al., 2016). :func:`run` and ``evaluate_run`` both judge here."""
     metrics = evaluate_fit(spec, config, result, loaded.train, loaded.test, seed=seed,
                            num_samples=num_samples, device=loaded.device)
+    metrics["elbo_method"] = None if metrics.get("elbo") is None else "monte-carlo"
+    exact = exact_decomposition(spec, config, result, loaded.train)
+    if exact is not None:  # the ELBO and gap in closed form (fit and compare say the same)
+        metrics.update(elbo=exact["elbo"], gap=exact["log_likelihood"] - exact["elbo"],
+                       elbo_method="exact")
     bin_width = loaded.dataset.bin_width
     metrics["bin_width"] = bin_width
     if bin_width is not None:

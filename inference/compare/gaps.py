@@ -17,7 +17,7 @@ import torch
 from torch.distributions import Categorical, Independent, MultivariateNormal, Normal
 
 from inference.catalog import guide_entry
-from inference.decomposition import elbo_decomposition
+from inference.decomposition import elbo_decomposition, exact_decomposition
 from inference.evaluate import fitted, guide_site, iwae, pointwise_log_weights
 from inference.results import FitResult
 from inference.sampling import own_random_stream
@@ -68,27 +68,6 @@ def is_amortized(spec: ModelSpec, guide: str, result: FitResult) -> bool:
     """An amortized guide has parameters of its own (an encoder) and none per datapoint, as
     its entry in the guide registry says (``GuideEntry.per_datapoint``)."""
     return bool(result.guide_params) and not guide_entry(spec, guide).per_datapoint
-
-
-def exact_decomposition(spec: ModelSpec, config, result: FitResult,
-                        x: torch.Tensor) -> dict | None:
-    """Mean exact log p(x), ELBO and KL of the fit's guide on ``x`` where the model has a
-    closed-form marginal and posterior over one local site (a guide that leaves the site to
-    enumeration has q = p(z | x): KL 0); ``None`` otherwise."""
-    if spec.log_marginal is None or spec.posterior is None or len(spec.local_sites) != 1:
-        return None
-    site = spec.local_sites[0]
-    with fitted(spec, config, result.params, x, guide=result.guide,
-                guide_params=result.guide_params) as (model, guide_fn):
-        q = guide_site(guide_fn, x, site)
-        try:
-            if q is None:
-                log_likelihood = spec.log_marginal(config, result.params, x)
-                return {"log_likelihood": float(log_likelihood.mean()),
-                        "elbo": float(log_likelihood.mean()), "kl": 0.0}
-            return elbo_decomposition(spec, config, result.params, x, q).means()
-        except (InputError, NotImplementedError):
-            return None
 
 
 def amortization_split(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, *,
