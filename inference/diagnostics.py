@@ -60,13 +60,18 @@ def pareto_k(log_weights: torch.Tensor | np.ndarray) -> np.ndarray:
                          "importance samples per row")
     # ArviZ takes samples on the last axis; rows whose weights are all equal have k̂ = -inf
     _, k = az.psislw(np.ascontiguousarray(weights.T), reff=1.0)
-    return np.atleast_1d(np.asarray(k, dtype=np.float64))
+    k = np.atleast_1d(np.asarray(k, dtype=np.float64))
+    # ArviZ answers inf both when one draw carries all the weight (the others > 745 nats
+    # below it: the tail is as heavy as it gets) and when every weight is equal (the proposal
+    # is the target: nothing to fit, k̂ = -inf here)
+    spread = weights.max(0) - weights.min(0)
+    return np.where(np.isinf(k) & (spread < 1e-6), -np.inf, k)
 
 
 def summarize(log_weights: torch.Tensor | np.ndarray) -> ParetoK:
     """:class:`ParetoK` of a yardstick's log-weights ``(K, N)``."""
     k = pareto_k(log_weights)
-    finite = np.where(np.isfinite(k), k, -np.inf)
+    finite = np.where(np.isnan(k), -np.inf, k)  # -inf: a row whose weights are all equal
     samples = int(np.shape(log_weights)[0])
     return ParetoK(max=float(finite.max()), median=float(np.median(finite)),
                    share_above=float(np.mean(finite > THRESHOLD)), rows=int(k.size),

@@ -24,7 +24,7 @@ from pyro.ops.rings import LogRing
 from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import transform_to
 
-from inference import distributed
+from inference import diagnostics, distributed
 from inference.global_latents import global_yardstick
 from inference.results import FitResult
 from inference.sampling import (
@@ -348,7 +348,8 @@ def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_sampl
     else:
         return _importance_sampled(spec, config, result, guide, splits, num_samples,
                                    elbo_samples, rows, group, metrics)
-    metrics.update(elbo=None, gap=None)
+    metrics.update(elbo=None, gap=None, **NO_PARETO_K,
+                   pareto_k_note="log p(x) is exact: no importance sampling to diagnose")
     if guide is not None:
         with fitted(spec, config, result.params, x_train, guide=guide,
                     guide_params=result.guide_params) as (model, guide_fn):
@@ -386,6 +387,10 @@ def _importance_sampled(spec, config, result, guide, splits, num_samples, elbo_s
                                             else "exact-enumerated")
         if not continuous:
             metrics["train_rows_evaluated"] = x_train.shape[0]
+    evaluated = x_train.shape[0] if rows is None else int(rows.numel())
+    kept = ParetoRows(evaluated) if guide is not None and (continuous or not summed) else None
+    def keep(split, log_weights):  # the train rows' log-weights give k̂ on the way
+        return kept(log_weights) if kept is not None and split == "train" else log_weights
     for split, x in splits.items():
         value = None
         usable = guide is not None and (split == "train" or not _per_datapoint(spec, guide))
@@ -396,10 +401,11 @@ def _importance_sampled(spec, config, result, guide, splits, num_samples, elbo_s
                 subset = rows if split == "train" and (continuous or not summed) else None
                 if summed:
                     draws = num_samples if continuous else 1
-                    value = _row_mean(lambda chosen, x=x, m=model, g=guide_fn, k=draws: iwae(
-                        pointwise_log_weights(m, g if continuous else None, x, k,
-                                              indices=_positions(chosen, x),
-                                              vectorize=vectorize, summed_out=True)),
+                    value = _row_mean(
+                        lambda chosen, x=x, m=model, g=guide_fn, k=draws, s=split: iwae(keep(
+                            s, pointwise_log_weights(m, g if continuous else None, x, k,
+                                                     indices=_positions(chosen, x),
+                                                     vectorize=vectorize, summed_out=True))),
                         x, group, x.device, subset)
                     if split == "train" and usable:  # the guide's own ELBO beside it
                         elbo = _row_mean(lambda chosen, x=x, m=model, g=guide_fn:
@@ -409,14 +415,17 @@ def _importance_sampled(spec, config, result, guide, splits, num_samples, elbo_s
                                          x, group, x.device, rows)
                         metrics.update(elbo=elbo, gap=value - elbo)
                 else:
-                    value, elbo = _row_mean(lambda chosen, x=x, m=model, g=guide_fn:
-                                            _iwae_and_elbo(pointwise_log_weights(
+                    value, elbo = _row_mean(lambda chosen, x=x, m=model, g=guide_fn, s=split:
+                                            _iwae_and_elbo(keep(s, pointwise_log_weights(
                                                 m, g, x, num_samples, vectorize=vectorize,
-                                                indices=_positions(chosen, x))),
+                                                indices=_positions(chosen, x)))),
                                             x, group, x.device, subset)
                     if split == "train":
                         metrics.update(elbo=elbo, gap=value - elbo)
         metrics[f"{split}_log_likelihood"] = value
+    metrics.update(kept.record() if kept is not None else NO_PARETO_K)
+    if summed and not continuous:
+        metrics["pareto_k_note"] = "log p(x) is exact (discrete latents summed out)"
     return metrics
 
 
@@ -437,6 +446,36 @@ def _evaluate_global(spec, config, result, guide, x_train, x_test, num_samples) 
     metrics["gap"] = metrics["train_log_likelihood"] - metrics["elbo"]
     metrics["train_rows_evaluated"] = x_train.shape[0]  # the joint evidence needs every row
     return metrics
+
+
+PARETO_K_ROWS = 1000  # rows whose k̂ is computed (spread evenly): ~1 ms each by ArviZ
+NO_PARETO_K = {"pareto_k": None, "pareto_k_median": None, "pareto_k_share_above_0.7": None,
+               "pareto_k_rows": None}
+
+
+class ParetoRows:
+    """Keeps the log-weights of at most :data:`PARETO_K_ROWS` of ``count`` rows, evenly spread,
+    as the yardstick's chunks pass through (in row order), and gives their k̂
+    (:func:`inference.diagnostics.summarize`): one k̂ per row of an amortized or per-row
+    proposal, with the share of rows above 0.7."""
+
+    def __init__(self, count: int):
+        self.stride = max(1, math.ceil(count / PARETO_K_ROWS))
+        self.seen = 0
+        self.parts: list[torch.Tensor] = []
+
+    def __call__(self, log_weights: torch.Tensor) -> torch.Tensor:
+        first = (-self.seen) % self.stride
+        picked = log_weights.detach()[:, first::self.stride]
+        if picked.shape[-1]:
+            self.parts.append(picked.cpu())
+        self.seen += log_weights.shape[-1]
+        return log_weights
+
+    def record(self) -> dict:
+        if not self.parts or self.parts[0].shape[0] < 2:
+            return dict(NO_PARETO_K)
+        return diagnostics.summarize(torch.cat(self.parts, -1)).record()
 
 
 def _iwae_and_elbo(log_weights: torch.Tensor) -> torch.Tensor:

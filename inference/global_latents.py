@@ -23,6 +23,7 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 
+from inference import diagnostics
 from inference.sampling import one_draw, particle_traces, vectorized
 from zoo.registry import DATA_PLATE
 
@@ -150,6 +151,7 @@ def global_yardstick(model, guide, x_train: torch.Tensor, x_test: torch.Tensor |
         "log_likelihood_method": (f"iwae-nested-{outer}x{INNER_SAMPLES}" if local
                                   else f"iwae-joint-{outer}"),
         "test_log_likelihood": None,
+        **diagnostics.summarize(joint).record(),  # one k̂: the joint estimate's weights
     }
     if x_test is not None and x_test.shape[0]:
         held_out, _ = row_log_likelihoods(model, guide, x_test, values, outer, local=local,

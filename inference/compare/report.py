@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from inference.compare.tables import footnote, format_mean_std, table
+from inference.diagnostics import EXPLAINED
 from inference.runs import atomic_write
 
 REPORT_FILE = "report.html"
@@ -75,6 +76,7 @@ def render(*, spec, dataset, config, records, summary, figures, summaries, nuts)
         "best per-datapoint member of the guide's family; amortization gap = ELBO of that "
         "optimum − ELBO of the encoder (amortized guides, on a subset of training rows). ARI "
         "and matched |Δθ| compare mixtures with the anchor fit up to relabelling.</p>",
+        _pareto_note(records),
     ]
     for name, figure in figures.items():
         parts.append(f"<h2>{esc(name.capitalize())}</h2>")
@@ -95,6 +97,15 @@ def render(*, spec, dataset, config, records, summary, figures, summaries, nuts)
                          f"{frame.to_html(border=0)}</details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _pareto_note(records: list[dict]) -> str:
+    """One line on k̂ where the yardstick importance-sampled, or why there is none."""
+    if any(r.get("pareto_k") is not None for r in records):
+        return (f"<p class='note'>k̂: {html.escape(EXPLAINED)} (per fit, the largest over the rows "
+                "whose k̂ was computed; per row for an amortized guide).</p>")
+    notes = {r["pareto_k_note"] for r in records if r.get("pareto_k_note")}
+    return "".join(f"<p class='note'>k̂: {html.escape(note)}.</p>" for note in sorted(notes))
 
 
 def _config_text(config) -> str:
@@ -123,8 +134,10 @@ RECORD_COLUMNS = (("strategy", "strategy", None), ("seed", "seed", None),
                   ("ELBO method", "elbo_method", None), ("gap", "gap", 4),
                   ("approx. gap", "approximation_gap", 4),
                   ("amort. gap", "amortization_gap", 4), ("ARI", "ari", 3),
-                  ("dist. to NUTS", "reference_distance", 3), ("seconds", "seconds", 2),
-                  ("steps", "steps", None), ("converged", "converged", None),
+                  ("dist. to NUTS", "reference_distance", 3), ("k̂", "pareto_k", 2),
+                  ("k̂ > 0.7 (share of rows)", "pareto_k_share_above_0.7", 2),
+                  ("seconds", "seconds", 2), ("steps", "steps", None),
+                  ("converged", "converged", None),
                   ("run folder", "run_dir", None))
 
 

@@ -15,8 +15,8 @@ from inference.runs import atomic_write
 
 # the numbers aggregated over seeds (mean and standard deviation), in table order
 METRICS = ("train_log_likelihood", "test_log_likelihood", "elbo", "gap", "approximation_gap",
-           "amortization_gap", "ari", "matched_param_error", "reference_distance", "seconds",
-           "steps")
+           "amortization_gap", "ari", "matched_param_error", "reference_distance", "pareto_k",
+           "seconds", "steps")
 
 
 
@@ -60,8 +60,8 @@ TABLE_COLUMNS = (("train log p(x)", "train_log_likelihood", 4),
                  ("gap", "gap", 4), ("approx. gap", "approximation_gap", 4),
                  ("amort. gap", "amortization_gap", 4), ("ARI", "ari", 3),
                  ("matched |Δθ|", "matched_param_error", 4),
-                 ("dist. to NUTS", "reference_distance", 3), ("seconds", "seconds", 2),
-                 ("steps", "steps", 0))
+                 ("dist. to NUTS", "reference_distance", 3), ("k̂", "pareto_k", 2),
+                 ("seconds", "seconds", 2), ("steps", "steps", 0))
 
 
 def table(summary: list[dict]) -> list[list[str]]:
