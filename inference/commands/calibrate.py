@@ -1,7 +1,8 @@
 """``lvm-zoo calibrate``: simulation-based calibration of a guide on a model with global
 latents (:func:`inference.calibrate.calibrate`); prints the per-parameter table (or one JSON
-object with ``--json``), writes calibration.json and ranks.png into ``--out``. The verdict is
-in the output; the exit status is 0 either way (2 for bad input)."""
+object with ``--json``), writes calibration.json and ranks.png into ``--out``. The exit status
+is the verdict, as a test runner's is: 0 when every parameter's ranks pass the uniformity
+test, 1 when one does not (the guide is miscalibrated), 2 for bad input."""
 
 from __future__ import annotations
 
@@ -44,4 +45,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"{len(result.failed)} fits failed and are not ranked (first: "
                   f"{result.failed[0]['reason']})")
         print(f"written: {result.out}/calibration.json, {result.figure}")
-    return 0
+    if not result.uniform:
+        failing = ", ".join(p.name for p in result.parameters if not p.uniform)
+        print(f"lvm-zoo calibrate: ranks not uniform for {failing} (alpha {result.alpha:g}): "
+              "the guide is miscalibrated there; exit status 1", file=sys.stderr)
+    return 0 if result.uniform else 1

@@ -184,3 +184,17 @@ def test_svi_path_through_the_command_line(tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
     assert main(["calibrate", MODEL, "--guide", "nope"]) == 2
     assert "no such guide" in capsys.readouterr().err
+
+
+def test_the_exit_status_is_the_verdict(tmp_path, capsys, monkeypatch):
+    # the command line's own path, with the guide's fit replaced by posteriors whose answer is
+    # known: exact draws pass (0), half as wide fails (1) and says which parameter
+    argv = ["calibrate", MODEL, "--replicates", "200", "--rows", "10", "--draws", "99",
+            "--bins", "10", "--seed", "0", "--json"]
+    for scale, status in ((1.0, 0), (0.5, 1)):
+        monkeypatch.setattr(sbc, "guide_fit", lambda spec, guide=None, s=scale, **o:
+                            NormalMeanPosterior(sd_scale=s))
+        assert main([*argv, "--out", str(tmp_path / str(scale))]) == status
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["uniform"] is (status == 0)
+        assert ("ranks not uniform for mu" in captured.err) is (status == 1)
