@@ -23,6 +23,7 @@ apart so ArviZ's R-hat and ESS can be recomputed from ``posterior-nuts.nc``;
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import warnings
 from collections.abc import Mapping
@@ -61,6 +62,7 @@ from inference.posterior_draws import (  # noqa: F401  (re-exported: the draws a
     posterior_rows,
 )
 from inference.results import FitResult
+from inference.runs import atomic_write
 from inference.sampling import (  # noqa: F401  (the NUTS defaults are re-exported)
     ESS_TARGET,
     NUTS_CHAINS,
@@ -213,16 +215,20 @@ def to_inference_data(draws: PosteriorDraws, *, history: Mapping[str, list[float
 
 
 def save_inference_data(idata: az.InferenceData, path: str | Path) -> Path:
-    """Write ``idata`` as netCDF (h5netcdf) to a temporary name, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        idata.to_netcdf(str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``idata`` as netCDF (h5netcdf, each group compressed as ArviZ's ``to_netcdf``
+    does) into memory, then the bytes atomically to ``path``: HDF5 ends the process
+    (SIGSEGV) when a write of its own fails, so a full disk must fail in a plain write."""
+    buffer = io.BytesIO()
+    if not idata.groups():
+        xr.Dataset().to_netcdf(buffer, engine="h5netcdf")
+    for index, group in enumerate(idata.groups()):
+        data = getattr(idata, group)
+        encoding = {name: {"zlib": True} for name, values in data.variables.items()
+                    if values.dtype.kind in "biuf"}
+        data.to_netcdf(buffer, mode="w" if index == 0 else "a", group=group,
+                       engine="h5netcdf", encoding=encoding)
+    atomic_write(path, lambda file: file.write(buffer.getvalue()))
+    return Path(path)
 
 
 def load_inference_data(path: str | Path) -> az.InferenceData:
@@ -354,7 +360,8 @@ def plot_posteriors(draws: Mapping[str, PosteriorDraws], path: str | Path, *, si
                     ax.set_ylim(-1, len(draws))
         ax.set_title(f"training row {int(first.rows[i])}", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="best")
+    handles, labels = axes[0][0].get_legend_handles_labels()  # beside the panels, off the bars
+    fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

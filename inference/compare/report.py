@@ -17,18 +17,10 @@ from inference.diagnostics import EXPLAINED
 from inference.runs import atomic_write
 
 REPORT_FILE = "report.html"
-FIGURE_CAPTIONS = {
-    "curves": "Training curves of every strategy on one axis (first seed): the ELBO per SVI "
-              "step, log p(x) per EM iteration; the dashed line is the closed-form / EM "
-              "optimum of log p(x) on the training rows.",
-    "yardstick": "Train and test log p(x) and the ELBO per strategy (mean ± standard deviation "
-                 "over seeds), and the gap log p(x) − ELBO split into the approximation gap "
-                 "and, for amortized guides, the amortization gap.",
-    "posterior": "Posterior comparison for chosen training rows (first seed): each fit's "
-                 "q(z | x), in the anchor fit's coordinates.",
-    "forest": "ArviZ forest plot of the same posteriors side by side (94% HDI, interquartile "
-              "range and mean).",
-}
+HEADINGS = {"curves": "Training curves", "yardstick": "The yardstick",
+            "posterior": "Local latents: the posterior of chosen rows",
+            "forest": "Local latents: forest plot of chosen rows",
+            "global": "Global latents: every fit and the reference side by side"}
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
        max-width: 1100px; padding: 0 1em; color: #222; }
@@ -71,16 +63,17 @@ def render(*, spec, dataset, config, records, summary, figures, summaries, nuts)
         "<h2>Summary: mean ± standard deviation over seeds</h2>",
         _html_table(table(summary), table_id="summary"),
         f"<p class='note'>{esc(footnote(summary))}</p>" if footnote(summary) else "",
-        "<p class='note'>gap = log p(x) − ELBO on the training rows (exact where the model has "
-        "a closed-form posterior, else Monte Carlo); approximation gap = log p(x) − ELBO of the "
-        "best per-datapoint member of the guide's family; amortization gap = ELBO of that "
-        "optimum − ELBO of the encoder (amortized guides, on a subset of training rows). ARI "
-        "and matched |Δθ| compare mixtures with the anchor fit up to relabelling.</p>",
+        _gap_note(records),
         _pareto_note(records),
     ]
+    parts.append("<nav><p class='note'>Figures:</p><ul id='contents'>" + "".join(
+        f"<li data-figure='{esc(name)}'>{esc(HEADINGS.get(name, name.capitalize()))}</li>"
+        for name in figures) + "</ul></nav>")
     for name, figure in figures.items():
-        parts.append(f"<h2>{esc(name.capitalize())}</h2>")
-        parts.append(_figure(Path(figure), FIGURE_CAPTIONS.get(name, "")))
+        path, caption = (figure.path, figure.caption) if hasattr(figure, "caption") \
+            else (Path(figure), "")
+        parts.append(f"<h2>{esc(HEADINGS.get(name, name.capitalize()))}</h2>")
+        parts.append(_figure(path, caption))
     parts.append("<h2>Every fit</h2>")
     parts.append(_html_table(_record_cells(records), table_id="fits"))
     if summaries:
@@ -97,6 +90,30 @@ def render(*, spec, dataset, config, records, summary, figures, summaries, nuts)
                          f"{frame.to_html(border=0)}</details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _gap_note(records: list[dict]) -> str:
+    """What the gap columns mean, for the columns the table shows."""
+    def shown(key):
+        return any(r.get(key) is not None for r in records)
+    notes = []
+    if shown("gap"):
+        notes.append("gap = log p(x) − ELBO on the training rows (exact where the model has a "
+                     "closed-form posterior, else Monte Carlo)")
+    if shown("approximation_gap"):
+        notes.append("approximation gap = log p(x) − ELBO of the best per-datapoint member of "
+                     "the guide's family")
+    if shown("amortization_gap"):
+        notes.append("amortization gap = ELBO of that optimum − ELBO of the encoder (amortized "
+                     "guides, on a subset of training rows where marked)")
+    if shown("ari"):
+        notes.append("ARI and matched |Δθ| compare mixtures with the anchor fit up to "
+                     "relabelling")
+    if shown("reference_distance"):
+        notes.append("dist. to NUTS: the Gaussian 2-Wasserstein distance between a fit's "
+                     "posterior draws and NUTS's, averaged over the global sites and the "
+                     "chosen rows' local sites")
+    return f"<p class='note'>{html.escape('; '.join(notes))}.</p>" if notes else ""
 
 
 def _pareto_note(records: list[dict]) -> str:

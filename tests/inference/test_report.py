@@ -4,6 +4,7 @@ summary table and every image (each <img> complete with a natural width above 0)
 import html
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -21,10 +22,12 @@ window.addEventListener("load", function () {
             height: img.naturalHeight};
   });
   var rows = document.querySelectorAll("#summary tbody tr").length;
+  var promised = Array.prototype.map.call(
+    document.querySelectorAll("#contents li"), function (li) { return li.dataset.figure; });
   var probe = document.createElement("pre");
   probe.id = "probe";
   probe.textContent = JSON.stringify({images: images, summary_rows: rows,
-                                      title: document.title});
+                                      promised: promised, title: document.title});
   document.body.appendChild(probe);
 });
 </script>"""
@@ -45,24 +48,64 @@ def test_report_is_self_contained(report):
     assert "http://" not in text and "https://" not in text  # nothing to fetch: opens offline
 
 
-def test_report_renders_with_every_image_in_headless_chromium(report, tmp_path):
-    browser = chromium()
+def _rendered(report, tmp_path) -> tuple[dict, str]:
+    """What headless chromium rendered of the page: the probe's JSON and the DOM."""
     probed = report.with_name("probed.html")
     probed.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
-    done = headless(browser, tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom",
-                    probed.as_uri())
+    done = headless(chromium(), tmp_path / "profile", "--virtual-time-budget=10000",
+                    "--dump-dom", probed.as_uri())
     found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert found, f"chromium rendered no probe (exit {done.returncode}): {done.stderr[-2000:]}"
-    page = json.loads(html.unescape(found.group(1)))
+    return json.loads(html.unescape(found.group(1))), done.stdout
+
+
+def _every_promised_figure_loaded(page: dict) -> None:
+    """Each figure the page's contents promise is an image the browser loaded."""
+    loaded = {image["alt"] for image in page["images"]
+              if image["complete"] and image["width"] > 0 and image["height"] > 0}
+    assert page["promised"] and set(page["promised"]) <= loaded, (page["promised"], loaded)
+
+
+def test_report_renders_with_every_image_in_headless_chromium(report, tmp_path):
+    page, dom = _rendered(report, tmp_path)
     assert page["title"].startswith("lvm-zoo compare toy")
     assert page["summary_rows"] == 1  # one strategy: svi amortized, two seeds
-    names = {image["alt"] for image in page["images"]}
-    assert {"curves", "yardstick", "posterior", "forest"} <= names
-    for image in page["images"]:
-        assert image["complete"] and image["width"] > 0 and image["height"] > 0, image
-    assert "±" in done.stdout  # the table shows mean ± standard deviation
+    assert {"curves", "yardstick", "posterior", "forest"} <= set(page["promised"])
+    _every_promised_figure_loaded(page)
+    assert "±" in dom  # the table shows mean ± standard deviation
 
     shot = tmp_path / "report.png"
-    done = headless(browser, tmp_path / "profile2", "--window-size=1200,2000",
+    done = headless(chromium(), tmp_path / "profile2", "--window-size=1200,2000",
                     f"--screenshot={shot}", report.as_uri())
     assert shot.is_file() and shot.stat().st_size > 10_000, done.stderr[-2000:]
+
+
+def test_a_promised_figure_that_is_missing_fails_the_check(report, tmp_path):
+    broken = report.with_name("broken.html")
+    text = report.read_text()
+    start = text.index('<img src="data:image/png;base64,')  # the first figure's image, gone
+    broken.write_text(text[:start] + text[text.index(">", start) + 1:])
+    page, _ = _rendered(broken, tmp_path)
+    with pytest.raises(AssertionError):
+        _every_promised_figure_loaded(page)
+
+
+def test_a_bayesian_model_with_nuts_gets_its_global_latents_figure(tmp_path):
+    # a declared model with a global mean and local offsets, NUTS as the reference: the
+    # report adds the forest plot of the global latent (every guide and NUTS) and its
+    # captions speak of what is drawn (no mixture labels, no ARI)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x\n" + "\n".join(f"{0.3 * ((i * 7) % 11 - 5):.2f}" for i in range(24)))
+    model = str(Path(__file__).resolve().parents[1] / "data" / "bayes_models.py") \
+        + ":normal-normal-local"
+    api.compare(model, data=str(rows), reference="nuts", nuts_samples=60, nuts_warmup=60,
+                nuts_chains=2, steps=60, gap_rows=4, draws=20, out=tmp_path / "out",
+                strategies=["svi-auto-normal", "svi-amortized"])
+    report = tmp_path / "out" / "report.html"
+    page, dom = _rendered(report, tmp_path)
+    assert {"global", "yardstick"} <= set(page["promised"])
+    _every_promised_figure_loaded(page)
+    text = re.sub(r'src="data:[^"]*"', "", report.read_text())  # the words, not the images
+    assert "global latents (mu)" in text and "nuts" in text
+    assert "ARI" not in text
+
