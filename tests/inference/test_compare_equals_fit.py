@@ -44,3 +44,13 @@ def test_every_svi_row_equals_fit_of_the_same_cell(iris_comparison):
             assert fitted.record[key] == pytest.approx(record[key], rel=1e-9, abs=1e-9), (
                 record["strategy"], key)
         assert fitted.record["elbo_method"] == record["elbo_method"] == "exact"
+
+
+def test_the_api_comparison_writes_nothing_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    records = api.compare("gmm", data="old-faithful", components=2, strategies=["em"],
+                          report=False, draws=5)
+    assert list(tmp_path.iterdir()) == []  # no runs/compare-* folder
+    assert records[0]["inference"] == "em" and "run_dir" not in records[0]
+    assert math.isfinite(records[0]["train_log_likelihood"])
+    assert records.summary[0]["strategy"] == "em"
