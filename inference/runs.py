@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import stat
 import tempfile
@@ -90,6 +91,54 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict):
         raise InputError(f"'{path}' holds a {type(state).__name__}, not lvm-zoo's dict of "
                          "tensors; fit again into a new --out folder")
+    return state
+
+
+def check_svi_checkpoint(path: str | Path, state: dict) -> dict:
+    """An SVI checkpoint's state checked as data (returned as is): ``step`` an integer of at
+    least 0, ``history`` a float tensor of exactly ``step`` finite values (one per step),
+    ``seconds`` finite and not negative, and the parameters (``params``, ``best_params``)
+    dicts of finite floating-point tensors. A fault is an InputError naming the file, the
+    key and what was expected."""
+    def fault(key: str, found, expected: str) -> InputError:
+        return InputError(f"checkpoint {path}: {key} is {found}, expected {expected}; it is "
+                          "damaged or not written by lvm-zoo: fit again into a new --out "
+                          "folder (or without --resume)")
+
+    missing = [k for k in ("step", "history", "params") if k not in state]
+    if missing:
+        raise InputError(f"checkpoint {path} lacks {', '.join(missing)}; it is not an SVI "
+                         "checkpoint of lvm-zoo: fit again into a new --out folder")
+    step = state["step"]
+    if isinstance(step, torch.Tensor) and step.numel() == 1 and not step.is_floating_point():
+        step = int(step)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise fault("step", repr(step)[:40], "an integer of at least 0")
+    history = state.get("history")
+    if not isinstance(history, torch.Tensor) or history.dim() != 1:
+        raise fault("history", type(history).__name__ if not isinstance(history, torch.Tensor)
+                    else f"a tensor of shape {tuple(history.shape)}", "a 1-D tensor")
+    if history.numel() != step:
+        raise fault("history", f"{history.numel()} values long", f"{step} (one per step)")
+    if not history.is_floating_point() or not bool(torch.isfinite(history).all()):
+        raise fault("history", "not finite floats", "the finite ELBO of each step")
+    seconds = state.get("seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+            math.isfinite(seconds) and seconds >= 0):
+        raise fault("seconds", repr(seconds)[:40], "a finite number of at least 0")
+    for key in ("params", "best_params"):
+        values = state.get(key)
+        if values is None and key == "best_params":
+            continue
+        if not isinstance(values, dict) or not all(isinstance(v, torch.Tensor)
+                                                   for v in values.values()):
+            raise fault(key, type(values).__name__, "a dict of tensors")
+        for name, value in values.items():
+            if not value.is_floating_point():
+                raise fault(f"{key} '{name}'", f"of dtype {value.dtype}",
+                            "a floating-point tensor")
+            if not bool(torch.isfinite(value).all()):
+                raise fault(f"{key} '{name}'", "NaN or infinite", "finite values")
     return state
 
 

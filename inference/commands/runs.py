@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from inference import distributed
 from inference.commands.output import print_rows
@@ -40,8 +39,9 @@ def _sample(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise InputError(f"-n {args.num} must be at least 1")
-    out = args.out or Path(args.run_dir)  # samples.csv or samples.png there
-    print(f"written: {sample_run(args.run_dir, args.num, out, args.model, seed=args.seed)}")
+    path = sample_run(args.run_dir, args.num, args.out, args.model, seed=args.seed,
+                      overwrite=args.overwrite)
+    print(f"written: {path}")
     return 0
 
 
@@ -49,6 +49,6 @@ def _predict(args: argparse.Namespace) -> int:
     single_process("predict")
     from inference.estimators_sklearn.commands import predict_run
 
-    out = args.out or Path(args.run_dir) / "predictions.csv"
-    print(f"written: {predict_run(args.run_dir, args.data, out, args.model)}")
+    path = predict_run(args.run_dir, args.data, args.out, args.model, overwrite=args.overwrite)
+    print(f"written: {path}")
     return 0

@@ -20,9 +20,12 @@ the expected failures listed there, each with its reason. Documented differences
 
 - ``PPCA.transform`` is the posterior mean E[z | x] (a shrunken projection on PCA's subspace),
   its covariance the maximum-likelihood one (divided by N, not N - 1), its noise variance the
-  mean of all D - q discarded eigenvalues (Tipping & Bishop); ``whiten`` changes ``transform``
-  only, not the density (scikit-learn's whitened ``get_covariance`` differs); every
-  ``svd_solver`` is the exact eigendecomposition.
+  mean of all D - q discarded eigenvalues (Tipping & Bishop); every ``svd_solver`` is the
+  exact eigendecomposition. ``whiten=True`` is scikit-learn's: ``score``, ``score_samples``,
+  ``get_covariance`` and ``get_precision`` describe ``PCA``'s whitened density (each
+  component scaled by the square root of its explained variance, scikit-learn's issue
+  #13898), not the fitted model that ``sample`` draws from; ``transform`` whitens the
+  posterior mean.
 - ``FactorAnalysis(svd_method="randomized")`` computes the SVD exactly.
 - ``GaussianMixture.history_`` ends with log p(x) of the returned parameters.
 - Every estimator adds ``inference`` / ``guide`` / ``elbo`` / ``steps`` / ``lr`` /

@@ -15,6 +15,12 @@ on a GPU; the run's dtype for :func:`inference.estimators_sklearn.loading.load`)
 attributes and outputs come back in the dtype of the data fitted on (float32 in, float32 out,
 as scikit-learn), float64 for a loaded run.
 
+Devices: ``device`` is ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, ``"auto"`` (CUDA when
+present) or a ``torch.device``, checked as scikit-learn checks a parameter
+(:class:`.support.DeviceOption`); CUDA asked for where there is none is one
+:class:`zoo.errors.InputError` line (:func:`.support.resolve_device`). The data are moved to
+the device once; fitted parameters come back to the CPU and the public attributes are numpy.
+
 Randomness: ``random_state`` gives one integer seed per fit (an int is used as it is, so
 ``random_state=0`` is the command line's ``--seed 0``). A fit leaves the caller's random
 streams (Python, numpy, torch) as they were. Monte Carlo estimates after the fit (IWAE-K)
@@ -44,7 +50,6 @@ from sklearn.base import _fit_context
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from inference import strategies
-from inference.data import choose_device
 from inference.estimators_sklearn.continuation import SVIContinuation, _can_partial_fit
 from inference.estimators_sklearn.support import (
     _BEST_KEYS,
@@ -57,6 +62,7 @@ from inference.estimators_sklearn.support import (
     is_file_reference,
     kept_random_state,
     model_spec,
+    resolve_device,
     seed_from,
     strategy_options,
     svi_state,
@@ -71,7 +77,7 @@ from zoo.seeding import own_random_stream
 __all__ = ["_BEST_KEYS", "_FILE_MODELS", "BUILTINS", "COMMON_CONSTRAINTS", "ESTIMATORS", "NEVER",
            "LatentModelEstimator", "SVIContinuation", "_can_partial_fit", "_svi_strategy_module",
            "as_numpy", "check_latent", "config_from_fields", "is_file_reference",
-           "kept_random_state", "model_spec", "register_estimator", "seed_from",
+           "kept_random_state", "model_spec", "register_estimator", "resolve_device", "seed_from",
            "strategy_options", "svi_state"]
 
 
@@ -136,7 +142,7 @@ class LatentModelEstimator(SVIContinuation):
         return model_spec(self._model_reference())
 
     def _device(self) -> torch.device:
-        return choose_device(self.device)
+        return resolve_device(self.device, type(self).__name__)
 
     def _dtype(self) -> torch.dtype:
         params = getattr(self, "params_", None)

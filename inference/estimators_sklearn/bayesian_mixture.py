@@ -38,6 +38,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from inference.estimators_sklearn.support import DeviceOption, resolve_device
 from inference.strategies.cavi import run_cavi
 from zoo import bayesian_gmm as bg
 
@@ -69,7 +70,7 @@ class BayesianGaussianMixture(DensityMixin, BaseEstimator):
         "mean_prior": [None, "array-like"],
         "degrees_of_freedom_prior": [None, Interval(Real, 0.0, None, closed="neither")],
         "covariance_prior": [None, "array-like", Interval(Real, 0.0, None, closed="neither")],
-        "device": [str],
+        "device": [DeviceOption()],
     }
 
     def __init__(self, *, n_components=1, covariance_type="full", tol=1e-3, reg_covar=1e-6,
@@ -191,7 +192,8 @@ class BayesianGaussianMixture(DensityMixin, BaseEstimator):
     # --- fitting -----------------------------------------------------------------------------
 
     def _tensor(self, X) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(X), device=self.device)
+        return torch.as_tensor(np.ascontiguousarray(X),
+                               device=resolve_device(self.device, type(self).__name__))
 
     def fit(self, X, y=None):
         """Fit by CAVI (``n_init`` starts, the best bound kept); returns ``self``."""

@@ -10,6 +10,7 @@ parameters with a fresh Adam.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -57,13 +58,15 @@ class SVIContinuation:
         fitted parameters with a fresh Adam; the first call on an unfitted estimator starts a
         fit of one epoch."""
         first = not self.__sklearn_is_fitted__()
-        X = validate_data(self, X, reset=first, dtype=np.float64, ensure_min_samples=1)
+        X = validate_data(self, X, reset=first, dtype=[np.float64, np.float32],
+                          ensure_min_samples=1)
         spec = self._spec()
         device = self._device()
-        if first:
+        if first:  # fit's dtype rules: float32 kept float32 on a GPU and in the attributes
+            self._output_dtype = X.dtype
             config = self._make_config(spec, *X.shape)
             seed, state = seed_from(self.random_state), None
-            x = torch.tensor(X, dtype=self._dtype_default, device=device)
+            x = torch.tensor(X, dtype=self._compute_dtype(X.dtype, device), device=device)
         else:
             config, seed = self._config(), self.seed_
             config.validate(X.shape[0])
@@ -79,10 +82,13 @@ class SVIContinuation:
                                                                self._guide_name(spec))
         batch = settings.get("batch_size") or x.shape[0]
         steps = math.ceil(x.shape[0] / min(batch, x.shape[0]))
+        # one epoch on every row of the batch: no held-out rows (inference.svi_validation)
+        unsplit = ({"validation": 0.0} if "validation" in
+                   {f.name for f in dataclasses.fields(svi.SVIOptions)} else {})
         with kept_random_state(device):
             result, state = self._fit_strategy(
                 spec, config, x, seed, strategy="svi", resume_state=state,
-                steps=done + steps, stop_tol=0.0, stop_window=NEVER)
+                steps=done + steps, stop_tol=0.0, stop_window=NEVER, **unsplit)
         self._store(spec, config, result, seed, state, x)
         return self
 

@@ -8,13 +8,17 @@ fitted by SVI with the amortized encoder (default) or free per-row Gaussians
 config's fields (:class:`zoo.dglvm.DGLVMConfig`); ``steps`` (default: ``epochs`` passes over
 the data), ``lr``, ``batch_size``, ``elbo``, ``num_particles``, ``jit`` (None: the model's
 choice, a JIT-compiled ELBO) are SVI's and ``tol`` its stopping rule's ``stop_tol`` (nats per
-datapoint per window; 0 runs every step).
+datapoint per window; 0 runs every step); ``validation`` is the share of the rows SVI holds out
+to choose the parameters kept and stop early (None: the model's default; 0: none; see
+:mod:`inference.svi_validation`).
 
 Methods: ``transform`` (the encoder's mean E_q[z | x]), ``inverse_transform`` (the decoder's
 mean E[x | z]), ``reconstruct`` (both), ``score_samples`` (the IWAE bound on log p(x) with
 ``iwae_samples`` draws from the encoder, from a stream seeded by the fit's seed: the same
 numbers on every call, but a row's value depends on the other rows of the call),
 ``score``, ``sample``, ``partial_fit`` (one epoch of SVI on a batch, continuing the fit).
+``fit`` needs at least ``n_components + 2`` rows (PPCA's least, which the model contains;
+a ``partial_fit`` batch may be smaller).
 With ``guide="mean-field"`` there is no encoder: transform and score_samples refuse new rows.
 """
 
@@ -40,6 +44,7 @@ from inference.estimators_sklearn.base import (
     register_estimator,
     strategy_options,
 )
+from inference.estimators_sklearn.support import StrategyOption
 from inference.svi import STOP_TOL
 from zoo import dglvm
 
@@ -65,10 +70,11 @@ class DeepLatentGaussian(LatentModelEstimator, ClassNamePrefixFeaturesOutMixin, 
         "min_scale": [Interval(Real, 0.0, None, closed="neither")],
         "beta": [Interval(Real, 0.0, None, closed="neither")],
         "epochs": [Interval(Integral, 1, None, closed="left")],
-        "inference": [StrOptions({"svi"})],
+        "inference": [StrategyOption("dglvm")],
         "num_particles": [Interval(Integral, 1, None, closed="left"), None],
         "jit": ["boolean", None],
         "tol": [Interval(Real, 0.0, None, closed="left")],
+        "validation": [Interval(Real, 0.0, 1.0, closed="left"), None],
         "iwae_samples": [Interval(Integral, 1, None, closed="left")],
         **COMMON_CONSTRAINTS,
     }
@@ -76,8 +82,8 @@ class DeepLatentGaussian(LatentModelEstimator, ClassNamePrefixFeaturesOutMixin, 
     def __init__(self, n_components=2, *, hidden=(400,), likelihood="gaussian",
                  variance="learned", fixed_variance=1.0, min_scale=0.01, beta=1.0, epochs=200,
                  inference="svi", guide=None, elbo=None, steps=None, lr=None, batch_size=None,
-                 num_particles=None, jit=None, tol=STOP_TOL, iwae_samples=1000, random_state=None,
-                 device="cpu"):
+                 num_particles=None, jit=None, tol=STOP_TOL, validation=None, iwae_samples=1000,
+                 random_state=None, device="cpu"):
         self.n_components = n_components
         self.hidden = hidden
         self.likelihood = likelihood
@@ -95,6 +101,7 @@ class DeepLatentGaussian(LatentModelEstimator, ClassNamePrefixFeaturesOutMixin, 
         self.num_particles = num_particles
         self.jit = jit
         self.tol = tol
+        self.validation = validation
         self.iwae_samples = iwae_samples
         self.random_state = random_state
         self.device = device
@@ -106,10 +113,22 @@ class DeepLatentGaussian(LatentModelEstimator, ClassNamePrefixFeaturesOutMixin, 
                 "min_scale": float(self.min_scale), "beta": float(self.beta),
                 "epochs": self.epochs}
 
+    def _inspect(self, X: np.ndarray) -> None:  # fit's data (not a partial_fit batch)
+        n_samples = X.shape[0]
+        # the model holds PPCA (a linear decoder): with N <= q + 1 rows the centred data span
+        # at most q dimensions, the decoder can pass through every row and the likelihood has
+        # no maximum (sigma -> min_scale); PPCA's rule, N >= q + 2, is the least a fit needs
+        needed = self.n_components + 2
+        if n_samples < needed:
+            raise ValueError(f"DeepLatentGaussian(n_components={self.n_components}) needs at "
+                             f"least n_components + 2 = {needed} rows to fit, got "
+                             f"n_samples={n_samples}: with fewer the decoder passes through "
+                             "every row; give more rows or a smaller n_components")
+
     def _candidate_options(self, n_samples) -> dict:
         return {"steps": self.steps, "lr": self.lr, "batch_size": self.batch_size,
                 "elbo": self.elbo, "num_particles": self.num_particles, "jit": self.jit,
-                "stop_tol": float(self.tol)}
+                "stop_tol": float(self.tol), "validation": self.validation}
 
     @property
     def _n_features_out(self) -> int:
@@ -159,5 +178,6 @@ class DeepLatentGaussian(LatentModelEstimator, ClassNamePrefixFeaturesOutMixin, 
                   "elbo": options.get("elbo"), "num_particles": options.get("num_particles"),
                   "jit": options.get("jit"),
                   "tol": options.get("stop_tol", STOP_TOL),
+                  "validation": options.get("validation"),
                   "iwae_samples": run.get("iwae_samples", 1000)}
         return {k: v for k, v in chosen.items() if v is not None or k == "guide"}

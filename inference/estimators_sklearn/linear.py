@@ -41,6 +41,7 @@ from inference.estimators_sklearn.base import (
     register_estimator,
     strategy_options,
 )
+from inference.estimators_sklearn.support import StrategyOption
 from inference.results import FitResult
 from inference.svi import STOP_TOL
 from zoo.ppca import factor_analysis_svd, log_marginal, orthomax, tipping_bishop
@@ -71,6 +72,11 @@ class _LinearGaussian(LatentModelEstimator, ClassNamePrefixFeaturesOutMixin, Tra
         if n_samples < 2:
             raise ValueError(f"{type(self).__name__}(inference={self.inference!r}) needs at "
                              f"least 2 samples, got n_samples={n_samples}")
+        if self.n_components is None and q < 1:
+            raise ValueError(f"{type(self).__name__}(inference={self.inference!r}, "
+                             "n_components=None) takes min(n_features - 1, n_samples - 2) = "
+                             f"{q} components here, and needs at least 1: give at least 3 "
+                             f"rows and 2 features (got {n_samples} x {n_features})")
         if q < 1 or q >= n_features:
             raise ValueError(f"n_components={q} must be between 1 and n_features - 1; the data "
                              f"have n_features={n_features}")
@@ -122,22 +128,30 @@ class _LinearGaussian(LatentModelEstimator, ClassNamePrefixFeaturesOutMixin, Tra
         params = self._params_on(z)
         return as_numpy(z @ params["weight"].T + params["loc"])
 
+    def _density_params(self, params: dict) -> dict:
+        """The parameters of the density that ``score``, ``get_covariance`` and
+        ``get_precision`` describe (the fitted model's; PPCA's ``whiten=True`` rescales)."""
+        return params
+
     def get_covariance(self) -> np.ndarray:
         """The model's covariance of x, W W^T + Psi (n_features, n_features)."""
         check_is_fitted(self)
-        weight = self.params_["weight"].double()
-        psi = self.params_["noise"].double().expand(weight.shape[0])
-        return as_numpy(weight @ weight.T + torch.diag(psi))
+        params = self._density_params({k: v.double() for k, v in self.params_.items()})
+        weight = params["weight"]
+        psi = params["noise"].expand(weight.shape[0])
+        return self._out(as_numpy(weight @ weight.T + torch.diag(psi)))
 
     def get_precision(self) -> np.ndarray:
         """The inverse covariance, by Woodbury: Psi^-1 - Psi^-1 W (I + W^T Psi^-1 W)^-1 W^T
         Psi^-1."""
         check_is_fitted(self)
-        weight = self.params_["weight"].double()
-        psi = self.params_["noise"].double().expand(weight.shape[0])
+        params = self._density_params({k: v.double() for k, v in self.params_.items()})
+        weight = params["weight"]
+        psi = params["noise"].expand(weight.shape[0])
         scaled = weight / psi[:, None]
         inner = torch.eye(weight.shape[1], dtype=weight.dtype) + weight.T @ scaled
-        return as_numpy(torch.diag(1 / psi) - scaled @ torch.linalg.solve(inner, scaled.T))
+        return self._out(as_numpy(torch.diag(1 / psi)
+                                  - scaled @ torch.linalg.solve(inner, scaled.T)))
 
     def sample(self, n_samples: int = 1) -> np.ndarray:
         """``n_samples`` rows from the fitted model, shape (n_samples, n_features)."""
@@ -214,7 +228,10 @@ class PPCA(_LinearGaussian):
     variance is 0 and the density is the sample covariance's), or a float in (0, 1), the
     fraction of the variance to keep (the fewest components whose eigenvalues reach it);
     ``whiten=True`` scales ``transform``'s output to unit variance per coordinate under the
-    model. ``svd_solver``, ``iterated_power``, ``n_oversamples``,
+    model and, as scikit-learn's ``PCA``, makes ``score`` / ``score_samples`` /
+    ``get_covariance`` / ``get_precision`` those of PCA's whitened density (each component
+    scaled by sqrt(``explained_variance_``); ``sample`` still draws from the fitted model).
+    ``svd_solver``, ``iterated_power``, ``n_oversamples``,
     ``power_iteration_normalizer`` and ``copy`` are accepted for compatibility: every solver is
     the exact eigendecomposition here. Differences from ``PCA`` (deliberate): ``transform`` is
     the posterior mean E[z | x], a shrunken projection on the same subspace; the covariance is
@@ -237,7 +254,7 @@ class PPCA(_LinearGaussian):
         "iterated_power": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "n_oversamples": [Interval(Integral, 1, None, closed="left")],
         "power_iteration_normalizer": [StrOptions({"auto", "QR", "LU", "none"})],
-        "inference": [StrOptions({"closed-form", "em", "svi"})],
+        "inference": [StrategyOption("ppca")],
     }
 
     def __init__(self, n_components=None, *, copy=True, whiten=False, svd_solver="auto",
@@ -329,13 +346,26 @@ class PPCA(_LinearGaussian):
 
     def _log_px(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self._log_density(self._params_on(x), x)
+            return self._log_density(self._density_params(self._params_on(x)), x)
+
+    def _density_params(self, params: dict) -> dict:
+        """``whiten=True``: scikit-learn's ``PCA`` density, whose ``get_covariance`` scales
+        each component by the square root of its explained variance, C^T diag(ev (ev -
+        sigma^2)) C + sigma^2 I where the fitted model's is C^T diag(ev - sigma^2) C + sigma^2
+        I (ev = ``explained_variance_``); with W = U S V^T that is the loading U diag(S sqrt(S^2
+        + sigma^2)) in place of W. ``score``, ``score_samples``, ``get_covariance`` and
+        ``get_precision`` describe it, as scikit-learn's do (its issue #13898)."""
+        if not self.whiten or params["weight"].shape[1] == 0:
+            return params
+        axes, singular, _ = torch.linalg.svd(params["weight"], full_matrices=False)
+        scale = singular * (singular.square() + params["noise"]).sqrt()
+        return {**params, "weight": axes * scale}
 
     def get_precision(self) -> np.ndarray:
         """The inverse covariance (Woodbury; the inverse of W W^T where the noise is 0)."""
         check_is_fitted(self)
         if self._noiseless():
-            return self._out(np.linalg.pinv(self.get_covariance()))
+            return self._out(np.linalg.pinv(self.get_covariance().astype(np.float64)))
         return super().get_precision()
 
     def transform(self, X) -> np.ndarray:
@@ -401,7 +431,7 @@ class FactorAnalysis(_LinearGaussian):
         "svd_method": [StrOptions({"randomized", "lapack"})],
         "iterated_power": [Interval(Integral, 0, None, closed="left")],
         "rotation": [StrOptions({"varimax", "quartimax"}), None],
-        "inference": [StrOptions({"em", "svi"})],
+        "inference": [StrategyOption("fa")],
     }
 
     def __init__(self, n_components=None, *, tol=1e-2, copy=True, max_iter=1000,

@@ -1,8 +1,9 @@
 """``load(run_dir)``: a saved run as a fitted scikit-learn estimator, from weights only.
 
-The run folder is read as :func:`inference.reevaluate.evaluate_run` reads it: ``run.json`` and
-``params.pt`` through :func:`inference.runs.load_run` (``torch.load(weights_only=True)``,
-nothing unpickled), and the model found by the same rule (a run of a model from a user's file
+The run folder is read as :func:`inference.reevaluate.evaluate_run` reads it, by the one
+loader :func:`inference.run_loader.load` (``run.json`` against its schema, ``params.pt`` read
+with ``torch.load(weights_only=True)`` and checked against the config: nothing unpickled,
+nothing half-read), and the model found by the same rule (a run of a model from a user's file
 needs that file named, ``model="FILE.py"``; nothing in the folder is imported). The estimator
 class follows the model, by the estimator registry (``base.ESTIMATORS``: ``gmm`` ->
 :class:`GaussianMixture`, ``ppca`` -> :class:`PPCA`, ``fa`` -> :class:`FactorAnalysis`, ``dglvm``
@@ -18,17 +19,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inference.catalog import get_model
+from sklearn.utils._param_validation import validate_parameter_constraints
+
 from inference.estimators_sklearn import base
-from inference.estimators_sklearn.base import (
-    ESTIMATORS,
-    LatentModelEstimator,
-    config_from_fields,
-)
+from inference.estimators_sklearn.base import ESTIMATORS, LatentModelEstimator
 from inference.estimators_sklearn.generic import PyroLatentModel
 from inference.results import FitResult
-from inference.runs import CHECKPOINT_FILE, HISTORY_FILE, load_run, read_json
-from zoo.errors import InputError
+from inference.run_loader import SavedRun
+from inference.run_loader import load as load_saved
+from inference.runs import CHECKPOINT_FILE
 
 
 def load(run_dir: str | Path, model: str | None = None, *,
@@ -38,26 +37,26 @@ def load(run_dir: str | Path, model: str | None = None, *,
     ``model`` names the user's file for a run of a model declared there (``"FILE.py"`` or
     ``"FILE.py:NAME"``), as ``lvm-zoo evaluate --model``; ``device`` is where it computes.
     """
-    from inference.reevaluate import _model_reference  # the rule: a run never names code
+    return estimator_of(load_saved(run_dir, model), device=device)
 
-    run, params, guide_params, metrics = load_run(run_dir)
-    reference = _model_reference(run, model, run_dir)
-    spec = get_model(reference)
+
+def estimator_of(saved: SavedRun, *, device: str = "cpu") -> LatentModelEstimator:
+    """The fitted estimator of a run folder read by :func:`inference.run_loader.load`."""
+    run_dir = saved.path
+    run, params, guide_params, metrics = (saved.record, saved.params, saved.guide_params,
+                                          saved.metrics)
+    reference, spec, config, history = saved.reference, saved.spec, saved.config, saved.history
     if base.is_file_reference(reference):
         base._FILE_MODELS[reference] = spec.name
     stored = str(run.get("model_ref", run["model"]))
     if base.is_file_reference(stored):
         base._FILE_MODELS[stored] = spec.name  # the estimator's model parameter
-    try:
-        config = config_from_fields(spec, run["config"])
-    except (TypeError, ValueError) as error:
-        raise InputError(f"run.json in '{run_dir}' holds a config that model '{spec.name}' "
-                         f"does not take ({error}); was it written by another version?"
-                         ) from None
-    history_path = Path(run_dir) / HISTORY_FILE
-    history = read_json(history_path, dict) if history_path.is_file() else {}
     cls = ESTIMATORS.get(spec.name, PyroLatentModel)
     estimator = cls(**cls._params_from_run(spec, config, run, metrics), device=device)
+    # the device as fit checks it: scikit-learn's constraint, then CUDA where there is none
+    validate_parameter_constraints({"device": cls._parameter_constraints["device"]},
+                                   {"device": device}, caller_name=cls.__name__)
+    base.resolve_device(device, cls.__name__)
     estimator._restore(spec, config, run, params, guide_params, metrics, history,
                        _svi_state(run, Path(run_dir)))
     return estimator

@@ -80,6 +80,7 @@ from inference.estimators_sklearn.mixture_init import (
     with_given,
 )
 from inference.estimators_sklearn.mixture_online import OnlineEM
+from inference.estimators_sklearn.support import StrategyOption
 from inference.results import FitResult
 from inference.svi import STOP_TOL
 from zoo import gmm
@@ -116,7 +117,7 @@ class GaussianMixture(OnlineEM, LatentModelEstimator, DensityMixin, BaseEstimato
         "precisions_init": ["array-like", None],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
-        "inference": [StrOptions({"em", "online-em", "svi", "kmeans"})],
+        "inference": [StrategyOption("gmm")],
         "passes": [Interval(Integral, 1, None, closed="left"), None],
         "step_decay": [Interval(Real, 0.5, 1.0, closed="right"), None],
         **COMMON_CONSTRAINTS,

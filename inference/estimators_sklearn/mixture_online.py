@@ -59,14 +59,16 @@ class OnlineEM:
         if self.inference != "online-em":
             return super().partial_fit(X, y)
         first = not self.__sklearn_is_fitted__()
-        X = validate_data(self, X, reset=first, dtype=np.float64, ensure_min_samples=1)
+        X = validate_data(self, X, reset=first, dtype=[np.float64, np.float32],
+                          ensure_min_samples=1)
         spec = self._spec()
         device = self._device()
         history: list[float] = []
-        if first:
+        if first:  # fit's dtype rules: float32 kept float32 on a GPU and in the attributes
+            self._output_dtype = X.dtype
             config = self._make_config(spec, *X.shape)
             seed = seed_from(self.random_state)
-            x = torch.tensor(X, dtype=self._dtype_default, device=device)
+            x = torch.tensor(X, dtype=self._compute_dtype(X.dtype, device), device=device)
             with kept_random_state(device):
                 state = online_em.StepwiseState(
                     self._start(config, x, np.random.RandomState(seed)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import random
+import re
 from collections.abc import Iterator
 from numbers import Integral, Real
 from pathlib import Path
@@ -22,13 +23,69 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from inference import strategies
 from inference.catalog import get_model
 from inference.results import FitResult
-from inference.runs import load_checkpoint
+from inference.runs import check_svi_checkpoint, load_checkpoint
 from inference.svi import ELBOS
 from zoo.errors import InputError
 from zoo.registry import ModelSpec
 
 NEVER = 2**62  # a stop_window no history reaches: partial_fit's SVI never stops by itself
 _BEST_KEYS = ("best_step", "best_window", "best_params")
+
+
+class DeviceOption(StrOptions):
+    """scikit-learn's constraint for ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` or a ``torch.device`` of type cpu or cuda (whether CUDA is present is checked
+    at fit time, by :func:`resolve_device`)."""
+
+    def __init__(self):
+        super().__init__({"auto", "cpu", "cuda"})
+
+    def is_satisfied_by(self, val) -> bool:
+        if isinstance(val, torch.device):
+            return val.type in ("cpu", "cuda")
+        return isinstance(val, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", val) is not None
+
+    def __str__(self) -> str:
+        return ("a str among {'auto', 'cpu', 'cuda'} or 'cuda:N' (N a GPU index), or a "
+                "torch.device of type 'cpu' or 'cuda'")
+
+
+class StrategyOption(StrOptions):
+    """scikit-learn's constraint for an estimator's ``inference``: the name of a registered
+    strategy that applies to the model ``model`` (:func:`inference.strategies.applicable`),
+    asked of the registry whenever a value is checked, so that a strategy registered later (a
+    plugin, a test file) is accepted and one whose ``applies`` refuses the model is not."""
+
+    def __init__(self, model: str):  # no StrOptions.__init__: the options are the registry's
+        self.hidden = False
+        self.type = str
+        self.deprecated: set = set()
+        self.model = model
+
+    @property
+    def options(self) -> dict[str, None]:
+        """The applicable strategies' names, in the registry's order."""
+        return dict.fromkeys(strategies.applicable(model_spec(self.model)))
+
+
+def resolve_device(device, owner: str = "estimator") -> torch.device:
+    """The ``torch.device`` an estimator's ``device`` parameter (already validated by
+    :class:`DeviceOption`) names: ``"auto"`` is CUDA when present, else the CPU; CUDA asked
+    for where there is none, or a GPU index past the last, is an :class:`InputError`."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type != "cuda":
+        return chosen
+    if not torch.cuda.is_available():
+        raise InputError(f"{owner}(device={str(device)!r}): no CUDA device is available here "
+                         "(torch.cuda.is_available() is False); use device='cpu' or 'auto'")
+    count = torch.cuda.device_count()
+    if chosen.index is not None and chosen.index >= count:
+        raise InputError(f"{owner}(device={str(device)!r}): this machine has {count} CUDA "
+                         f"device(s), cuda:0 to cuda:{count - 1}; pick one of them or 'cuda'")
+    return chosen
+
 
 # Parameters every estimator takes the same way (each class adds its own).
 COMMON_CONSTRAINTS: dict[str, list] = {
@@ -38,7 +95,7 @@ COMMON_CONSTRAINTS: dict[str, list] = {
     "lr": [Interval(Real, 0.0, None, closed="neither"), None],
     "batch_size": [Interval(Integral, 1, None, closed="left"), None],
     "random_state": ["random_state"],
-    "device": [str],
+    "device": [DeviceOption()],
 }
 
 
@@ -108,7 +165,7 @@ def svi_state(result: FitResult, checkpoint: Path, kept: str | None = None) -> d
     path = _svi_strategy_module().restart_checkpoint(checkpoint, restart)
     if path is None or not Path(path).is_file():
         return None
-    state = load_checkpoint(path)
+    state = check_svi_checkpoint(path, load_checkpoint(path))
     if (kept or result.info.get("kept")) == "best" and "best_params" in state:
         state["params"] = state["best_params"]  # the fit returned the best window's state
     for key in _BEST_KEYS:

@@ -115,20 +115,23 @@ def test_installed_entry_point_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in done.stderr and "unknown model" in done.stderr
 
 
-def test_sample_and_predict_use_a_saved_run(capsys, tmp_path):
+def test_sample_and_predict_use_a_saved_run(capsys, tmp_path, monkeypatch):
     import csv
 
     run = tmp_path / "run"
     assert main(["fit", "gmm", "--components", "2", "--out", str(run), "--json"]) == 0
     capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # sample and predict write new files here, not into the run
     assert main(["sample", str(run), "-n", "7", "--seed", "3"]) == 0
-    with open(run / "samples.csv") as f:
+    with open(tmp_path / "samples.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 7 and set(rows[0]) == {"eruptions", "waiting", "component"}
     assert main(["predict", str(run), "--data", "old-faithful"]) == 0
-    with open(run / "predictions.csv") as f:
+    with open(tmp_path / "predictions.csv") as f:
         predictions = list(csv.DictReader(f))
     assert len(predictions) == 272  # every row of the file, train and test
+    assert {p["split"] for p in predictions} == {"new"}
+    assert not (run / "samples.csv").exists() and not (run / "predictions.csv").exists()
     probabilities = [float(p["p_component_0"]) + float(p["p_component_1"]) for p in predictions]
     assert all(abs(p - 1) < 1e-6 for p in probabilities)
     assert main(["sample", str(run), "-n", "0"]) == 2

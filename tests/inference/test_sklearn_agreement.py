@@ -9,7 +9,11 @@ sum of two others plus noise of standard deviation 1e-4 (near-noiseless: its psi
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +198,37 @@ def test_sample_draws_sklearns_rows(covariance_type):
     x_sk, y_sk = theirs.sample(500)
     np.testing.assert_array_equal(y, y_sk)
     np.testing.assert_allclose(x, x_sk, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORS))
+def test_ppca_whiten_density_is_sklearns_formula(name):
+    """``whiten=True``: score, score_samples, get_covariance and get_precision are those of
+    scikit-learn's own ``PCA`` code evaluated on our fitted attributes (its whitened density,
+    which scales each component by sqrt(explained variance)), and differ from the
+    unwhitened model's."""
+    X, q = FACTORS[name]
+    ours = PPCA(q, whiten=True).fit(X)
+    theirs = sk_decomposition.PCA(q, whiten=True).fit(X)
+    for attribute in ("components_", "explained_variance_", "noise_variance_", "mean_"):
+        setattr(theirs, attribute, getattr(ours, attribute))  # scikit-learn's code, our fit
+    np.testing.assert_allclose(ours.get_covariance(), theirs.get_covariance(), rtol=1e-9,
+                               atol=1e-12)
+    np.testing.assert_allclose(ours.get_precision(), theirs.get_precision(), rtol=1e-7,
+                               atol=1e-9 * np.abs(theirs.get_precision()).max())
+    np.testing.assert_allclose(ours.score_samples(X), theirs.score_samples(X), rtol=1e-9)
+    assert ours.score(X) == pytest.approx(theirs.score(X), rel=1e-10)
+    plain = PPCA(q).fit(X)
+    assert plain.score(X) > ours.score(X)  # scikit-learn's test_pca_score: whitening costs
+
+
+def test_dropin_benchmark_runs_at_smoke_size_and_agrees():
+    """``benchmarks/sklearn_dropin.py`` (the speed figure against scikit-learn) at a small N:
+    it exits 0 only where both estimators end with the same n_iter_ and lower_bound_."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "sklearn_dropin.py"), "--num-data", "3000",
+         "--dim", "4", "--components", "3", "--threads", "1"],
+        capture_output=True, text=True, cwd=root, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "same fit: True" in done.stdout

@@ -24,7 +24,7 @@ from sklearn.utils.estimator_checks import check_param_validation, parametrize_w
 from threadpoolctl import threadpool_limits
 
 import zoo.registry
-from inference import fitting
+from inference import fitting, strategies
 from inference.catalog import get_model
 from inference.data import DataRequest
 from inference.estimators_sklearn import (
@@ -38,6 +38,7 @@ from inference.estimators_sklearn import (
 from inference.estimators_sklearn.commands import predict_run, sample_run
 from inference.evaluate import fitted as fitted_model
 from inference.evaluate import iwae, pointwise_log_weights
+from inference.strategies.kmeans import KMeans as KMeansStrategy
 from zoo import gmm
 from zoo.errors import InputError
 from zoo.seeding import own_random_stream
@@ -372,7 +373,7 @@ def test_partial_fit_continues_the_svi_state_bit_for_bit():
     the parameters, Adam's moments and the random stream continue."""
     X = synthetic("dglvm", 64)
     settings = {"n_components": 1, "hidden": (8,), "jit": False, "tol": 0.0,
-                "random_state": 3, "batch_size": 64}
+                "random_state": 3, "batch_size": 64, "validation": 0.0}  # no held-out rows
     whole = DeepLatentGaussian(steps=20, **settings).fit(X)
     pieces = DeepLatentGaussian(steps=20, **settings)
     for _ in range(20):
@@ -487,13 +488,25 @@ def test_load_of_an_exact_run_gives_its_log_likelihoods(tmp_path, model, options
         fit.metrics["test_log_likelihood"], abs=1e-4 if options.get("dtype") is None else 1e-3)
 
 
+def test_load_checks_the_device_as_fit_does(tmp_path, monkeypatch):
+    _, run_dir = saved(tmp_path, "gmm", separated_mixture(60), inference="em", components=2)
+    with pytest.raises(ValueError, match="The 'device' parameter of GaussianMixture must be"):
+        load(run_dir, device="mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match=r"^GaussianMixture\(device='cuda'\): no CUDA device"):
+        load(run_dir, device="cuda")
+    assert load(run_dir, device="auto").params_["means"].device.type == "cpu"
+
+
 def test_load_of_a_deep_run_gives_its_iwae_numbers_and_continues(tmp_path):
     X = synthetic("dglvm", 200)
-    # jit=False: a resumed JitTrace_ELBO re-traces, drawing from the stream once more
+    # jit=False: a resumed JitTrace_ELBO re-traces, drawing from the stream once more;
+    # validation=0: every training row fitted, as partial_fit's epochs fit them
     fit, run_dir = saved(tmp_path, "dglvm", X, latent_dim=1, hidden=(8,), steps=40,
-                         batch_size=50, iwae_samples=16, jit=False)
+                         batch_size=50, iwae_samples=16, jit=False, validation=0.0)
     estimator = load(run_dir)
     assert type(estimator) is DeepLatentGaussian and estimator.iwae_samples == 16
+    assert estimator.validation == 0.0
     assert estimator.score(fit.data.train.numpy()) == pytest.approx(
         fit.metrics["train_log_likelihood"], rel=1e-12)
     # the same draws as the fitted object's own guide and model give
@@ -567,6 +580,33 @@ def test_sample_command_draws_a_grid_for_image_data(tmp_path):
 
 
 # --- bad input -------------------------------------------------------------------------------
+
+
+class _RenamedKMeans(KMeansStrategy):
+    name = "test-renamed-kmeans"
+    summary = "the kmeans strategy under another name (a strategy from a test file)"
+
+
+def test_inference_takes_the_strategies_the_registry_applies_to_the_model():
+    """``inference`` is checked against the strategy registry, not a list in the estimator:
+    a strategy registered from a test file reaches GaussianMixture (and gives the fit of the
+    strategy it renames), is refused where its ``applies`` refuses the model, and is gone
+    once unregistered."""
+    X = separated_mixture(120)
+    strategies.register(_RenamedKMeans())
+    try:
+        renamed = GaussianMixture(3, inference=_RenamedKMeans.name, random_state=0).fit(X)
+        original = GaussianMixture(3, inference="kmeans", random_state=0).fit(X)
+        assert renamed.inference_ == _RenamedKMeans.name
+        assert renamed.score(X) == original.score(X)
+        np.testing.assert_array_equal(renamed.means_, original.means_)
+        with pytest.raises(ValueError, match="'inference' parameter of PPCA must be a str "
+                                             "among {'closed-form', 'em', 'svi'}"):
+            PPCA(1, inference=_RenamedKMeans.name).fit(X)  # kmeans does not apply to PPCA
+    finally:
+        strategies.unregister(_RenamedKMeans.name)
+    with pytest.raises(ValueError, match="'inference' parameter of GaussianMixture"):
+        GaussianMixture(3, inference=_RenamedKMeans.name).fit(X)
 
 
 @pytest.mark.parametrize("estimator", [GaussianMixture(2), PPCA(1), FactorAnalysis(1),

@@ -38,9 +38,4 @@ EXPECTED_FAILURES: dict[str, dict[str, str]] = {
         "test_gaussian_mixture_all_init_does_not_estimate_gaussian_parameters*":
             "mocks scikit-learn's private _estimate_gaussian_parameters, which we never call",
     },
-    "test_sklearn_suite_pca.py": {
-        "test_pca_score[[]*":
-            "scikit-learn's whiten=True density differs (get_covariance rescales the "
-            "components, its issue #13898); ours does not depend on whiten",
-    },
 }
