@@ -5,7 +5,9 @@
   the gradient of log p(x) (Fisher's identity), so SVI climbs to the EM fixed point.
 - ``mean-field``: one free categorical per datapoint, ``softmax(assignment_logits[n])``,
   indexed by the data plate's subsample indices, so it stays correct under minibatching.
-- ``amortized``: an MLP encoder x -> logits, registered with ``pyro.module`` in the guide.
+- ``amortized``: an MLP encoder x -> logits, registered with ``pyro.module`` in the guide;
+  its default estimator is ``TraceEnum_ELBO`` (its q(z | x) enumerated: an exact expectation;
+  with z sampled, the score-function noise let a component die mid-fit on iris).
 - ``enumerate``: no guide for z under ``TraceEnum_ELBO``, which sums z out of the model
   exactly; the exact guide under any other estimator.
 
@@ -23,6 +25,8 @@ gap ``log p(x) - ELBO = KL(q || p(z | x))`` via :func:`zoo.gmm.elbo`.
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -32,7 +36,17 @@ from torch import nn
 
 from guides.registry import register
 from zoo.errors import InputError
-from zoo.gmm import GaussianMixtureModel, GMMConfig, log_responsibilities
+from zoo.gmm import (
+    GaussianMixtureModel,
+    GMMConfig,
+    SingularCovarianceError,
+    from_labels,
+    lloyd,
+    log_marginal,
+    log_responsibilities,
+    m_step,
+)
+from zoo.gmm_init import lloyd_tolerance
 from zoo.registry import DATA_PLATE, Params
 
 
@@ -123,25 +137,47 @@ class MeanFieldGuide(AssignmentGuide):
         return logits[index]
 
 
+WARM_UP_ROWS = 65536  # rows the amortized guide's EM warm-up runs on at most
+WARM_UP_ITERATIONS = 200  # its EM iterations at most, under an enumerating ELBO (the default)
+
+
 class AmortizedGuide(AssignmentGuide):
     """An MLP encoder from x to the logits of q(z | x), shared by all datapoints.
 
     The encoder standardizes its input with the mean and standard deviation of the data it
     first sees (fixed buffers), then applies ``hidden_layers`` Softplus layers of
-    ``hidden_size`` units. :meth:`setup` (which the SVI strategy runs before SVI starts) fits
-    it for ``warm_start_steps`` Adam steps to the exact posterior under the model's initial
-    parameters (on at most 4096 rows), as the mean-field guide starts there: an encoder that
-    starts uniform pulls the components onto each other in the first steps, the collapse of
-    Pyro issue #635. Calling the guide never trains it.
+    ``hidden_size`` units. :meth:`setup` (which the SVI strategy runs before SVI starts) first
+    warms the mixture up with the exact guide (:meth:`warm_up`: its coordinate ascent, EM, from
+    the model's start and from Lloyd's k-means of its means), which the model then starts
+    from (by default only under an enumerating ELBO, this guide's default: with z sampled,
+    Adam's noise-driven first steps walk away from an optimum, on Old Faithful 300 steps at lr
+    0.02 ended 0.023 nats per row below EM with the warm-up, 3e-4 without); then it fits the
+    encoder for ``warm_start_steps`` Adam steps to the exact posterior there (on at most 4096
+    rows; on iris, KL(p || q) of 5e-4 nats per row after 1000 steps, 0.035 after 200). An
+    encoder that starts uniform pulls the components onto each other in the first steps (the
+    collapse of Pyro issue #635), and an encoder and mixture that move together from a k-means
+    start let a component die (a weight of 1e-12, an EM fixed point: on standardized iris with
+    K=3, 0.22 nats per row below EM's optimum in 3 seeds of 3 at lr 0.05, 1 of 3 at lr 0.01).
+    SVI then keeps the optimum at the guide's learning rate (:attr:`svi_defaults`, 0.01: at
+    the mixture's 0.05 the encoder's first Adam steps throw the fit off it). Calling the guide
+    never trains it.
     """
 
+    # what SVI runs this guide with, over the model's svi_defaults (the strategy reads it)
+    svi_defaults = {"lr": 1e-2}
+
     def __init__(self, model: GaussianMixtureModel, config: GMMConfig, *,
-                 hidden_size: int = 32, hidden_layers: int = 2, warm_start_steps: int = 200,
-                 enumerate: bool = False, name: str = ""):
+                 hidden_size: int = 32, hidden_layers: int = 2, warm_start_steps: int = 1000,
+                 warm_up_iterations: int | None = None, enumerate: bool = False,
+                 name: str = ""):
         super().__init__(model, config, enumerate=enumerate, name=name)
-        if hidden_size < 1 or hidden_layers < 0 or warm_start_steps < 0:
+        if warm_up_iterations is None:  # the warm-up holds only where q is enumerated
+            warm_up_iterations = WARM_UP_ITERATIONS if enumerate else 0
+        if hidden_size < 1 or hidden_layers < 0 or warm_start_steps < 0 or warm_up_iterations < 0:
             raise InputError(f"hidden_size={hidden_size} must be at least 1, hidden_layers="
-                             f"{hidden_layers} and warm_start_steps={warm_start_steps} at least 0")
+                             f"{hidden_layers}, warm_start_steps={warm_start_steps} and "
+                             f"warm_up_iterations={warm_up_iterations} at least 0")
+        self.warm_up_iterations = warm_up_iterations
         sizes = [config.dim] + [hidden_size] * hidden_layers
         layers: list[nn.Module] = []
         for inputs, outputs in zip(sizes[:-1], sizes[1:], strict=True):
@@ -162,9 +198,12 @@ class AmortizedGuide(AssignmentGuide):
         self._placed = True
 
     def setup(self, x: torch.Tensor) -> None:
-        """Place the encoder on ``x`` and fit it to the exact posterior of the model's
-        initial parameters (``warm_start_steps`` Adam steps, cross-entropy)."""
+        """Place the encoder on ``x``, warm the mixture up (:meth:`warm_up`) and fit the
+        encoder to the exact posterior of the model's start (``warm_start_steps`` Adam steps,
+        cross-entropy)."""
         self._place(x)
+        if self.warm_up_iterations:
+            self.warm_up(x)
         if not self.warm_start_steps:
             return
         encoder = self._modules["encoder"]
@@ -180,6 +219,51 @@ class AmortizedGuide(AssignmentGuide):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+
+    def warm_up(self, x: torch.Tensor) -> int:
+        """EM (the exact guide's coordinate ascent) on ``x`` (at most :data:`WARM_UP_ROWS`
+        rows, a seeded draw) from two starts: the model's, and the M-step of the labels of
+        Lloyd's k-means from its means (EM's own ``kmeans`` start); each runs up to
+        ``warm_up_iterations`` iterations, until one gains less than 1e-6 nats per row. The
+        model starts from the better end (its ``initial_params``). Returns the iterations
+        taken."""
+        rows = x
+        if x.shape[0] > WARM_UP_ROWS:
+            draw = torch.Generator().manual_seed(0)
+            rows = x[torch.randperm(x.shape[0], generator=draw)[:WARM_UP_ROWS].to(x.device)]
+        with pyro.get_param_store().scope():  # the model's start, read without keeping it
+            start = self._model_params(rows)
+        starts = [start]
+        with torch.no_grad():
+            try:
+                labels = lloyd(rows, start["means"], tol=lloyd_tolerance(rows)).labels
+                starts.append(from_labels(self.config, rows, labels))
+            except SingularCovarianceError:
+                pass
+            ends = [self._em(rows, params) for params in starts]
+        params = max(ends, key=lambda end: end[1])[0]
+        self.model.initial_params = {name: value.detach().clone()
+                                     for name, value in params.items()}
+        return sum(end[2] for end in ends)
+
+    def _em(self, rows: torch.Tensor, params) -> tuple[dict, float, int]:
+        """EM from ``params``: the last good iterate, its mean log-likelihood, iterations."""
+        before = float(log_marginal(self.config, params, rows).mean())
+        taken = 0
+        while taken < self.warm_up_iterations:
+            taken += 1
+            try:
+                update = m_step(self.config, rows,
+                                log_responsibilities(self.config, params, rows).exp())
+            except SingularCovarianceError:
+                break
+            after = float(log_marginal(self.config, update, rows).mean())
+            if not after >= before - 1e-9:  # EM never falls; NaN or a fall: stop here
+                break
+            params, gain, before = update, after - before, after
+            if gain < 1e-6:
+                break
+        return params, (-math.inf if math.isnan(before) else before), taken
 
     def logits(self, x, index):
         if not self._placed:
@@ -214,4 +298,4 @@ GUIDES = {
 }
 for _name, _guide in GUIDES.items():
     register("gmm", _name, _guide, default=_name == "exact",
-             elbo="TraceEnum_ELBO" if _name == "enumerate" else "Trace_ELBO")
+             elbo="TraceEnum_ELBO" if _name in ("enumerate", "amortized") else "Trace_ELBO")

@@ -61,7 +61,7 @@ def entry(name: str, factory: Callable, *, elbo: str = "Trace_ELBO", default: bo
 # The built-in guide modules; importing one registers its guides. pyproject.toml declares the
 # same modules under [project.entry-points."lvm_zoo.guides"] (see zoo.plugins).
 BUILTINS = (("gmm", "guides.gmm"), ("ppca", "guides.ppca"), ("dglvm", "guides.dglvm"),
-            ("bayesian-gmm", "guides.bayesian_gmm"))
+            ("bayesian-gmm", "guides.bayesian_gmm"), ("bayesian-ppca", "guides.bayesian_ppca"))
 _GUIDES: Registry[GuideEntry] = Registry("lvm_zoo.guides", "guide", BUILTINS)
 # ^ keyed by (model family, guide name)
 

@@ -17,6 +17,8 @@ mean nats per datapoint throughout); with ``out=FOLDER`` it also writes the run 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
+from pathlib import Path
 
 from inference import strategies
 from inference.catalog import get_model, models
@@ -29,11 +31,21 @@ from zoo import datasets
 evaluate = evaluate_run
 
 
-def compare(model, **arguments) -> list[dict]:
-    """Every applicable strategy on one split (:func:`inference.compare.compare`)."""
+def compare(model, *, out=None, **arguments) -> list[dict]:
+    """Every applicable strategy on one split (:func:`inference.compare.compare`). The
+    comparison folder (run folders, tables, figures, report) is written only where ``out``
+    asks for it, as ``lvm-zoo compare --out``; without ``out`` nothing is left on disk: the
+    fits run in a temporary folder that is removed, and the records name no folder."""
     from inference.compare import compare as compare_strategies
 
-    return compare_strategies(model, **arguments)
+    if out is not None:
+        return compare_strategies(model, out=out, **arguments)
+    with tempfile.TemporaryDirectory(prefix="lvm-zoo-compare-") as folder:
+        records = compare_strategies(model, out=Path(folder) / "comparison", **arguments)
+    for record in records:
+        record.pop("run_dir", None)
+        record.pop("compare_dir", None)
+    return records
 
 
 def strategy_grid(spec, config=None, x=None, **grid_options):
@@ -67,6 +79,7 @@ def catalogue() -> dict:
     return {
         "models": {name: {"summary": spec.summary,
                           "inference": strategies.applicable(spec),
+                          "capabilities": list(spec.offered()),
                           "guides": list(spec.guides), "default_data": spec.default_data,
                           "exact_log_likelihood": spec.log_marginal is not None,
                           "exact_posterior": spec.posterior is not None, "notes": spec.notes}

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 import torch
 
-from inference import distributed
+from inference import distributed, interrupt
+from inference.commands import bench as bench_command
 from inference.commands import parser as flags
 from inference.run_folder import EvaluationFailed
 from inference.svi import TrainingDiverged
@@ -32,7 +33,7 @@ from zoo.errors import InputError
 # command -> the module of inference.commands that runs it
 COMMANDS = {"list": "listing", "fit": "fit", "compare": "compare", "evaluate": "runs",
             "sample": "runs", "predict": "runs", "check": "check",
-            "calibrate": "calibrate"}
+            "calibrate": "calibrate", "bench": "bench"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,14 +42,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parsed(argv)
         if args.command is None:
-            flags.build_parser().print_help()
+            build_parser().print_help()
             return 2
         module = importlib.import_module(f"inference.commands.{COMMANDS[args.command]}")
-        return module.main(args)
+        with interrupt.handled():  # SIGINT / SIGTERM: saved at a step boundary, one line
+            return module.main(args)
+    except interrupt.Interrupted as stop:
+        print(stop.line(argv), file=sys.stderr, flush=True)
+        return stop.status
     except EvaluationFailed as failure:  # the training is saved; the yardstick failed
         print(f"lvm-zoo: error: {_line(failure.cause, args)}; the trained fit is saved in "
               f"{failure.run_dir} (the evaluation failed: `lvm-zoo evaluate "
               f"{failure.run_dir}` tries it again)", file=sys.stderr)
+        return 2
+    except distributed.WorkerLost as error:  # torchrun: another worker's failure
+        print(f"lvm-zoo: error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
         print(f"lvm-zoo: training stopped: {error}", file=sys.stderr)
@@ -66,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parsed(argv: list[str]):
     """The command line parsed by one parser, with the named model's flags added to it and
     the model, joined to its guides once, in ``args.spec``."""
-    parser = flags.build_parser()
+    parser = build_parser()
     name = flags.model_named(parser, argv)
     spec = None
     if name is not None:
@@ -87,6 +95,9 @@ _OS_FIXES = {
     errno.EACCES: "check its permissions, or write to a folder of your own with --out",
     errno.EPERM: "check its permissions, or write to a folder of your own with --out",
     errno.EROFS: "the file system is read-only: write elsewhere with --out",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the file "
+                 "system allows: raise the limit, free some space, or write elsewhere with "
+                 "--out",
     errno.ENOENT: "check the path (was the folder removed meanwhile?)",
 }
 
@@ -98,8 +109,8 @@ def _line(error: BaseException, args) -> str:
         return _os_error(error)
     if isinstance(error, FloatingPointError | torch.linalg.LinAlgError):
         return _numerical_error(error, args)
-    if isinstance(error, InputError):
-        return str(error)
+    if isinstance(error, InputError):  # its first line: Pyro appends the trace's shapes
+        return (str(error).strip().splitlines() or [type(error).__name__])[0]
     detail = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {detail}"
 
@@ -132,6 +143,7 @@ def _numerical_error(error: Exception, args) -> str:
 def build_parser(spec=None):
     """The parser (with ``spec``'s flags on its model commands when given)."""
     parser = flags.build_parser()
+    bench_command.add_command(parser)  # its flags live beside it (a light module)
     if spec is not None:
         for name in flags.MODEL_COMMANDS:
             flags.add_model(flags.subcommand(parser, name), spec)

@@ -137,6 +137,20 @@ def load(request: DataRequest, spec: ModelSpec) -> LoadedData:
                       target)
 
 
+def too_large(x: torch.Tensor) -> str | None:
+    """Why rows ``x`` cannot be fitted as they are, when their values are too large for their
+    dtype's arithmetic (squares and products of values beyond the fourth root of the largest
+    float overflow: 1.3e9 in float32), with the fix; ``None`` otherwise."""
+    if not x.is_floating_point() or not x.numel():
+        return None
+    largest = float(x.detach().abs().max())
+    if largest < torch.finfo(x.dtype).max ** 0.25:
+        return None
+    return (f"the data reach {largest:.3g}, too large for "
+            f"{str(x.dtype).removeprefix('torch.')} arithmetic (their squares and products "
+            "overflow); rescale them with --standardize")
+
+
 def random_streams(device: torch.device) -> dict:
     """The torch random streams a draw on ``device`` takes from (the CPU's, and the CUDA
     device's when it is one): what a fit owns, checkpoints and hands back."""

@@ -21,6 +21,7 @@ Rows are sharded in contiguous blocks (:func:`shard`): rank ``r`` of ``W`` holds
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,30 @@ import torch.distributed as dist
 from torch.utils import _pytree as pytree
 
 from zoo.errors import InputError
+
+
+class WorkerLost(RuntimeError):
+    """A collective failed: another worker died, erred or stopped while this one waited for
+    it (or did not come within :func:`collective_timeout`). The command line says it in one
+    line, beside the failed worker's own line and torchrun's report."""
+
+
+def _collective(method):
+    """``method`` (a collective of :class:`Group`) with its failure as one
+    :class:`WorkerLost`, naming this rank and what torchrun's report holds."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except RuntimeError as error:  # gloo / NCCL: a peer gone, a timeout
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise WorkerLost(
+                f"rank {self.rank} of {self.world_size} stopped: another torchrun worker "
+                f"died, failed or stopped while this one waited for it ({detail}); the worker "
+                "that failed first said why above, and torchrun's report names it") from None
+
+    return wrapped
 
 
 @dataclass(frozen=True)
@@ -58,12 +83,14 @@ class Group:
         """What a run record says about the processes that made it."""
         return {"world_size": self.world_size, "backend": self.backend}
 
+    @_collective
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over all ranks (a new tensor, on ``tensor``'s device)."""
         buffer = tensor.detach().to(self.device, copy=True)
         dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
         return buffer.to(tensor.device)
 
+    @_collective
     def gather(self, tree):
         """Every rank's ``tree`` (same structure and shapes on every rank), in rank order."""
         leaves, spec = pytree.tree_flatten(tree)
@@ -72,6 +99,7 @@ class Group:
         dist.all_gather(parts, flat)
         return [pytree.tree_unflatten(_unflatten(part, leaves), spec) for part in parts]
 
+    @_collective
     def broadcast(self, values: dict[str, torch.Tensor] | None, *, src: int = 0,
                   like: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``values`` of rank ``src`` on every rank (other ranks pass ``None``), on ``like``'s
@@ -101,6 +129,7 @@ class Group:
             next(iter(values.values())).device if values else self.device)
         return {name: value.to(target) for name, value in out.items()}
 
+    @_collective
     def barrier(self) -> None:
         dist.barrier()
 

@@ -19,8 +19,10 @@ Cholesky factors), so that every extrapolated point is a valid parameter.
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import pyro
 import torch
@@ -29,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch.distributions import constraints, transform_to
 from tqdm.auto import tqdm
 
-from inference import distributed
+from inference import distributed, interrupt
 from inference.results import FitResult
 from inference.shards import Rows
 from zoo.errors import InputError
@@ -63,6 +65,8 @@ def fit_em(
     seed: int = 0,
     progress: bool = False,
     previous: float | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Fit ``spec`` to ``x : (N, D)`` by EM; returns the best of ``n_init`` restarts.
 
@@ -82,6 +86,10 @@ def fit_em(
     by rounding); with it, the points are the EM updates and the extrapolations kept, and it
     never decreases at all. ``info`` counts the EM updates, the E-steps (the cost) and the
     extrapolations kept and rejected.
+
+    ``checkpoint`` (alone, not under a process group): where a SIGINT or SIGTERM saves the fit
+    at the next iteration (:mod:`inference.interrupt`); ``resume`` continues from it, to end
+    as the uninterrupted fit would.
     """
     method = _checked_init(spec, n_init, max_iter, init)
     if accelerate is None:
@@ -90,12 +98,19 @@ def fit_em(
     start = time.perf_counter()
     data = _EMData(spec, config, rows)
     generator = torch.Generator(device=rows.device).manual_seed(seed)
-    runs = _restarts(data, method, generator, n_init, tol, max_iter, accelerate, progress,
-                     previous)
-    run, restart, finals = _best_restart(runs)
+    saved = _Saved(checkpoint, {
+        "seed": seed, "n_init": n_init, "tol": tol, "max_iter": max_iter,
+        "accelerate": bool(accelerate), "init": method if isinstance(method, str) else "given"})
+    if resume and saved.path is not None and saved.path.is_file():
+        saved.load(generator, rows.device)
+    with interrupt.listening(saved.path is not None and rows.group is None):
+        runs = _restarts(data, method, generator, n_init, tol, max_iter, accelerate, progress,
+                         previous, saved)
+        run, restart, finals = _best_restart(runs)
     if not run.converged:
         _warn_unconverged(spec, run.history, max_iter, tol)
-    return _em_result(spec, rows, run, time.perf_counter() - start, seed, method,
+    return _em_result(spec, rows, run, time.perf_counter() - start + saved.seconds, seed,
+                      method,
                       n_init=n_init, best_restart=restart, restart_log_likelihoods=finals,
                       tol=tol, max_iter=max_iter, accelerate=accelerate)
 
@@ -121,24 +136,41 @@ def _checked_init(spec: ModelSpec, n_init: int, max_iter: int, init):
 
 
 def _restarts(data: _EMData, method, generator: torch.Generator, n_init: int, tol: float,
-              max_iter: int, accelerate: bool, progress: bool, previous: float | None):
+              max_iter: int, accelerate: bool, progress: bool, previous: float | None,
+              saved: _Saved):
     """Each restart's :class:`_Run`, in order: a start (``method``, drawn from ``generator``)
     and EM or SQUAREM from it. The progress bar shows the first restart; ``previous`` applies
-    to the first restart only; SQUAREM's coordinates are read once, at the first start."""
+    to the first restart only; SQUAREM's coordinates are read once, at the first start.
+    ``saved``: the restarts a resumed fit had finished (yielded as they were) and the one it
+    continues; a signal saves them all there and stops the fit."""
     coordinates = None
-    for restart in range(n_init):
-        params = (dict(method) if isinstance(method, dict) else data.init(generator, method))
+    yield from saved.done
+    for restart in range(len(saved.done), n_init):
+        going = saved.going
+        saved.going = None
+        params = (going["params"] if going is not None else dict(method)
+                  if isinstance(method, dict) else data.init(generator, method))
         bar = tqdm(total=max_iter, desc=f"EM {data.spec.name}", leave=False,
                    disable=not (progress and restart == 0))
-        if accelerate:
-            if coordinates is None:
-                coordinates = _Coordinates.of(data.spec, data.config, params,
-                                              data.rows.probe())
-            run = _squarem_run(data, params, tol, max_iter, bar, coordinates)
-        else:
-            run = _em_run(data, params, tol, max_iter, bar,
-                          previous if restart == 0 else None)
-        bar.close()
+        try:
+            if accelerate:
+                if coordinates is None:
+                    coordinates = _Coordinates.of(data.spec, data.config, params,
+                                                  data.rows.probe())
+                run = _squarem_run(data, params, tol, max_iter, bar, coordinates, going)
+            else:
+                run = _em_run(data, params, tol, max_iter, bar,
+                              previous if restart == 0 else None, going)
+        except _Paused as paused:
+            saved.save(generator, paused.state)
+            raise interrupt.Interrupted(
+                interrupt.take(), checkpoint=saved.path,
+                where=f"EM iteration {len(paused.state['history'])}"
+                      + (f" of restart {restart + 1} of {n_init}" if n_init > 1 else "")
+            ) from None
+        finally:
+            bar.close()
+        saved.done.append(run)
         yield run
 
 
@@ -278,13 +310,17 @@ def finite(log_likelihood, what: str, where: str) -> float:
     return value
 
 
-def _em_run(data: _EMData, params, tol, max_iter, bar, previous: float | None = None) -> _Run:
+def _em_run(data: _EMData, params, tol, max_iter, bar, previous: float | None = None,
+            going: dict | None = None) -> _Run:
     """Plain EM, scikit-learn's loop: stop when the E-step's log-likelihood changed by less
-    than ``tol``, after the M-step that followed it (so ``steps`` is scikit-learn's n_iter_)."""
-    history: list[float] = []
-    snapshots: dict = {}
+    than ``tol``, after the M-step that followed it (so ``steps`` is scikit-learn's n_iter_).
+    ``going``: the state a resumed run continues from."""
+    history: list[float] = list(going["history"]) if going else []
+    snapshots: dict = dict(going["snapshots"]) if going else {}
     converged = False
-    for _ in range(max_iter):
+    for _ in range(max_iter - len(history)):
+        if interrupt.pending() is not None:  # a signal: save at this iteration's start
+            raise _Paused({"params": params, "history": history, "snapshots": snapshots})
         statistics, log_likelihood = _evaluate(data, params, len(history) + 1)
         history.append(log_likelihood)
         _keep(snapshots, history, params)
@@ -302,7 +338,8 @@ def _em_run(data: _EMData, params, tol, max_iter, bar, previous: float | None = 
                 snapshots=snapshots)
 
 
-def _squarem_run(data: _EMData, params, tol, max_iter, bar, coordinates) -> _Run:
+def _squarem_run(data: _EMData, params, tol, max_iter, bar, coordinates,
+                 going: dict | None = None) -> _Run:
     """SQUAREM (scheme S3) with the step bound of Varadhan & Roland's ``squarem``: ``|α|`` is
     at most ``bound``, which grows by :data:`STEP_GROWTH` each time it binds and the step is
     kept, and shrinks (to no less than 1) when a bound step is rejected.
@@ -311,7 +348,11 @@ def _squarem_run(data: _EMData, params, tol, max_iter, bar, coordinates) -> _Run
     point kept. An EM update cannot lower log p(x); one that does is rounding, so the run
     stops there, at the better point before it."""
     run = _Squarem(data, params, tol, max_iter, bar, coordinates)
+    if going is not None:
+        run.restore(going)
     while run.updates < max_iter and not run.converged:
+        if interrupt.pending() is not None:  # a signal: save at this step's start
+            raise _Paused(run.state())
         run.iterate()
     return _Run(run.point[0], run.history, run.converged, run.updates, run.e_steps, run.kept,
                 run.rejected, run.snapshots)
@@ -333,6 +374,19 @@ class _Squarem:
         self.updates, self.e_steps, self.kept, self.rejected = 0, 1, 0, 0
         self.bound = 1.0
         self.converged = False
+
+    COUNTS = ("updates", "e_steps", "kept", "rejected", "bound")
+
+    def state(self) -> dict:
+        """What a resumed run needs: the point's parameters (its statistics are the E-step
+        at them), the history, the snapshots, the counts and the step bound."""
+        return {"params": self.point[0], "history": self.history, "snapshots": self.snapshots,
+                **{name: getattr(self, name) for name in self.COUNTS}}
+
+    def restore(self, state: dict) -> None:
+        self.history, self.snapshots = list(state["history"]), dict(state["snapshots"])
+        for name in self.COUNTS:
+            setattr(self, name, type(getattr(self, name))(state[name]))
 
     def iterate(self) -> None:
         """One SQUAREM step: two EM updates, then (if both were made and gained) the
@@ -434,6 +488,54 @@ def _stabilized(data: _EMData, jumped: Params):
     if not math.isfinite(log_likelihood):
         return None, 2
     return (stabilized, statistics, log_likelihood), 2
+
+
+class _Paused(Exception):
+    """A signal came: the restart in progress stops at an iteration boundary with ``state``."""
+
+    def __init__(self, state: dict):
+        super().__init__("paused")
+        self.state = state
+
+
+class _Saved:
+    """An EM fit's checkpoint (``path=None``: none): the restarts finished (``done``), the one
+    going on (``going``: its state at an iteration boundary), the restart stream's state, the
+    seconds spent; ``settings`` must match on a resume."""
+
+    def __init__(self, path, settings: dict):
+        self.path = None if path is None else Path(path)
+        self.settings = settings
+        self.done: list[_Run] = []
+        self.going: dict | None = None
+        self.seconds = 0.0
+        self.start = time.perf_counter()
+
+    def save(self, generator: torch.Generator, going: dict) -> None:
+        interrupt.save_state(self.path, "em", self.settings, {
+            "generator": generator.get_state(), "going": _stored(going),
+            "seconds": self.seconds + time.perf_counter() - self.start,
+            "done": [_stored({**vars(run), "history": run.history}) for run in self.done]})
+
+    def load(self, generator: torch.Generator, device: torch.device) -> None:
+        state = interrupt.load_state(self.path, "em", self.settings, device=device,
+                                     streams=("generator",))
+        generator.set_state(state["generator"])
+        self.going = _loaded(state["going"])
+        self.done = [_Run(**_loaded(run)) for run in state["done"]]
+        self.seconds = float(state["seconds"])
+        print(f"lvm-zoo: resuming EM from iteration {len(self.going['history'])}"
+              + (f" of restart {len(self.done) + 1}" if self.done else "")
+              + f" (checkpoint {self.path})", file=sys.stderr, flush=True)
+
+
+def _stored(state: dict) -> dict:
+    """``state`` with its history as a float64 tensor (exact), ready for a tensor file."""
+    return {**state, "history": torch.tensor(state["history"], dtype=torch.float64)}
+
+
+def _loaded(state: dict) -> dict:
+    return {**state, "history": state["history"].tolist()}
 
 
 class _Stop(Exception):

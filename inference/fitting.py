@@ -37,6 +37,7 @@ from inference.fit_posterior import (
     write_posteriors,
 )
 from inference.fit_posterior import global_posterior as _global_posterior
+from inference.preflight import preflight
 from inference.results import FitRecord, FitResult
 from inference.run_folder import EvaluationFailed, RunFolder, Target, write_settings
 from inference.runs import CHECKPOINT_FILE, fresh_folder, save_run, write_json
@@ -44,6 +45,7 @@ from inference.strategies import FitContext, Strategy
 from zoo.dglvm import bits_per_dim
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, model_reference
+from zoo.resources import check_importance_samples
 
 DEFAULT_IWAE_SAMPLES = 1000
 TEST_FRACTION = 0.2  # held-out share by default; 0 for models with global latents
@@ -214,6 +216,9 @@ def prepare(spec: ModelSpec | str, *, inference: str | None = None, guide: str |
         raise InputError(f"model '{spec.name}' has no guide '{guide}'; choose one of: "
                          + ", ".join(spec.guides))
     model_options, fit_options = split_options(spec, options)
+    # the config's fields checked as the strategy's options are: from what they declare
+    model_options = {**model_options, **strategies.checked_fields(spec.config_class,
+                                                                  model_options)}
     owners = strategies.option_owners()
     unknown = [k for k, v in fit_options.items() if v is not None and k not in owners]
     if unknown:  # neither the model nor any strategy takes it: the closest name of either
@@ -233,12 +238,22 @@ def default_test_fraction(spec: ModelSpec) -> float:
     return 0.0 if spec.global_sites else TEST_FRACTION
 
 
-def data_request(spec: ModelSpec, data: DataRequest | str | None, seed: int) -> DataRequest:
+# the keywords of a fit that ask for its data: DataRequest's fields (but the dataset and seed)
+DATA_KEYWORDS = frozenset(f.name for f in dataclasses.fields(DataRequest)) - {"name", "seed"}
+
+
+def data_request(spec: ModelSpec, data: DataRequest | str | None, seed: int,
+                 **keywords) -> DataRequest:
     """The request for ``data``: a :class:`DataRequest` as given, else one for the dataset
-    name (``None``: the model's default) with the model's default held-out share."""
+    name (``None``: the model's default) with the model's default held-out share; data
+    ``keywords`` (``standardize=True``, ``binarize="static"``, ...: :data:`DATA_KEYWORDS`,
+    ``None`` for the default) change either, checked as the data flags are."""
+    given = strategies.checked_fields(DataRequest, {
+        k: str(v) if isinstance(v, Path) else v for k, v in keywords.items()})
     if isinstance(data, DataRequest):
-        return data
-    return DataRequest.coerce(data, seed=seed, test_fraction=default_test_fraction(spec))
+        return dataclasses.replace(data, **given) if given else data
+    return DataRequest.coerce(data, seed=seed, **{
+        "test_fraction": default_test_fraction(spec), **given})
 
 
 def default_run_dir(model: str, inference: str, guide: str | None, data: str,
@@ -258,20 +273,21 @@ def plan(spec: ModelSpec | str, *, inference: str | None = None, guide: str | No
          **options) -> FitPlan:
     """Check a fit before any data or work and settle it (:class:`FitPlan`).
 
-    ``options`` are the model's config fields and the strategy's options; ``data`` a
-    :class:`DataRequest` or a dataset name. ``out`` (or ``save=True``: a new folder under
+    ``options`` are the model's config fields, the strategy's options and the data keywords
+    (:data:`DATA_KEYWORDS`: ``standardize=True``, ...); ``data`` a :class:`DataRequest` or a
+    dataset name. ``out`` (or ``save=True``: a new folder under
     ``runs/``) is the run folder: checked writable, an earlier run in it refused unless
     ``overwrite``, continued with ``resume`` (refused when the optimization options differ,
     unless ``resume_anyway``). ``posterior`` (default: when saved) draws a Bayesian model's
     global posterior; ``reference="nuts"`` adds NUTS beside it (``nuts_samples``,
     ``nuts_warmup`` per chain, ``nuts_chains``)."""
+    data_keywords = {k: options.pop(k) for k in list(options) if k in DATA_KEYWORDS}
     spec, strategy, chosen, model_options = prepare(spec, inference=inference, guide=guide,
                                                     **options)
     if strategy.uses_guide and guide is None:  # the default guide, picked here once
         guide = spec.default_guide or next(iter(spec.guides), None)
-    if iwae_samples is not None and (isinstance(iwae_samples, bool)
-                                     or not isinstance(iwae_samples, int) or iwae_samples < 1):
-        raise InputError(f"--iwae-samples {iwae_samples} must be a positive integer")
+    if iwae_samples is not None:  # a positive integer whose weights fit, even for one row
+        check_importance_samples(iwae_samples, 1)
     if reference not in (None, "nuts"):
         raise InputError(f"--reference {reference} is unknown; choose nuts")
     nuts_options = (nuts_samples, nuts_warmup, nuts_chains)
@@ -283,7 +299,7 @@ def plan(spec: ModelSpec | str, *, inference: str | None = None, guide: str | No
     elif any(value is not None for value in nuts_options):
         raise InputError("--nuts-samples, --nuts-warmup and --nuts-chains set the NUTS "
                          "reference; give them with --reference nuts")
-    request = data_request(spec, data, seed)
+    request = data_request(spec, data, seed, **data_keywords)
     settled = FitPlan(spec, strategy, guide, chosen, dict(model_options), request, seed,
                       iwae_samples or DEFAULT_IWAE_SAMPLES, progress=progress,
                       reference=reference, nuts_options=nuts_options, figures=figures,
@@ -342,6 +358,9 @@ def run(plan: FitPlan, *, loaded: LoadedData | None = None, config=None,
     loaded = loaded or load(plan.data, plan.spec)
     distributed.agree(_fingerprint(plan, loaded), distributed.current())  # torchrun: alike
     config = config or make_config(plan.spec, loaded, plan.model_options)
+    if plan.spec.log_marginal is None:  # the yardstick's (K, N) log-weights, before training
+        check_importance_samples(plan.iwae_samples, max(1, *(int(rows.shape[0]) for rows in (
+            loaded.train, loaded.test))))
     if plan.reference == "nuts":  # a model with nothing for NUTS to sample: before training
         from inference.posterior_export import check_nuts_applies
 
@@ -350,6 +369,8 @@ def run(plan: FitPlan, *, loaded: LoadedData | None = None, config=None,
         raise InputError(f"--inference {plan.strategy.name} draws its minibatches from the "
                          "mapped file on the CPU; give --device cpu for streamed rows, or "
                          "load them in memory (leave out --chunk-rows)")
+    if plan.strategy.uses_guide and plan.guide is not None:  # model and guide fit each other
+        preflight(plan.spec, config, loaded.train, plan.guide, seed=plan.seed)
     if target is not None and getattr(plan.strategy, "checkpoints", False):
         write_settings(target, plan.settings(), config)  # what --resume is checked against
     context = FitContext(seed=plan.seed, progress=plan.progress,

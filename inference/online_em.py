@@ -63,16 +63,20 @@ disk; the statistics do not depend on the order of rows), or in order with ``shu
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
+from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
+from inference import interrupt
 from inference.em import finite
 from inference.results import FitResult
 from zoo.errors import InputError
@@ -186,6 +190,8 @@ def fit_online_em(
     tol: float = TOL,
     seed: int = 0,
     progress: bool = False,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Fit ``spec`` to ``x : (N, D)`` by stepwise EM: ``passes`` passes of minibatches of
     ``batch_size`` rows (``None``: :func:`default_batch_size`), step sizes ``(t + step_offset)
@@ -204,18 +210,23 @@ def fit_online_em(
     the mean of that curve over the last pass changed by less than ``tol`` from the pass
     before; with one pass there is nothing to compare, so it is ``False``, and
     ``info["done"]`` (every pass read to its end) is all one pass can claim: a stream read
-    once, with the step size at ``info["final_step_size"]``."""
+    once, with the step size at ``info["final_step_size"]``.
+
+    ``checkpoint``: where a SIGINT or SIGTERM saves the fit at the next minibatch
+    (:mod:`inference.interrupt`); ``resume`` continues from it, to end as the uninterrupted
+    fit would."""
     return _online_em(spec, config, x, batch_size=batch_size, passes=passes,
                       step_decay=step_decay, step_offset=step_offset, warmup=warmup, init=init,
                       init_size=init_size, shuffle=shuffle, tol=tol, seed=seed,
-                      progress=progress)[0]
+                      progress=progress, checkpoint=checkpoint, resume=resume)[0]
 
 
 def _online_em(spec: ModelSpec, config, x: torch.Tensor, *, batch_size: int | None = None,
                passes: int = 1, step_decay: float = STEP_DECAY,
                step_offset: float = STEP_OFFSET, warmup: int | None = None, init=None,
                init_size: int | None = None, shuffle: bool = True, tol: float = TOL,
-               seed: int = 0, progress: bool = False) -> tuple[FitResult, StepwiseState]:
+               seed: int = 0, progress: bool = False, checkpoint: str | Path | None = None,
+               resume: bool = False) -> tuple[FitResult, StepwiseState]:
     """:func:`run_online_em`: the settings checked, the start, the passes, the result."""
     settings = _Settings.checked(spec, x, batch_size=batch_size, passes=passes,
                                  step_decay=step_decay, step_offset=step_offset,
@@ -223,14 +234,31 @@ def _online_em(spec: ModelSpec, config, x: torch.Tensor, *, batch_size: int | No
                                  shuffle=shuffle, tol=tol, seed=seed)
     start = time.perf_counter()
     order = _Order(x, seed, shuffle)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    state = StepwiseState(_start(spec, config, x, settings, order, generator))
+    saved = _Saved(checkpoint, settings)
+    history: list[float] = []
+    pass_means: list[float] = []
+    going = saved.load(spec, config, x, order) if resume and saved.exists() else None
+    if going is not None:
+        state, history, pass_means = going["state"], going["history"], going["pass_means"]
+    else:
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        state = StepwiseState(_start(spec, config, x, settings, order, generator))
     bar = tqdm(total=passes * math.ceil(order.num_data / settings.batch_size),
                desc=f"online EM {spec.name}", leave=False, disable=not progress)
-    history: list[float] = []
-    pass_means = [_one_pass(spec, config, state, order, index, settings, history, bar)
-                  for index in range(passes)]
+    with interrupt.listening(saved.path is not None):
+        for index in range(len(pass_means), passes):
+            try:
+                pass_means.append(_one_pass(spec, config, state, order, index, settings,
+                                            history, bar, going and going["pass"]))
+            except _Paused as paused:
+                saved.save(order, state, history, pass_means, paused.state)
+                raise interrupt.Interrupted(
+                    interrupt.take(), checkpoint=saved.path,
+                    where=f"online EM update {state.updates} (pass {index + 1} of {passes})"
+                ) from None
+            going = None
     bar.close()
+    start -= saved.seconds  # the time spent before a resume counts
     if state.m_steps == 0:  # warm-up longer than the stream: at least one M-step
         state.params = spec.em.m_step(config, None, state.statistics)
         state.m_steps = 1
@@ -331,12 +359,15 @@ def _start(spec: ModelSpec, config, x: torch.Tensor, settings: _Settings, order:
 
 
 def _one_pass(spec: ModelSpec, config, state: StepwiseState, order: _Order, index: int,
-              settings: _Settings, history: list, bar) -> float:
+              settings: _Settings, history: list, bar, going: dict | None = None) -> float:
     """Pass ``index`` over the rows, one :func:`stepwise_update` per minibatch, each
-    minibatch's mean log p(x) appended to ``history``; the pass's row-weighted mean."""
-    permutation = order.of_pass(index)
-    total = 0.0
-    for begin in range(0, order.num_data, settings.batch_size):
+    minibatch's mean log p(x) appended to ``history``; the pass's row-weighted mean.
+    ``going``: where a resumed pass goes on (its order, first row and total so far)."""
+    permutation = going["permutation"] if going else order.of_pass(index)
+    total = going["total"] if going else 0.0
+    for begin in range(going["begin"] if going else 0, order.num_data, settings.batch_size):
+        if interrupt.pending() is not None:  # a signal: save before this minibatch
+            raise _Paused({"permutation": permutation, "total": total, "begin": begin})
         end = min(begin + settings.batch_size, order.num_data)
         value = stepwise_update(spec, config, state, order.rows(permutation, begin, end),
                                 step_decay=settings.step_decay,
@@ -381,3 +412,55 @@ def _online_result(spec: ModelSpec, x: torch.Tensor, settings: _Settings,
               "done": True,
               "converged_means": "the mean minibatch log-likelihood of the last pass is "
                                  "within tol of the pass before (never with one pass)"})
+
+
+class _Paused(Exception):
+    """A signal came: the pass in progress stops before a minibatch, where ``state`` says."""
+
+    def __init__(self, state: dict):
+        super().__init__("paused")
+        self.state = state
+
+
+class _Saved:
+    """An online EM fit's checkpoint (``path=None``: none): the stepwise state, the history,
+    the passes' means, the pass order's stream and where the pass in progress stopped."""
+
+    def __init__(self, path, settings: _Settings):
+        self.path = None if path is None else Path(path)
+        self.settings = {k: v for k, v in vars(settings).items() if k != "method"}
+        self.settings["init"] = settings.method if isinstance(settings.method, str) else "given"
+        self.seconds = 0.0
+        self.start = time.perf_counter()
+
+    def exists(self) -> bool:
+        return self.path is not None and self.path.is_file()
+
+    def save(self, order: _Order, state: StepwiseState, history: list, pass_means: list,
+             going: dict) -> None:
+        leaves = (None if state.statistics is None
+                  else pytree.tree_flatten(state.statistics)[0])
+        interrupt.save_state(self.path, "online-em", self.settings, {
+            "params": state.params, "statistics": leaves, "updates": state.updates,
+            "rows": state.rows, "m_steps": state.m_steps, "step": state.step,
+            "history": torch.tensor(history, dtype=torch.float64),
+            "pass_means": torch.tensor(pass_means, dtype=torch.float64),
+            "order": order.generator.get_state(), "pass": going,
+            "seconds": self.seconds + time.perf_counter() - self.start})
+
+    def load(self, spec: ModelSpec, config, x: torch.Tensor, order: _Order) -> dict:
+        """The saved fit, its statistics in the structure the model's E-step gives them."""
+        saved = interrupt.load_state(self.path, "online-em", self.settings, device=x.device,
+                                     streams=("order",))
+        statistics = saved["statistics"]
+        if statistics is not None:
+            like = spec.em.e_step(config, saved["params"], x[:1])[0]
+            statistics = pytree.tree_unflatten(statistics, pytree.tree_flatten(like)[1])
+        order.generator.set_state(saved["order"])
+        self.seconds = float(saved["seconds"])
+        state = StepwiseState(saved["params"], statistics, int(saved["updates"]),
+                              int(saved["rows"]), int(saved["m_steps"]), float(saved["step"]))
+        print(f"lvm-zoo: resuming online EM from update {state.updates} (checkpoint "
+              f"{self.path})", file=sys.stderr, flush=True)
+        return {"state": state, "history": saved["history"].tolist(),
+                "pass_means": saved["pass_means"].tolist(), "pass": saved["pass"]}

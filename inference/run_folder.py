@@ -32,11 +32,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference import distributed
+from inference import distributed, interrupt
 from inference.runs import (
     CHECKPOINT_FILE,
     RUN_FILE,
     SETTINGS_FILE,
+    check_svi_checkpoint,
     check_writable,
     earlier_files,
     load_checkpoint,
@@ -132,6 +133,12 @@ class RunFolder:
             except OSError as error:  # name the file where it was to go, not the staging one
                 _remove(staging)
                 raise _renamed(error, staging, self.path) from None
+            except interrupt.Interrupted as stop:  # a signal: the earlier run stays whole
+                _remove(staging)
+                stop.folder, stop.replacing = self.path, staging != self.path
+                stop.resumable = (not stop.replacing
+                                  and (self.path / CHECKPOINT_FILE).is_file())
+                raise
             except BaseException:
                 _remove(staging)
                 raise
@@ -147,9 +154,7 @@ class RunFolder:
         """Move the new files into place (each an atomic rename), then remove what the
         earlier run wrote and the new one did not."""
         if staging != self.path:
-            for item in sorted(staging.iterdir()):
-                os.replace(item, self.path / item.name)
-            staging.rmdir()
+            _move_into_place(staging, self.path)
         remove_earlier(earlier)
 
     def _check_resume(self, settings: dict, config_for) -> None:
@@ -157,7 +162,10 @@ class RunFolder:
         run.json) was fitted with the model, strategy, guide, config, data and seed asked for
         now, and, unless ``resume_anyway``, the same optimization options."""
         if (self.path / CHECKPOINT_FILE).is_file():
-            load_checkpoint(self.path / CHECKPOINT_FILE)  # truncated or foreign: now
+            path = self.path / CHECKPOINT_FILE  # truncated, foreign or damaged: now
+            state = load_checkpoint(path)
+            if "kind" not in state:  # EM's and online EM's (a "kind") are their loops' to check
+                check_svi_checkpoint(path, state)
         for name in (SETTINGS_FILE, RUN_FILE):
             if (self.path / name).is_file():
                 differences = _differences(read_json(self.path / name, dict), settings,
@@ -203,6 +211,39 @@ def write_settings(target: Target, settings: dict, config) -> None:
     if target.writes:
         write_json(target.path / SETTINGS_FILE,
                    {**settings, "config": dataclasses.asdict(config)})
+
+
+@contextlib.contextmanager
+def staged(folder: Path, earlier: dict) -> Iterator[Path]:
+    """A staging folder inside ``folder`` to write a whole set of files into (a comparison:
+    its tables, figures and run folders); when the block ends well each is moved into place
+    and what the ``earlier`` set wrote and the new one did not is removed; when it fails (a
+    full disk, a signal) the staging folder goes and ``folder`` is as it was."""
+    staging = folder / f".overwrite-{os.getpid()}"
+    _remove(staging)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        _remove(staging)
+        raise
+    _move_into_place(staging, folder)
+    remove_earlier(earlier)
+
+
+def _move_into_place(staging: Path, folder: Path) -> None:
+    """Rename each file and folder of ``staging`` into ``folder``: a file atomically over the
+    earlier one; an earlier folder of the same name is renamed away first and removed after."""
+    for item in sorted(staging.iterdir()):
+        target = folder / item.name
+        if item.is_dir() and target.is_dir() and not target.is_symlink():
+            away = staging / f".replaced-{item.name}"
+            os.replace(target, away)
+            os.replace(item, target)
+            shutil.rmtree(away, ignore_errors=True)
+        else:
+            os.replace(item, target)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _flag(name: str) -> str:

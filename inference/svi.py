@@ -89,24 +89,26 @@ def fit_svi(model, guide, x: torch.Tensor, *, elbo: str | pyro.infer.ELBO = "Tra
             checkpoint_seconds: float = CHECKPOINT_SECONDS, resume: bool = False,
             jit: bool = False, stop_tol: float = STOP_TOL, stop_window: int = STOP_WINDOW,
             progress: bool = False, model_name: str = "", guide_name: str = "",
-            restart: int | None = None, schedule: str = "auto",
-            average: bool = True) -> FitResult:
+            restart: int | None = None, schedule: str = "decay-average",
+            average: bool = True, validation: float = 0.0) -> FitResult:
     """Maximize the ELBO of ``model``/``guide`` on ``x : (N, D)`` with Adam (see the module).
 
     Each step sees ``batch_size`` rows (per rank; all when ``None``), the ELBO scaled to the
     whole data set; ``history["elbo"]`` holds every step's estimate in mean nats per datapoint.
-    ``steps`` is the cap. ``schedule="auto"`` steps the learning rate down when the fit is
-    stationary and ``average`` returns the last level's average of the iterates
+    ``steps`` is the cap. ``schedule="decay-average"`` lowers the rate once the ELBO is
+    stationary and ``average`` returns the final phase's average of the iterates
     (:mod:`inference.svi_schedule`); ``schedule="constant"`` or ``stop_tol=0`` keeps ``lr`` and
-    the last iterate. ``restart`` only names the restart in the resume line. The process's
-    random streams are left where the fit's last step left them."""
+    the last iterate. ``validation`` (a fraction of the rows; 0: none) holds rows out and
+    returns the parameters with their best ELBO, stopping early when it stops improving
+    (:mod:`inference.svi_validation`). ``restart`` only names the restart in the resume
+    line. The process's random streams are left where the fit's last step left them."""
     loop = svi_loop(model, guide, x, elbo=elbo, steps=steps, lr=lr, batch_size=batch_size,
                     num_particles=num_particles, seed=seed, binarize=binarize,
                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                     checkpoint_seconds=checkpoint_seconds, resume=resume, jit=jit,
                     stop_tol=stop_tol, stop_window=stop_window, progress=progress,
                     model_name=model_name, guide_name=guide_name, restart=restart,
-                    schedule=schedule, average=average)
+                    schedule=schedule, average=average, validation=validation)
     result = loop.run()
     loop.svi.release()
     return result

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from inference import interrupt
 from inference.distributed import Group
-from inference.runs import load_checkpoint, save_checkpoint
+from inference.runs import check_svi_checkpoint, load_checkpoint, save_checkpoint
 from inference.svi_rows import checkpoint_exists
 from zoo.errors import InputError
 
@@ -60,9 +61,13 @@ class Checkpointer:
         a collective, so every rank calls it)."""
         every_rank = self.group.gather(streams) if self.group is not None else None
         if self.rank == 0:
-            save_checkpoint(self.path, {
-                **state, "seed": self.seed, "world_size": self.world, **streams,
-                **({"rank_streams": every_rank} if every_rank is not None else {})})
+            with interrupt.deferred():  # a signal meanwhile waits for the file to be whole
+                self._write(state, streams, every_rank)
+
+    def _write(self, state: dict, streams: dict, every_rank: list | None) -> None:
+        save_checkpoint(self.path, {
+            **state, "seed": self.seed, "world_size": self.world, **streams,
+            **({"rank_streams": every_rank} if every_rank is not None else {})})
 
     def saved(self, step: int) -> None:
         self.saved_step, self.last = step, time.perf_counter()
@@ -78,6 +83,7 @@ class Checkpointer:
         if missing:
             raise InputError(f"checkpoint {path} lacks {', '.join(missing)}; it is not an SVI "
                              "checkpoint of lvm-zoo: fit again into a new --out folder")
+        check_svi_checkpoint(path, state)  # step, history, finite parameters
         _check_world(path, int(state.get("world_size", 1)), self.world)
         for key in ("params", "best_params"):
             if key in state and sorted(state[key]) != names:

@@ -20,14 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 from guides.diagnostics import nonfinite_start
-from inference import distributed
-from inference.data import DynamicBinarization
+from inference import distributed, interrupt
+from inference.data import DynamicBinarization, too_large
 from inference.results import FitResult
 from inference.svi_checkpoint import Checkpointer, history_tensor
 from inference.svi_rows import RowSampler, broadcast_params
-from inference.svi_schedule import SCHEDULES, Refinement
+from inference.svi_schedule import DEFAULT_SCHEDULE, SCHEDULES, Refinement
 from inference.svi_step import Estimator, SVIStep, TrainingDiverged
 from inference.svi_stopping import STOP_TOL, STOP_WINDOW, BestWindow, StoppingRule
+from inference.svi_validation import held_out
 from zoo.errors import InputError
 
 
@@ -48,8 +49,9 @@ class SVISettings:
     progress: bool = False
     model_name: str = ""
     guide_name: str = ""
-    schedule: str = "auto"  # "auto": step the rate down when stationary; "constant"
+    schedule: str = DEFAULT_SCHEDULE  # "decay-average" (svi_schedule) or "constant"
     average: bool = True  # return the last level's average of the iterates
+    validation: float = 0.0  # share of the rows held out to choose the kept parameters
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -88,6 +90,12 @@ class SVILoop:
     def __init__(self, model, guide, x: torch.Tensor, settings: SVISettings, *,
                  checkpointer: Checkpointer | None = None, binarize: str | None = None,
                  resume: bool = False):
+        # held-out rows (inference.svi_validation): SVI fits the others
+        self.held_out, self.held_out_note = held_out(
+            x, guide, settings.validation, seed=settings.seed, every=settings.stop_window,
+            elbo=settings.elbo, binarize=binarize)
+        x = x if self.held_out is None else self.held_out.train
+        self.judged = (model, guide)  # the held-out ELBO's model and guide, as given
         self.settings, self.num_data = settings, x.shape[0]
         self.group = group = distributed.current()
         rank = group.rank if group is not None else 0
@@ -106,7 +114,8 @@ class SVILoop:
         self.rule = StoppingRule(settings.stop_tol, settings.stop_window)
         self.best = BestWindow(settings.stop_window)
         self.refine = Refinement(settings.lr, settings.stop_window, settings.stop_tol,
-                                 average=settings.average, enabled=settings.schedule == "auto")
+                                 average=settings.average,
+                                 enabled=settings.schedule != "constant")
         self.checkpointer = checkpointer or Checkpointer(None, seed=settings.seed)
         self.history: list[float] = []
         self.first, self.trained_before, self.resumed_from = 0, 0.0, None
@@ -134,6 +143,8 @@ class SVILoop:
         self.trained_before = float(state.get("seconds", 0.0))
         self.best.restore(self.history, state)
         self.refine.restore(state)
+        if self.held_out is not None:
+            self.held_out.restore(state)
         self.svi.lr = self.refine.lr
         self.rows.restore(state)
         with self.svi.owned():  # the same binarization as the uninterrupted run
@@ -151,9 +162,17 @@ class SVILoop:
                 value = svi.step(*args)
             except TrainingDiverged as error:
                 raise self._diverged(error, step, args) from None
+            except (ValueError, ArithmeticError, torch.linalg.LinAlgError) as error:
+                if step == self.first and self.resumed_from is None:
+                    raise  # before any update: the model, the guide or the data, as they are
+                detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise self._diverged(TrainingDiverged(  # an update left the parameters' set
+                    f"the model failed ({detail.rstrip('.;')})"), step, args) from None
             self.history.append(-value / self.num_data)
             self.best.update(self.history, svi.names, svi.unconstrained)
             self.refine.after_step(self.history, svi)
+            if self.held_out is not None and self.held_out.due(step + 1):
+                self.held_out.update(step + 1, *self.judged, svi.names, svi.unconstrained)
             self.progress.update(step, self.history[-1])
             agreed = self.rows.agreed if self.group is not None else None
             if self.checkpointer.due(step + 1, agreed):
@@ -161,34 +180,53 @@ class SVILoop:
                 self.checkpointer.saved(step + 1)
         self.step = step + 1
         self.finished = self.step >= self.settings.steps or self.ended()
+        if interrupt.pending() is not None and not self.finished:
+            self._interrupted()
         return not self.finished
+
+    def _interrupted(self) -> None:
+        """A signal came during the step just taken: save it, then stop the fit."""
+        if self.checkpointer.saved_step != self.step:
+            with self.svi.owned():
+                self._save(self.step)
+            self.checkpointer.saved(self.step)
+        raise interrupt.Interrupted(interrupt.take(), checkpoint=self.checkpointer.path,
+                                    where=f"step {self.step} of {self.settings.steps}")
 
     def ended(self) -> bool:
         """Whether the fit has converged: the last level stationary, or with a constant
         rate the stopping rule met."""
+        if self.held_out is not None and self.held_out.stopped:  # early stopping
+            return True
         return self.refine.done if self.refine.enabled else self.rule.converged(self.history)
 
-    def _diverged(self, error: TrainingDiverged, step: int, args: tuple) -> TrainingDiverged:
+    def _diverged(self, error: TrainingDiverged, step: int,
+                  args: tuple) -> TrainingDiverged | InputError:
         """The divergence at ``step`` (0-based), with the fit, the checkpoint on disk and what
-        to change: on a fresh fit's first step with finite data, the site whose start is not
-        finite (:func:`guides.diagnostics.nonfinite_start`), else the learning rate or data."""
+        to change: on a fresh fit's first step with finite data, data too large for their
+        dtype's arithmetic (an InputError: rescale them) or the site whose start is not finite
+        (:func:`guides.diagnostics.nonfinite_start`), else the learning rate or data."""
         s, svi = self.settings, self.svi
         fitted = f" of {s.model_name or 'the fit'}" + (
             f" with guide {s.guide_name}" if s.guide_name else "")
         start = ""
         if step == self.first and self.resumed_from is None and bool(
                 torch.isfinite(args[0]).all()):
+            large = too_large(args[0])
+            if large is not None:  # the data, not the fit: an input error
+                return InputError(f"{error} at step 1{fitted}: {large}")
             start = nonfinite_start(svi.model, svi.guide, *args, **svi.kwargs)
         return TrainingDiverged(
             f"{error} at step {step + 1}{fitted}{self.checkpointer.kept_message()}; "
-            + (start or "lower the learning rate (--lr) or check the data"))
+            + (start or f"lower the learning rate (--lr, {s.lr:g} now) or check the data"))
 
     def _save(self, taken: int) -> None:
         self.checkpointer.save({
             "step": taken, "seconds": self.seconds(), "history": history_tensor(self.history),
             # unconstrained values: the constraints are re-created by running model and guide
             "params": self.svi.values(), "optimizer": self.svi.optimizer.state_dict(),
-            **self.rows.state(), **self.best.state(), **self.refine.state()},
+            **self.rows.state(), **self.best.state(), **self.refine.state(),
+            **(self.held_out.state() if self.held_out is not None else {})},
             {**self.svi.streams(), **self.data.state()})
 
     def seconds(self) -> float:
@@ -196,9 +234,17 @@ class SVILoop:
         return self.trained_before + time.perf_counter() - self.start
 
     def run(self) -> FitResult:
-        while self.advance():
-            pass
-        return self.result()
+        """Step to the end; a SIGINT or SIGTERM (:mod:`inference.interrupt`) stops the fit
+        after the step it came in, with the checkpoint written (alone, with a checkpoint path:
+        under a process group a signal stops each rank at once, from the last checkpoint)."""
+        with interrupt.listening(self.checkpointer.enabled and self.group is None):
+            while self.advance():
+                pass
+            result = self.result()
+            if interrupt.pending() is not None:  # came in the last step: the fit is whole
+                raise interrupt.Interrupted(interrupt.take(), checkpoint=self.checkpointer.path,
+                                            where=f"step {self.step} of {self.settings.steps}")
+        return result
 
     def result(self) -> FitResult:
         """The fit as it stands: its checkpoint written, the best window's parameters kept
@@ -211,7 +257,12 @@ class SVILoop:
             rule_met = self.ended()
             collapse = self.best.collapse(self.history)
             average = self.refine.average()
-            if collapse is not None:  # the best window's parameters, not the collapsed last
+            if self.held_out is not None:  # the held-out rows choose what is kept
+                collapse, chosen = None, self.held_out.choose(*self.judged, average,
+                                                              self.svi.assign)
+                if chosen is not None:
+                    self.svi.assign(chosen)
+            elif collapse is not None:  # the best window's parameters, not the collapsed last
                 self.svi.assign(self.best.params)
             elif average is not None:
                 self.svi.assign(average)
@@ -229,4 +280,5 @@ class SVILoop:
                   "batch_size": s.batch_size, "num_particles": s.num_particles,
                   "max_steps": s.steps, "stop_tol": s.stop_tol, "stop_window": s.stop_window,
                   "stopping_rule_met": rule_met, "resumed_from_step": self.resumed_from,
-                  **self.refine.describe(), **world, **kept})
+                  **self.refine.describe(), **world, **kept, **self.held_out_note,
+                  **(self.held_out.describe(taken) if self.held_out is not None else {})})

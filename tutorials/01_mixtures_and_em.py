@@ -392,6 +392,9 @@ one_hot = torch.nn.functional.one_hot(hard.labels, 2).double()
 axes[-1].scatter(x[:, 0], x[:, 1], s=6, c=(one_hot @ red_blue).numpy())
 axes[-1].plot(hard.centers[:, 0], hard.centers[:, 1], "kx", ms=10, mew=2)
 axes[-1].set_title(f"K-means (Lloyd)\ninertia {hard.inertia:.1f}", fontsize=9)
+for ax in axes:
+    ax.set_xlabel(f"{faithful.feature_names[0]} (standardized)", fontsize=8)
+axes[0].set_ylabel(f"{faithful.feature_names[1]} (standardized)", fontsize=8)
 fig.tight_layout()
 show(fig, "kmeans_limit")
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import inspect
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 
 from zoo.errors import InputError
 from zoo.plugins import Registry
+from zoo.user_files import run_model_file
 
 Params = dict[str, torch.Tensor]
 
@@ -189,14 +188,23 @@ class ModelSpec:
     def capability(self, name: str) -> Any:
         """The hook behind capability ``name`` (one of this module's capability names, or any
         other a strategy asks for), or ``None`` when the model has none."""
+        answers = self._answers()
+        return answers[name] if name in answers else self.capabilities.get(name)
+
+    def _answers(self) -> dict[str, Any]:
         em = self.em
-        answers = {
+        return {
             CLOSED_FORM: self.closed_form, EM_STEPS: em,
             COMBINABLE_STATISTICS: em.combine if em is not None else None,
             HARD_ASSIGNMENT_M_STEP: self.from_assignments, GUIDES: self.guides or None,
             LOCAL_LATENTS: self.local_sites or None, GLOBAL_LATENTS: self.global_sites or None,
             EXACT_MARGINAL: self.log_marginal}
-        return answers[name] if name in answers else self.capabilities.get(name)
+
+    def offered(self) -> tuple[str, ...]:
+        """The names of every capability the model has (``lvm-zoo list`` shows them): those
+        its fields answer, then those of ``capabilities``."""
+        return tuple(name for name in dict.fromkeys([*self._answers(), *self.capabilities])
+                     if self.has(name))
 
     def has(self, name: str) -> bool:
         """Whether the model has capability ``name``."""
@@ -221,7 +229,7 @@ class ModelSpec:
 # declares its own (see zoo.plugins).
 BUILTINS = (("gmm", "zoo.gmm"), ("ppca", "zoo.ppca"), ("dglvm", "zoo.dglvm"),
             ("mppca", "zoo.mppca"), ("student-t-mixture", "zoo.student_t_mixture"),
-            ("bayesian-gmm", "zoo.bayesian_gmm"))
+            ("bayesian-gmm", "zoo.bayesian_gmm"), ("bayesian-ppca", "zoo.bayesian_ppca"))
 _REGISTRY: Registry[ModelSpec] = Registry("lvm_zoo.models", "model", BUILTINS)
 _ORIGINS: dict[str, str] = {}  # model name -> "path/to/file.py:NAME" for models from user files
 _SOURCES: dict[str, tuple[ModelSpec, str]] = {}  # name -> (spec, the file that declared it)
@@ -276,6 +284,13 @@ def get_model(name: str) -> ModelSpec:
         name = model_name
         if name in _REGISTRY:
             _ORIGINS[name] = f"{Path(path).resolve()}:{name}"
+        else:
+            declared = sorted(n for n, (_, source) in _SOURCES.items()
+                              if source == str(Path(path).resolve()))
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise InputError(f"model file '{path}' declares no model '{name}'; {hint}it "
+                             f"declares: {', '.join(declared) or 'none (call zoo.declare)'}")
     registry = models()
     if name not in registry:
         known = ", ".join(sorted(registry)) or "(none registered)"
@@ -293,21 +308,10 @@ def model_reference(spec: ModelSpec) -> str:
 
 
 def _import_user_file(path: Path) -> None:
-    if not path.is_file():
-        raise InputError(f"model file '{path}' does not exist; check the path")
-    module_name = f"lvm_zoo_user_{path.stem}"
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
+    """Run the model file (:func:`zoo.user_files.run_model_file`: every failure one
+    InputError), its declarations knowing their source."""
     _IMPORTING.append(path.resolve())
     try:
-        module_spec.loader.exec_module(module)
-    except InputError as error:  # a declaration the zoo refused: its message says the fix
-        del sys.modules[module_name]
-        raise InputError(f"model file '{path}': {error}") from None
-    except Exception as error:
-        del sys.modules[module_name]
-        raise InputError(f"model file '{path}' failed to import ({type(error).__name__}: "
-                         f"{error}); run `python {path}` to see where, and fix it") from error
+        run_model_file(path)
     finally:
         _IMPORTING.pop()

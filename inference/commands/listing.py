@@ -16,8 +16,12 @@ def main(args: argparse.Namespace) -> int:
     print("Models")
     for name, entry in catalogue["models"].items():
         print(f"  {name:<10} {entry['summary']}")
-        print(f"  {'':<10} inference: {', '.join(entry['inference'])}; guides: "
-              f"{', '.join(entry['guides']) or '-'}; default data: {entry['default_data']}")
+        takes_guide = [n for n in entry["inference"] if catalogue["inference"][n]["takes_guide"]]
+        guides = (f"guides (for {', '.join(takes_guide)}): {', '.join(entry['guides'])}"
+                  if takes_guide and entry["guides"] else "guides: -")
+        print(f"  {'':<10} inference: {', '.join(entry['inference'])}; {guides}; default "
+              f"data: {entry['default_data']}")
+        print(f"  {'':<10} has: {'; '.join(entry['capabilities']) or '-'}")
         if entry["notes"]:
             print(f"  {'':<10} {entry['notes']}")
     print("\nInference methods (--inference)")

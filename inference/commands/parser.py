@@ -129,8 +129,11 @@ def _run_commands(commands) -> None:
     sample.add_argument("run_dir", help="the --out folder of a `lvm-zoo fit` run")
     sample.add_argument("-n", "--num", type=int, default=64, help="rows to draw (default 64)")
     sample.add_argument("--out", default=None,
-                        help="file to write (CSV, or a PNG grid for image data; default: "
-                             "samples.csv / samples.png in the run folder)")
+                        help="file to write (CSV, or a PNG grid for image data; default: a new "
+                             "samples.csv / samples.png in the current folder, numbered "
+                             "samples-2.csv, ... when taken; never a file of the run)")
+    sample.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists (otherwise it is refused)")
     sample.add_argument("--model", help="FILE.py for a run of a model from a user file")
     sample.add_argument("--seed", type=int, default=None, help="seed of the draws")
 
@@ -139,7 +142,11 @@ def _run_commands(commands) -> None:
     predict.add_argument("run_dir", help="the --out folder of a `lvm-zoo fit` run")
     predict.add_argument("--data", required=True, help="a .csv/.npy/.npz file or dataset name")
     predict.add_argument("--out", default=None,
-                         help="CSV to write (default: predictions.csv in the run folder)")
+                         help="CSV to write (default: a new predictions.csv in the current "
+                              "folder, numbered predictions-2.csv, ... when taken); its rows "
+                              "are split=new")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace --out if it exists (otherwise it is refused)")
     predict.add_argument("--model", help="FILE.py for a run of a model from a user file")
 
 

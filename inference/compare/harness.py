@@ -34,6 +34,7 @@ from inference.compare.report import write_report
 from inference.compare.tables import summarize, write_csv
 from inference.data import DataRequest, load
 from inference.fitting import (
+    DATA_KEYWORDS,
     data_request,
     grid_option_names,
     make_config,
@@ -42,18 +43,20 @@ from inference.fitting import (
     split_options,
     write_run,
 )
+from inference.preflight import preflight
+from inference.run_folder import staged
 from inference.runs import (
     check_writable,
     earlier_files,
     fresh_folder,
     locked,
     refuse_earlier,
-    remove_earlier,
     write_json,
 )
 from inference.strategies import Cell
 from zoo.errors import InputError
 from zoo.registry import ModelSpec
+from zoo.resources import MAX_FITS, check_count
 
 REFERENCES = ("nuts",)
 
@@ -111,15 +114,25 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     options = {k: v for k, v in options.items() if k not in grid_names}
     _check_options(seeds=seeds, reference=reference, gap_rows=gap_rows, draws=draws,
                    grid_options=grid_options, options=options)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):  # before the data are read
+        check_count(f"the fits of --seeds {seeds:,} (at least one per seed)", seeds, MAX_FITS,
+                    "give fewer --seeds")
+    data_keywords = {k: options.pop(k) for k in list(options) if k in DATA_KEYWORDS}
     model_options, fit_options = split_options(spec, options)
-    request = data_request(spec, data, seed)
+    request = data_request(spec, data, seed, **data_keywords)
     loaded = load(request, spec)
     config = make_config(spec, loaded, model_options)  # once, for every cell and seed
     nuts = {"samples": nuts_samples, "warmup": nuts_warmup, "chains": nuts_chains}
     if reference == "nuts":
         export.NutsOptions.make(**nuts)
         export.check_nuts_applies(spec, config, loaded.train)
+    if any(registry.strategies()[name].uses_guide for name in registry.applicable(spec)):
+        preflight(spec, config, loaded.train, None, seed=seed)  # the grid traces the model
     cells = _chosen(strategy_grid(spec, config, loaded.train, **grid_options), strategies)
+    check_count(f"the fits of --seeds {seeds:,} × {len(cells)} cells", seeds * len(cells),
+                MAX_FITS,
+                "give fewer --seeds or --strategies (or split the seeds over several "
+                "comparisons with --seed)")
     plans = [(cell, plan(spec, inference=cell.strategy, guide=cell.guide, data=request, seed=s,
                          iwae_samples=iwae_samples, progress=progress, posterior=False,
                          **model_options, **_cell_options(cell, fit_options)))
@@ -139,25 +152,29 @@ def _run_grid(spec: ModelSpec, plans: list, loaded, config, *, out, overwrite: b
     with locked(compare_dir):  # one process at a time writes a comparison folder
         refuse_earlier(compare_dir, comparison=True, overwrite=overwrite)
         earlier = earlier_files(compare_dir, comparison=True) if overwrite else {}
-        fits = [_fitted(cell, settled, loaded, config, compare_dir, gap_rows)
-                for cell, settled in plans]
-        _measured(spec, config, fits, loaded.train, seed, draws, reference, nuts)
-        for item in fits:
-            item.run_dir = compare_dir / f"{item.cell.slug}-seed{item.seed}"
-            write_run(item.fitted, item.run_dir, figures=False, posterior=False,
-                      measures=item.measures)  # the comparison exports its posterior.nc next
-            _export(item)
-        records = [item.record for item in fits]
-        records += _baselines(spec, config, loaded, compare_dir, seed, progress)
-        summary = summarize(records)
-        _write(compare_dir, records, summary)
-        figures = comparison_figures(spec, loaded.dataset, config, fits, summary, loaded.train,
-                                     compare_dir, seed)
-        if report:
-            write_report(compare_dir, spec=spec, dataset=loaded.dataset, config=config,
-                         records=records, summary=summary, figures=figures,
-                         summaries=_arviz_summaries(fits, seed), nuts=_nuts_notes(fits))
-        remove_earlier(earlier)  # --overwrite: what the new comparison did not write anew
+        # written beside the earlier comparison, moved into place when whole (--overwrite:
+        # then what the new comparison did not write anew goes)
+        with staged(compare_dir, earlier) as staging:
+            fits = [_fitted(cell, settled, loaded, config, compare_dir, gap_rows)
+                    for cell, settled in plans]
+            _measured(spec, config, fits, loaded.train, seed, draws, reference, nuts)
+            for item in fits:
+                name = f"{item.cell.slug}-seed{item.seed}"
+                item.run_dir = staging / name
+                write_run(item.fitted, item.run_dir, final=compare_dir / name, figures=False,
+                          posterior=False, measures=item.measures)  # posterior.nc next
+                _export(item, compare_dir / name)
+                item.run_dir = compare_dir / name
+            records = [item.record for item in fits]
+            records += _baselines(spec, config, loaded, compare_dir, seed, progress, staging)
+            summary = summarize(records)
+            _write(staging, records, summary)
+            figures = comparison_figures(spec, loaded.dataset, config, fits, summary,
+                                         loaded.train, staging, seed)
+            if report:
+                write_report(staging, spec=spec, dataset=loaded.dataset, config=config,
+                             records=records, summary=summary, figures=figures,
+                             summaries=_arviz_summaries(fits, seed), nuts=_nuts_notes(fits))
     return Comparison(records, summary)
 
 
@@ -201,7 +218,7 @@ def _cell_options(cell: Cell, options: dict) -> dict:
 
 
 def _baselines(spec: ModelSpec, config, loaded, compare_dir: Path, seed: int,
-               progress: bool) -> list[dict]:
+               progress: bool, staging: Path) -> list[dict]:
     """The other models ``spec.baselines`` names (PPCA beside the deep model), fitted on the
     same split by their baseline strategies (closed form, EM), options derived from ``config``."""
     records = []
@@ -215,7 +232,8 @@ def _baselines(spec: ModelSpec, config, loaded, compare_dir: Path, seed: int,
             settled = plan(other, inference=inference, seed=seed, data=loaded.request,
                            posterior=False, **derive(config))
             fitted = run(settled, loaded=loaded)
-            record = write_run(fitted, compare_dir / f"baseline-{name}-{inference}-seed{seed}",
+            folder = f"baseline-{name}-{inference}-seed{seed}"
+            record = write_run(fitted, staging / folder, final=compare_dir / folder,
                                figures=False, posterior=False,
                                measures={"strategy": f"{name} {inference}",
                                          "compare_dir": str(compare_dir)})
@@ -224,8 +242,13 @@ def _baselines(spec: ModelSpec, config, loaded, compare_dir: Path, seed: int,
 
 
 def _chosen(grid: list[Cell], names: Sequence[str] | None) -> list[Cell]:
-    if not names:
+    if names is None:
         return grid
+    if isinstance(names, str):  # "em,svi-exact", as the flag takes it
+        names = [n for n in names.split(",") if n]
+    if not names:
+        raise InputError("--strategies names no cell; name at least one (e.g. "
+                         f"{grid[0].slug if grid else 'em'}), or leave it out for every cell")
     slugs = {c.slug: c for c in grid}
     unknown = [n for n in names if n not in slugs]
     if unknown:
@@ -304,8 +327,8 @@ def _nuts_reference(spec, config, fits: list[Fit], x, rows, seed, **nuts) -> Non
         item.add(reference_distance=export.reference_distance(item.draws, item.reference))
 
 
-def _export(item: Fit) -> None:
-    """posterior.nc (and nuts.nc) into the fit's run folder."""
+def _export(item: Fit, final: Path) -> None:
+    """posterior.nc (and nuts.nc) into the fit's run folder (``final`` once in place)."""
     run_dir = item.run_dir
     record = item.record
     attrs = {"model": record["model"], "strategy": item.cell.label,
@@ -316,8 +339,8 @@ def _export(item: Fit) -> None:
     if item.draws is not None:
         item.idata = export.to_inference_data(item.draws, history=item.result.history,
                                               attrs=attrs)
-        item.add(posterior_file=str(export.save_inference_data(
-            item.idata, run_dir / export.POSTERIOR_FILE)))
+        export.save_inference_data(item.idata, run_dir / export.POSTERIOR_FILE)
+        item.add(posterior_file=str(final / export.POSTERIOR_FILE))
     if item.reference is not None:
         item.reference_idata = export.to_inference_data(
             item.reference, attrs={**attrs, "reference": "nuts", **item.reference.diagnostics})

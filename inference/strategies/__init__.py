@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -197,19 +198,29 @@ def make_options(options_class: type, given: dict[str, Any], *, owner: str) -> A
     """``options_class(**given)`` with every value checked against its field's type and
     ``metadata``; ``None`` values are left at the default. An unknown name is an error that
     says which strategy takes it."""
-    fields = {f.name: f for f in dataclasses.fields(options_class)}
-    hints = typing.get_type_hints(options_class)
-    chosen = {}
+    fields = {f.name for f in dataclasses.fields(options_class)}
     for name, value in given.items():
-        if value is None:
-            continue
-        if name not in fields:
+        if value is not None and name not in fields:
             owners = option_owners().get(name)
             where = (f"it applies to --inference {' or '.join(owners)}" if owners
                      else "no strategy takes it" + closest(name, option_owners()))
             raise InputError(f"{flag(name)} does not apply to {owner}; {where}")
-        chosen[name] = _checked(name, value, hints[name], fields[name].metadata)
-    return options_class(**chosen)
+    return options_class(**checked_fields(options_class, given))
+
+
+def checked_fields(fields_class: type, given: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``given`` that are not ``None``, each checked against the declaration of
+    its field of the dataclass ``fields_class``: the field's type (an int is not 2.5 or "3"; a
+    float is finite) and its ``metadata`` (``min``, ``positive``, ``choices``). The one check
+    of a strategy's options and of a model's config fields, for flags and keywords alike; a
+    name that is not a field is left to the caller."""
+    fields = {f.name: f for f in dataclasses.fields(fields_class)}
+    try:
+        hints = typing.get_type_hints(fields_class)
+    except Exception:  # noqa: BLE001 -- a user's config whose annotations do not resolve
+        hints = {}
+    return {name: _checked(name, value, hints.get(name, Any), fields[name].metadata)
+            for name, value in given.items() if value is not None and name in fields}
 
 
 def closest(name: str, known) -> str:
@@ -222,24 +233,54 @@ def _checked(name: str, value: Any, hint: Any, metadata) -> Any:
     kinds = _kinds(hint)
     if bool in kinds and isinstance(value, bool):
         return value
+    if tuple in kinds and isinstance(value, list):  # a keyword's list is the flag's tuple
+        value = tuple(value)
     if isinstance(value, bool) or not any(_is(value, k) for k in kinds):
         wanted = " or ".join(getattr(k, "__name__", str(k)) for k in kinds if k is not
                              type(None))
-        raise InputError(f"{flag(name)}={value!r} must be {wanted}")
+        raise InputError(f"{flag(name)}={value!r} must be {wanted}, got "
+                         f"{type(value).__name__}")
     if float in kinds and isinstance(value, int):
         value = float(value)
-    if isinstance(value, tuple) and not all(isinstance(v, str) for v in value):
-        raise InputError(f"{flag(name)}={value!r} must be a tuple of names")
+    if isinstance(value, tuple):
+        _check_items(name, value, _item_kinds(hint))
     choices = metadata.get("choices")
     for item in value if isinstance(value, tuple) else (value,):
         if choices is not None and item not in choices:
             raise InputError(f"{flag(name)} {item!r} is not one of: {', '.join(map(str, choices))}")
-    low = metadata.get("min")
+    low, positive = metadata.get("min"), metadata.get("positive")
+    if isinstance(value, float) and not math.isfinite(value):
+        need = ("positive and finite" if positive else f"finite and at least {low}"
+                if low is not None else "a finite number")
+        raise InputError(f"{flag(name)} {value} must be {need}")
     if low is not None and value < low:
         raise InputError(f"{flag(name)} {value} must be at least {low}")
-    if metadata.get("positive") and not value > 0:
-        raise InputError(f"{flag(name)} {value} must be positive")
+    if positive and not value > 0:
+        raise InputError(f"{flag(name)} {value} must be positive and finite")
     return value
+
+
+def _item_kinds(hint: Any) -> tuple:
+    """The types a tuple field's items may have (``tuple[int, ...]`` -> ``(int,)``; a bare
+    ``tuple``: any)."""
+    for kind in _union(hint):
+        if typing.get_origin(kind) is tuple:
+            return tuple(k for k in typing.get_args(kind) if k is not Ellipsis) or (Any,)
+    return (Any,)
+
+
+def _check_items(name: str, value: tuple, kinds: tuple) -> None:
+    for item in value:
+        if isinstance(item, bool) and bool not in kinds or not any(_is(item, k) for k in kinds):
+            wanted = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
+            raise InputError(f"{flag(name)}={value!r} must be a tuple of {wanted}, got "
+                             f"{item!r}")
+
+
+def _union(hint: Any) -> tuple:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return typing.get_args(hint)
+    return (hint,)
 
 
 def _kinds(hint: Any) -> tuple:

@@ -15,6 +15,10 @@ The loop is scikit-learn's (``BaseMixture.fit_predict``): from a start of q(loca
 update of q(global), then per iteration q(local), q(global) and the bound at (q(local),
 q(global)); stop when the bound changes by less than ``tol``; restarts keep the best bound.
 ``inference.estimators_sklearn.bayesian_mixture`` runs the same loop.
+
+A model whose hook has ``updates`` (a :class:`zoo.bayesian_ppca.BlockCoordinateAscent`: Bayesian
+PPCA with ARD) is fitted by :func:`run_blocks` instead: each sweep updates every block of q in
+turn, each in closed form, and the whole ELBO is checked after every sweep (or every block).
 """
 
 from __future__ import annotations
@@ -129,13 +133,85 @@ def fit_cavi(steps, config, x: torch.Tensor, *, n_init: int = 1, init: str | Non
     return best, priors
 
 
+class BlockRun(NamedTuple):
+    """One coordinate-ascent run of a model whose blocks are all updated in turn."""
+
+    posterior: Any  # q, the model's own type
+    elbo: float  # the whole ELBO after the last sweep, nats
+    history: list  # the whole ELBO after every sweep, nats
+    n_iter: int
+    converged: bool
+    decreases: list  # (iteration, block, amount in nats) of each decrease beyond rounding
+
+
+def run_blocks(steps, config, x: torch.Tensor, posterior, *, max_iter: int, tol: float,
+               check_blocks: bool = False) -> BlockRun:
+    """Sweeps of ``steps.updates`` (each block's closed-form optimum given the rest) from
+    ``posterior`` until a sweep changes the whole ELBO by less than ``tol`` (total nats).
+    The ELBO is checked never to fall after every sweep, or after every block update where
+    ``check_blocks`` (one ELBO per block: slower)."""
+    previous = float(steps.elbo(config, x, posterior))
+    history, decreases = [], []
+    value, converged, n_iter = previous, False, 0
+    slack = rounding_slack(previous, x.shape[0], x.dtype)
+
+    def checked(value, before, iteration, block):
+        fall = before - value
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the ELBO is {value} at iteration {iteration} "
+                                     f"(block {block}); check the data for constant columns")
+        if fall > slack:
+            decreases.append((iteration, block, fall))
+            warnings.warn(f"CAVI: the whole ELBO fell by {fall:.3g} nats at iteration "
+                          f"{iteration}, block {block} ({before:.10g} -> {value:.10g}); "
+                          "coordinate ascent cannot do that, so this is a bug: please report "
+                          "it", ElboDecreaseWarning, stacklevel=3)
+
+    for n_iter in range(1, max_iter + 1):
+        start = previous
+        for block, update in steps.updates:
+            posterior = update(config, x, posterior)
+            if check_blocks:
+                value = float(steps.elbo(config, x, posterior))
+                checked(value, previous, n_iter, block)
+                previous = value
+        if not check_blocks:
+            value = float(steps.elbo(config, x, posterior))
+            checked(value, previous, n_iter, "sweep")
+        previous = value
+        slack = rounding_slack(value, x.shape[0], x.dtype)
+        history.append(value)
+        if abs(value - start) < tol:
+            converged = True
+            break
+    return BlockRun(posterior, value, history, n_iter, converged, decreases)
+
+
+def fit_blocks(steps, config, x: torch.Tensor, *, n_init: int = 1, init: str | None = None,
+               max_iter: int = MAX_ITER, tol: float = TOL,
+               generator: torch.Generator | None = None) -> BlockRun:
+    """The best of ``n_init`` block coordinate-ascent runs from ``steps.initial``;
+    ``tol`` in nats per datapoint."""
+    init = init or steps.init_methods[0]
+    if init not in steps.init_methods:
+        raise InputError(f"--init {init!r} is not one of: " + ", ".join(steps.init_methods))
+    best = None
+    for _ in range(n_init):
+        start = steps.initial(config, x, generator, init)
+        run = run_blocks(steps, config, x, start, max_iter=max_iter, tol=tol * x.shape[0])
+        if best is None or run.elbo > best.elbo:
+            best = run
+    return best
+
+
 @dataclass(frozen=True)
 class CAVIOptions:
     n_init: int | None = field(default=None, metadata={
         "help": "CAVI restarts; the best whole ELBO is kept (default 1)", "min": 1})
     init: str | None = field(default=None, metadata={
-        "help": "start of q(z): kmeans (Lloyd from k-means++ seeds, the default), k-means++, "
-                "random or random_from_data (scikit-learn's init_params)"})
+        "help": "start of q: for a mixture, q(z) from kmeans (Lloyd from k-means++ seeds, the "
+                "default), k-means++, random or random_from_data (scikit-learn's init_params); "
+                "for bayesian-ppca, W from pca (the default) or random"})
     tol: float | None = field(default=None, metadata={
         "help": "CAVI stops when an iteration changes the whole ELBO by less than this, in "
                 f"nats per datapoint (default {TOL:g})", "positive": True})
@@ -157,6 +233,9 @@ class CoordinateAscentVI(Strategy):
             raise InputError("--inference cavi keeps the rows in memory; drop --chunk-rows")
         started = time.perf_counter()
         generator = torch.Generator(device=x.device).manual_seed(context.seed)
+        if hasattr(steps, "updates"):  # every block in turn (zoo.bayesian_ppca)
+            return self._fit_blocks(spec, steps, config, x, options, generator, context,
+                                    started)
         run, _ = fit_cavi(steps, config, x, n_init=options.n_init or 1, init=options.init,
                           max_iter=options.max_iter or MAX_ITER, tol=options.tol or TOL,
                           generator=generator)
@@ -175,6 +254,26 @@ class CoordinateAscentVI(Strategy):
             device=str(x.device), seed=context.seed,
             info={"elbo": run.elbo, "elbo_per_datapoint": run.elbo / n,
                   "elbo_decreases": run.decreases})
+
+    def _fit_blocks(self, spec, steps, config, x, options, generator, context,
+                    started) -> FitResult:
+        run = fit_blocks(steps, config, x, n_init=options.n_init or 1, init=options.init,
+                         max_iter=options.max_iter or MAX_ITER, tol=options.tol or TOL,
+                         generator=generator)
+        if not run.converged:
+            warnings.warn(f"CAVI did not converge in {run.n_iter} iterations; increase "
+                          "max_iter or tol, or try more restarts (n_init)", ConvergenceWarning,
+                          stacklevel=3)
+        n = x.shape[0]
+        return FitResult(
+            model=spec.name, inference=self.name, guide=steps.guide, params={},
+            guide_params={k: v.detach() for k, v in
+                          steps.to_params(config, run.posterior).items()},
+            history={"elbo": [v / n for v in run.history]},
+            seconds=time.perf_counter() - started, steps=run.n_iter, converged=run.converged,
+            device=str(x.device), seed=context.seed,
+            info={"elbo": run.elbo, "elbo_per_datapoint": run.elbo / n,
+                  "elbo_decreases": run.decreases, **steps.summary(config, run.posterior)})
 
 
 register(CoordinateAscentVI())

@@ -59,7 +59,8 @@ class ExpectationMaximization(Strategy):
             context: FitContext = DEFAULT_CONTEXT) -> FitResult:
         chosen = {k: v for k, v in vars(options).items() if v is not None}
         return em.fit_em(spec, config, context.rows(x), seed=context.seed,
-                         progress=context.progress, **chosen)
+                         progress=context.progress, checkpoint=context.checkpoint,
+                         resume=context.resume, **chosen)
 
 
 register(ExpectationMaximization())

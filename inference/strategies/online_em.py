@@ -56,7 +56,9 @@ class OnlineEM(Strategy):
             context: FitContext = DEFAULT_CONTEXT) -> FitResult:
         chosen = {k: v for k, v in vars(options).items() if v is not None}
         return online_em.fit_online_em(spec, config, x, seed=context.seed,
-                                       progress=context.progress, **chosen)
+                                       progress=context.progress,
+                                       checkpoint=context.checkpoint, resume=context.resume,
+                                       **chosen)
 
     def cells(self, spec, config, x, grid_options) -> list[Cell]:
         return [Cell(self.name)]

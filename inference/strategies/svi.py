@@ -27,6 +27,7 @@ from inference import distributed
 from inference.results import FitResult
 from inference.strategies import DEFAULT_CONTEXT, Cell, FitContext, Strategy, register
 from inference.svi import ELBOS, fit_svi
+from inference.svi_schedule import SCHEDULES
 from zoo.errors import InputError
 from zoo.registry import DATA_PLATE, GUIDES
 
@@ -40,6 +41,11 @@ class SVIOptions:
         "min": 1})
     lr: float | None = field(default=None, metadata={
         "help": "SVI learning rate (Adam; default: the model's)", "positive": True})
+    schedule: str | None = field(default=None, metadata={
+        "help": "SVI learning-rate schedule: decay-average (default: the rate halves once the "
+                "ELBO is stationary and the iterates that follow are averaged, which the fit "
+                "returns) or constant (one rate, the last iterate, the stopping rule ends it)",
+        "choices": SCHEDULES})
     batch_size: int | None = field(default=None, metadata={
         "help": "SVI minibatch rows (default: the model's, else all)", "min": 1})
     elbo: str | None = field(default=None, metadata={
@@ -60,6 +66,10 @@ class SVIOptions:
         "min": 0.0})
     stop_window: int | None = field(default=None, metadata={
         "help": "steps per window of the stopping rule (default 100)", "min": 2})
+    validation: float | None = field(default=None, metadata={
+        "help": "share of the training rows SVI holds out: their ELBO chooses the parameters "
+                "kept and stops the fit early (default: the model's; 0.1 for dglvm, else 0)",
+        "min": 0.0})
     checkpoint_every: int | None = field(default=None, metadata={
         "help": "SVI checkpoint every N steps (default: every 60 s of training)", "min": 1})
 
@@ -96,6 +106,8 @@ class StochasticVariationalInference(Strategy):
             raise InputError(f"model '{spec.name}' has no guide '{guide}'; choose one of: "
                              + ", ".join(spec.guides))
         settings = self.settings(spec, config, x, options, guide)
+        if context.chunk_rows is not None and settings.get("validation"):
+            settings["validation"] = 0.0  # held-out rows would copy a streamed file whole
         if context.binarize == "dynamic":
             settings["binarize"] = "dynamic"
         restarts = options.restarts or 1
@@ -134,19 +146,25 @@ class StochasticVariationalInference(Strategy):
 
     @staticmethod
     def settings(spec, config, x, options: SVIOptions, guide: str) -> dict:
-        """``fit_svi``'s keywords: the options given, else the model's ``svi_defaults``.
+        """``fit_svi``'s keywords: the options given, else the guide's ``svi_defaults`` (a
+        class attribute of its factory), else the model's.
 
         Under a process group of ``W`` ranks ``batch_size`` is per rank (``W`` of them make a
         step's global batch): a default one larger than the data's share, ``N // W``, is cut to
         it, and ``--epochs`` counts passes of global batches."""
-        chosen = {**spec.svi_defaults,
+        factory = spec.guides[guide]
+        factory = getattr(factory, "factory", factory)  # a guide's own, over the model's
+        chosen = {**spec.svi_defaults, **getattr(factory, "svi_defaults", {}),
                   **{k: v for k, v in vars(options).items()
                      if v is not None and k != "restarts"}}
         chosen.setdefault("elbo", spec.default_elbo.get(guide, "Trace_ELBO"))
         num_data = x.shape[0]
         group = distributed.current()
         world = group.world_size if group is not None else 1
-        share = max(1, num_data // world)
+        # the rows SVI fits: those left after the held-out ones (inference.svi_validation)
+        held = 0 if getattr(spec.guides[guide], "per_datapoint", False) else round(
+            (chosen.get("validation") or 0.0) * num_data)
+        share = max(1, (num_data - held) // world)
         if options.batch_size is None and (chosen.get("batch_size") or 0) > share:
             chosen["batch_size"] = share  # a default minibatch larger than small data
         if options.steps is None and hasattr(config, "steps_for"):  # the model's --epochs
@@ -223,7 +241,10 @@ def _remove_restart_checkpoints(checkpoint: Path) -> None:
 
 
 def _score(result: FitResult) -> float:
-    """The mean ELBO of the state a fit returns: its kept best window, else its last tenth."""
+    """The mean ELBO of the state a fit returns: its held-out rows' ELBO when it has them,
+    its kept best window, else its last tenth."""
+    if result.info.get("validation_elbo") is not None:
+        return float(result.info["validation_elbo"])
     if result.info.get("kept") == "best":
         return float(result.info["best_window_elbo"])
     history = result.history["elbo"]

@@ -10,7 +10,14 @@ enough, read from a data file in ``zoo/posteriordb/data/`` (source and license s
 
 Parameter names follow posteriordb's (``theta[1]``, ``sigma``); :attr:`Posterior.reported`
 turns a dict of the model's latent site values (each with a leading draw dimension) into
-those named columns, so every strategy is judged on the same parameters as the reference.
+those named columns, so every strategy is judged on the same parameters as the reference;
+:attr:`Posterior.latent_values` is its inverse (site values from named columns).
+
+``suite()`` builds every posterior (about 0.3 s: the files are small), ``names()`` lists them,
+``get(name)`` builds one; the modules in :data:`MODULES` each hold ``POSTERIORS`` (name ->
+builder). Keys of :attr:`Posterior.extra`: ``"wide_priors"`` (site -> the scale of the wide
+proper prior that replaces the Stan program's flat one on it) and ``"dense_mass"`` (True where
+the posterior's correlations need NUTS with a dense mass matrix).
 """
 
 from __future__ import annotations

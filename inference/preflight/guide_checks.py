@@ -10,8 +10,8 @@ import re
 import torch
 from pyro import poutine
 
-from inference.check.report import Problem
-from inference.check.tracing import (
+from inference.preflight.report import Problem
+from inference.preflight.tracing import (
     _data_frame,
     _failure,
     _log_probs,
@@ -25,7 +25,7 @@ from inference.svi import make_elbo
 
 
 class _GuideChecks:
-    """Mixed into :class:`inference.check.checker._Checker`, which holds the state (``spec``,
+    """Mixed into :class:`inference.preflight.checker._Checker`, which holds the state (``spec``,
     ``config``, ``x``, ``rows``, ``batch``, ``full``, ``sub``, ``found``, ``model_ok``) and the
     methods shared with the model checks (``add``, ``devices``, ``_perturb``,
     ``_subsampled_failure``)."""
@@ -38,7 +38,7 @@ class _GuideChecks:
         except Exception as error:  # noqa: BLE001
             self.add(_failure(_Run(poutine.Trace(), error, []), "guide", name))
             return
-        run = _run(guide, self.x, audit=True, **self.full)
+        run = _run(guide, self.x, audit=self.thorough, **self.full)
         if run.error is not None:
             self.add(_failure(run, "guide", name))
             return
@@ -47,7 +47,8 @@ class _GuideChecks:
         if problem is not None:
             self.add(dataclasses.replace(problem, guide=name))
             return
-        self.devices(run, guide_trace, name)
+        if self.thorough:
+            self.devices(run, guide_trace, name)
         elbo_name = self.spec.default_elbo.get(name, "Trace_ELBO")
         before = len(self.found)
         self.match(name, guide_trace, model_trace, enumerates="Enum" in elbo_name)
@@ -62,6 +63,8 @@ class _GuideChecks:
         if problem is not None:
             self.add(dataclasses.replace(problem, guide=name, what=(
                 f"with the guide's draws: {problem.what}")))
+            return
+        if not self.thorough:
             return
         params = {n: s for n, s in guide_trace.nodes.items() if s["type"] == "param"}
         for param, site in params.items():
@@ -90,7 +93,7 @@ class _GuideChecks:
                     guide_name))
                 continue
             self.match_site(guide_name, name, site, model_site)
-        for name in latent:
+        for name in latent if self.thorough else ():  # a fit may enumerate it (--elbo)
             if name in guide_sites:
                 continue
             enumerated = model_sites[name]["infer"].get("enumerate") == "parallel"

@@ -11,8 +11,8 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
 
-from inference.check.report import Problem
-from inference.check.tracing import (
+from inference.preflight.report import Problem
+from inference.preflight.tracing import (
     _data_frame,
     _dist_name,
     _is_factor,
@@ -25,7 +25,7 @@ from inference.check.tracing import (
 
 
 class _ModelChecks:
-    """Mixed into :class:`inference.check.checker._Checker`, which holds the state (``spec``,
+    """Mixed into :class:`inference.preflight.checker._Checker`, which holds the state (``spec``,
     ``config``, ``x``, ``rows``, ``batch``, ``full``, ``sub``) and the methods shared with the
     guide checks (``add``, ``_perturb``, ``_subsampled_failure``)."""
 

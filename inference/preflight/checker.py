@@ -1,6 +1,6 @@
 """The checker of ``lvm-zoo check``: runs the model, then each guide, and gathers the problems;
-the model's own checks are in :mod:`inference.check.model_checks`, the guides' in
-:mod:`inference.check.guide_checks`. Here: what both share (the device audit's findings, the
+the model's own checks are in :mod:`inference.preflight.model_checks`, the guides' in
+:mod:`inference.preflight.guide_checks`. Here: what both share (the device audit's findings, the
 parameter constraints, a failure under subsampling)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pyro
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from inference.check.guide_checks import _GuideChecks
-from inference.check.model_checks import _ModelChecks
-from inference.check.report import Problem
-from inference.check.tracing import (
+from inference.preflight.guide_checks import _GuideChecks
+from inference.preflight.model_checks import _ModelChecks
+from inference.preflight.report import Problem
+from inference.preflight.tracing import (
     _CONSTRAINT,
     _PLATE_MISMATCH,
     _failure,
@@ -32,8 +32,10 @@ from zoo.registry import ModelSpec
 class _Checker(_ModelChecks, _GuideChecks):
     """One check of ``spec``'s model and guides on ``x``; what it finds goes to ``found``."""
 
-    def __init__(self, spec: ModelSpec, config, x: torch.Tensor, found: list[Problem]):
+    def __init__(self, spec: ModelSpec, config, x: torch.Tensor, found: list[Problem], *,
+                 thorough: bool = True):
         self.spec, self.config, self.x, self.found = spec, config, x, found
+        self.thorough = thorough  # False: only what a fit and the yardstick need (shapes)
         self.rows = x.shape[0]
         self.batch = max(1, self.rows // 4)
         self.model_lines: set[tuple[str, int]] = set()  # where the model makes tensors
@@ -54,7 +56,7 @@ class _Checker(_ModelChecks, _GuideChecks):
     def run(self, guides: tuple[str, ...]) -> None:
         with pyro.get_param_store().scope():
             model = self.spec.make_model(self.config, None)
-            run = _run(model, self.x, audit=True, **self.full)
+            run = _run(model, self.x, audit=self.thorough, **self.full)
             if run.error is not None:
                 self.add(_failure(run, "model"))
                 return
@@ -63,12 +65,13 @@ class _Checker(_ModelChecks, _GuideChecks):
             if problem is not None:
                 self.add(problem)
                 return
-            self.devices(run, trace, None)
             self.shapes(trace)
-            self.plates(trace)
-            self.subsampling(model, trace)
-            self.enumeration(model, trace)
-            self.constraints(model, trace)
+            if self.thorough:
+                self.devices(run, trace, None)
+                self.plates(trace)
+                self.subsampling(model, trace)
+                self.enumeration(model, trace)
+                self.constraints(model, trace)
         self.model_ok = not self.found  # else the guides' ELBO and subsampling only echo it
         for name in guides:
             with pyro.get_param_store().scope():

@@ -10,8 +10,8 @@ import pyro
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from inference.check.devices import _DeviceAudit
-from inference.check.report import Problem
+from inference.preflight.devices import _DeviceAudit
+from inference.preflight.report import Problem
 from zoo.errors import InputError
 from zoo.registry import DATA_PLATE
 

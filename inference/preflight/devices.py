@@ -124,7 +124,7 @@ _TORCH_DISTRIBUTIONS = str(Path(torch.__file__).resolve().parent / "distribution
 _PYRO = str(Path(pyro.__file__).resolve().parent)
 _STDLIB = tuple(str(Path(p).resolve()) for p in {sysconfig.get_paths()["stdlib"],
                                                   sysconfig.get_paths()["platstdlib"]})
-_HERE = os.path.join(str(Path(__file__).resolve().parent), "")  # inference/check/, all of it
+_HERE = os.path.join(str(Path(__file__).resolve().parent), "")  # inference/preflight/, all of it
 _ZOO_DECLARE = str(Path(__file__).resolve().parents[2] / "zoo" / "declare.py")
 
 

@@ -1,0 +1,403 @@
+"""The posteriordb suite: every posterior traces, reports posteriordb's parameters, has a finite
+log density at the reference mean that moves between two reference draws exactly as a plain
+loop-by-loop transcription of its Stan program says, and (the real check that a model was
+written right) short NUTS runs agree with the reference means within Monte Carlo error."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import MCMC, NUTS
+from pyro.ops.stats import effective_sample_size
+from scipy import stats
+from scipy.special import logsumexp
+
+from zoo.errors import InputError
+from zoo.posteriordb import get, names, suite
+from zoo.posteriordb.base import DATA, CumulativeExp, OrderedNormal
+from zoo.posteriordb.time_series import linear_recursion
+
+NAMES = names()
+
+
+@functools.cache
+def _posterior(name):
+    return get(name)
+
+
+def _point(post, values: np.ndarray) -> dict[str, torch.Tensor]:
+    """The latent site values at one point of the reported parameters."""
+    columns = {n: torch.tensor([float(v)], dtype=torch.float64)
+               for n, v in zip(post.reference.names, values, strict=True)}
+    return {site: value[0] for site, value in post.latent_values(columns).items()}
+
+
+def _log_joint(post, sites: dict[str, torch.Tensor]) -> float:
+    model = poutine.condition(post.model, data=sites)
+    trace = poutine.trace(model).get_trace(post.x, config=post.config())
+    return float(trace.log_prob_sum())
+
+
+def test_suite_has_at_least_twenty_posteriors_with_their_files():
+    posteriors = suite()
+    assert list(posteriors) == NAMES and len(NAMES) >= 20
+    readme = (DATA / "README.md").read_text()
+    for name, post in posteriors.items():
+        assert post.name == name
+        assert name in readme, f"{name} is not in data/README.md"
+    size = sum(path.stat().st_size for path in DATA.iterdir())
+    assert size < 5_000_000
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_traces_and_reports_the_reference_parameters(name):
+    post = _posterior(name)
+    config = post.config()
+    config.validate(post.x.shape[0])
+    assert post.x.dtype == torch.float64 and post.x.shape[1] == len(post.columns) == config.dim
+    trace = poutine.trace(post.model).get_trace(post.x, config=config)
+    latent = {site: node["value"] for site, node in trace.nodes.items()
+              if node["type"] == "sample" and not node["is_observed"]
+              and type(node["fn"]).__name__ != "_Subsample"}
+    for site in post.local_sites:
+        assert "data" in {frame.name for frame in trace.nodes[site]["cond_indep_stack"]}
+    reported = post.reported({site: value.unsqueeze(0) for site, value in latent.items()})
+    assert tuple(reported) == post.reference.names
+    assert all(value.shape == (1,) for value in reported.values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_files_agree_and_invert(name):
+    """The shipped means are those of the thinned draws (up to their Monte Carlo error), and
+    ``latent_values`` inverts ``reported`` on the reference draws."""
+    post = _posterior(name)
+    reference = post.reference
+    assert reference.draws.shape == (1000, len(reference.names))
+    assert np.all(reference.sd > 0)
+    standard_error = reference.sd / math.sqrt(reference.draws.shape[0])
+    # 1000 thinned draws of 10 000, nearly independent: 5 standard errors
+    assert np.all(np.abs(reference.draws.mean(0) - reference.mean) < 5 * standard_error)
+    columns = {n: torch.from_numpy(reference.draws[:, k].copy())
+               for k, n in enumerate(reference.names)}
+    back = post.reported(post.latent_values(columns))
+    for n in reference.names:
+        torch.testing.assert_close(back[n], columns[n], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_log_density_is_finite_at_the_reference_mean(name):
+    post = _posterior(name)
+    assert math.isfinite(_log_joint(post, _point(post, post.reference.mean)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stated_wide_priors_are_wide(name):
+    """Where Stan's flat prior was made proper, its scale is at least ten times the reference
+    posterior's extent |mean| + sd, so it moves the posterior by well under 1% of an sd."""
+    post = _posterior(name)
+    reference = post.reference
+    for site, scale in post.extra.get("wide_priors", {}).items():
+        extent = [abs(m) + s for n, m, s in zip(reference.names, reference.mean, reference.sd,
+                                                strict=True)
+                  if n == site or n.startswith(site + "[")]
+        assert extent, f"{name}: wide prior on {site}, which is not reported"
+        assert scale >= 10 * max(extent), (name, site, scale, max(extent))
+
+
+# --- the Stan programs transcribed loop by loop (numpy/scipy), the stated wide priors added --
+
+norm = stats.norm
+
+
+def _eight_schools_centered(p, d):
+    return (norm.logpdf(p["mu"], 0, 5) + stats.cauchy.logpdf(p["tau"], 0, 5)
+            + sum(norm.logpdf(p["theta"][j], p["mu"], p["tau"])
+                  + norm.logpdf(d["y"][j], p["theta"][j], d["sigma"][j]) for j in range(8)))
+
+
+def _eight_schools_noncentered(p, d):
+    trans = (p["theta"] - p["mu"]) / p["tau"]
+    return (norm.logpdf(p["mu"], 0, 5) + stats.cauchy.logpdf(p["tau"], 0, 5)
+            + sum(norm.logpdf(trans[j], 0, 1) + norm.logpdf(d["y"][j], p["theta"][j],
+                                                              d["sigma"][j]) for j in range(8)))
+
+
+def _ark(p, d):
+    total = norm.logpdf(p["alpha"], 0, 10) + norm.logpdf(p["beta"], 0, 10).sum()
+    total += stats.cauchy.logpdf(p["sigma"], 0, 2.5)
+    y, lags = d["y"], int(d["K"])
+    for t in range(lags, len(y)):
+        mu = p["alpha"] + sum(p["beta"][k] * y[t - k - 1] for k in range(lags))
+        total += norm.logpdf(y[t], mu, p["sigma"])
+    return total
+
+
+def _arma(p, d):
+    total = (norm.logpdf(p["mu"], 0, 10) + norm.logpdf(p["phi"], 0, 2)
+             + norm.logpdf(p["theta"], 0, 2) + stats.cauchy.logpdf(p["sigma"], 0, 2.5))
+    y = d["y"]
+    err = y[0] - (p["mu"] + p["phi"] * p["mu"])
+    total += norm.logpdf(err, 0, p["sigma"])
+    for t in range(1, len(y)):
+        err = y[t] - (p["mu"] + p["phi"] * y[t - 1] + p["theta"] * err)
+        total += norm.logpdf(err, 0, p["sigma"])
+    return total
+
+
+def _garch(p, d):
+    # + log(1 - alpha1): the Jacobian from (alpha1, beta1) to the model's (alpha1, beta1_share)
+    total = norm.logpdf(p["mu"], 0, 100) + norm.logpdf(p["alpha0"], 0, 100)
+    total += math.log(1 - p["alpha1"])
+    y, sigma = d["y"], float(d["sigma1"])
+    total += norm.logpdf(y[0], p["mu"], sigma)
+    for t in range(1, len(y)):
+        sigma = math.sqrt(p["alpha0"] + p["alpha1"] * (y[t - 1] - p["mu"]) ** 2
+                          + p["beta1"] * sigma ** 2)
+        total += norm.logpdf(y[t], p["mu"], sigma)
+    return total
+
+
+def _forward(log_transition, emission):
+    """Stan's forward algorithm: ``emission[t, k]`` the log density of step t in state k."""
+    gamma = emission[0].copy()
+    for t in range(1, emission.shape[0]):
+        gamma = np.array([logsumexp(gamma + log_transition[:, k]) + emission[t, k]
+                          for k in range(len(gamma))])
+    return logsumexp(gamma)
+
+
+def _hmm_example(p, d):
+    transition = np.log(np.stack([p["theta1"], p["theta2"]]))
+    emission = norm.logpdf(d["y"][:, None], p["mu"][None, :], 1)
+    return (norm.logpdf(p["mu"][0], 3, 1) + norm.logpdf(p["mu"][1], 10, 1)
+            + _forward(transition, emission))
+
+
+def _hmm_drive(p, d):
+    alpha = d["alpha"]
+    # Dirichlet log density up to its constant (the 6-digit draws are a simplex to 1e-6 only)
+    total = sum(((alpha[k] - 1) * np.log(p[f"theta{k + 1}"])).sum() for k in range(2))
+    total += norm.logpdf(p["phi"], [0, 3], 1).sum() + norm.logpdf(p["lambda"], [0, 3], 1).sum()
+    emission = (stats.expon.logpdf(d["u"][:, None], scale=1 / p["phi"][None, :])
+                + stats.expon.logpdf(d["v"][:, None], scale=1 / p["lambda"][None, :]))
+    transition = np.log(np.stack([p["theta1"], p["theta2"]]))
+    return total + _forward(transition, emission)
+
+
+def _gauss_mix(p, d):
+    total = norm.logpdf(p["sigma"], 0, 2).sum() + norm.logpdf(p["mu"], 0, 2).sum()
+    total += stats.beta.logpdf(p["theta"], 5, 5)
+    for y in d["y"]:
+        total += np.logaddexp(math.log(p["theta"]) + norm.logpdf(y, p["mu"][0], p["sigma"][0]),
+                              math.log(1 - p["theta"]) + norm.logpdf(y, p["mu"][1],
+                                                                     p["sigma"][1]))
+    return total
+
+
+def _se_cov(x, alpha, rho):
+    return np.array([[alpha ** 2 * math.exp(-((a - b) ** 2) / (2 * rho ** 2)) for b in x]
+                     for a in x])
+
+
+def _gp_pois(p, d):
+    # the Stan program's parameter is f_tilde (as the model's latent); f is reported
+    cov = _se_cov(d["x"], p["alpha"], p["rho"]) + 1e-10 * np.eye(len(d["x"]))
+    f_tilde = np.linalg.solve(np.linalg.cholesky(cov), p["f"])
+    return (stats.gamma.logpdf(p["rho"], 25, scale=1 / 4) + norm.logpdf(p["alpha"], 0, 2)
+            + norm.logpdf(f_tilde).sum() + stats.poisson.logpmf(d["k"], np.exp(p["f"])).sum())
+
+
+def _gp_regr(p, d):
+    cov = _se_cov(d["x"], p["alpha"], p["rho"]) + p["sigma"] * np.eye(len(d["x"]))
+    return (stats.gamma.logpdf(p["rho"], 25, scale=1 / 4) + norm.logpdf(p["alpha"], 0, 2)
+            + norm.logpdf(p["sigma"], 0, 1)
+            + stats.multivariate_normal.logpdf(d["y"], np.zeros(len(d["x"])), cov))
+
+
+def _blr(p, d):
+    total = norm.logpdf(p["beta"], 0, 10).sum() + norm.logpdf(p["sigma"], 0, 10)
+    for n in range(int(d["N"])):
+        total += norm.logpdf(d["y"][n], sum(d["X"][n][j] * p["beta"][j] for j in range(5)),
+                             p["sigma"])
+    return total
+
+
+def _kidscore_interaction(p, d):
+    total = stats.cauchy.logpdf(p["sigma"], 0, 2.5) + norm.logpdf(p["beta"], 0, 1000).sum()
+    b = p["beta"]
+    for n in range(int(d["N"])):
+        hs, iq = d["mom_hs"][n], d["mom_iq"][n]
+        total += norm.logpdf(d["kid_score"][n], b[0] + b[1] * hs + b[2] * iq + b[3] * hs * iq,
+                             p["sigma"])
+    return total
+
+
+def _logmesquite_logvas(p, d):
+    total = norm.logpdf(p["beta"], 0, 100).sum() + norm.logpdf(p["sigma"], 0, 100)
+    b = p["beta"]
+    for n in range(int(d["N"])):
+        d1, d2 = d["diam1"][n], d["diam2"][n]
+        loc = (b[0] + b[1] * math.log(d1 * d2 * d["canopy_height"][n]) + b[2] * math.log(d1 * d2)
+               + b[3] * math.log(d1 / d2) + b[4] * math.log(d["total_height"][n])
+               + b[5] * math.log(d["density"][n]) + b[6] * d["group"][n])
+        total += norm.logpdf(math.log(d["weight"][n]), loc, p["sigma"])
+    return total
+
+
+def _logearn_interaction_z(p, d):
+    total = norm.logpdf(p["beta"], 0, 100).sum() + norm.logpdf(p["sigma"], 0, 100)
+    height = np.asarray(d["height"])
+    z = (height - height.mean()) / height.std(ddof=1)
+    b = p["beta"]
+    for n in range(int(d["N"])):
+        male = d["male"][n]
+        total += norm.logpdf(math.log(d["earn"][n]), b[0] + b[1] * z[n] + b[2] * male
+                             + b[3] * z[n] * male, p["sigma"])
+    return total
+
+
+STAN = {  # posterior -> (its data set, the Stan program as loops)
+    "eight_schools-eight_schools_centered": ("eight_schools", _eight_schools_centered),
+    "eight_schools-eight_schools_noncentered": ("eight_schools", _eight_schools_noncentered),
+    "arK-arK": ("arK", _ark),
+    "arma-arma11": ("arma", _arma),
+    "garch-garch11": ("garch", _garch),
+    "hmm_example-hmm_example": ("hmm_example", _hmm_example),
+    "bball_drive_event_0-hmm_drive_0": ("bball_drive_event_0", _hmm_drive),
+    "low_dim_gauss_mix-low_dim_gauss_mix": ("low_dim_gauss_mix", _gauss_mix),
+    "gp_pois_regr-gp_pois_regr": ("gp_pois_regr", _gp_pois),
+    "gp_pois_regr-gp_regr": ("gp_pois_regr", _gp_regr),
+    "sblrc-blr": ("sblrc", _blr),
+    "kidiq-kidscore_interaction": ("kidiq", _kidscore_interaction),
+    "mesquite-logmesquite_logvas": ("mesquite", _logmesquite_logvas),
+    "earnings-logearn_interaction_z": ("earnings", _logearn_interaction_z),
+}
+
+
+def _stan_parameters(post, values):
+    """Reported values by parameter (vectors gathered), as the Stan program names them."""
+    out: dict[str, list] = {}
+    for n, v in zip(post.reference.names, values, strict=True):
+        out.setdefault(n.split("[")[0], []).append(float(v))
+    return {k: (v[0] if len(v) == 1 and not post.reference.names.count(f"{k}[1]")
+                else np.array(v)) for k, v in out.items()}
+
+
+def _renormalized(post, values):
+    """The HMMs' transition rows scaled to sum to 1 (the draws have 6 digits; DiscreteHMM
+    renormalizes its logits, Stan's forward algorithm does not)."""
+    values = np.array(values, dtype=np.float64)
+    for row in ("theta1", "theta2"):
+        index = [k for k, n in enumerate(post.reference.names) if n.startswith(row + "[")]
+        values[index] /= values[index].sum()
+    return values
+
+
+@pytest.mark.parametrize("name", sorted(STAN))
+def test_log_density_moves_as_the_stan_program_says(name):
+    """log p at two reference draws and at the mean, minus log p at a third draw: the model
+    and a loop-by-loop transcription of the Stan program agree (normalizing constants, which
+    Stan drops and Pyro keeps, cancel in the difference)."""
+    post = _posterior(name)
+    data_name, stan = STAN[name]
+    data = {k: np.asarray(v) for k, v in json.loads((DATA / f"{data_name}.json").read_text())
+            .items()}
+    draws = post.reference.draws
+    base = _renormalized(post, draws[0])
+    for point in (draws[1], draws[500], post.reference.mean):
+        point = _renormalized(post, point)
+        ours = _log_joint(post, _point(post, point)) - _log_joint(post, _point(post, base))
+        theirs = (stan(_stan_parameters(post, point), data)
+                  - stan(_stan_parameters(post, base), data))
+        assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-6)
+
+
+def test_ordered_normal_samples_exactly():
+    """Sorted pairs of iid N(0, 2): E[max] = 2 / sqrt(pi) (a closed form); positive draws of
+    N(3, 1), N(10, 1) keep their order and sign."""
+    pyro.set_rng_seed(1)
+    draws = OrderedNormal(torch.zeros(2, dtype=torch.float64), 2.0).sample((40_000,))
+    assert bool((draws[:, 1] > draws[:, 0]).all())
+    assert float(draws[:, 1].mean()) == pytest.approx(2 / math.sqrt(math.pi), abs=0.03)
+    prior = OrderedNormal(torch.tensor([0.0, 3.0], dtype=torch.float64), 1.0, positive=True)
+    draws = prior.sample((1000,))
+    assert bool((draws[:, 0] > 0).all() and (draws[:, 1] > draws[:, 0]).all())
+    assert prior.expand((3,)).sample().shape == (3, 2)
+
+
+def test_stan_positive_ordered_transform():
+    """cumsum(exp(u)): inverts, lands on increasing positive vectors, and its log-Jacobian is
+    autograd's log-determinant."""
+    transform = CumulativeExp()
+    u = torch.tensor([0.3, -1.2, 0.8], dtype=torch.float64)
+    mu = transform(u)
+    assert bool((mu > 0).all() and (mu[1:] > mu[:-1]).all())
+    torch.testing.assert_close(transform.inv(mu), u)
+    jacobian = torch.autograd.functional.jacobian(transform, u)
+    assert float(transform.log_abs_det_jacobian(u, mu)) == pytest.approx(
+        float(torch.linalg.slogdet(jacobian).logabsdet))
+
+
+def test_linear_recursion_matches_the_loop_under_a_batch():
+    generator = torch.Generator().manual_seed(0)
+    coefficient = torch.tensor([[-0.9], [0.3], [1.1]], dtype=torch.float64)  # batch (3, 1)
+    inputs = torch.randn(3, 1, 37, generator=generator, dtype=torch.float64)
+    expected = inputs.clone()
+    for t in range(1, 37):
+        expected[..., t] = inputs[..., t] + coefficient * expected[..., t - 1]
+    torch.testing.assert_close(linear_recursion(coefficient, inputs), expected)
+
+
+def test_inputs_are_checked():
+    with pytest.raises(InputError, match="no posterior 'nope'"):
+        get("nope")
+    post = _posterior("arK-arK")
+    with pytest.raises(InputError, match="pass its rows x"):
+        post.model(None, config=post.config())
+    with pytest.raises(InputError, match="jointly dependent"):
+        post.model(post.x, subsample_size=10, config=post.config())
+    regression = _posterior("kidiq-kidscore_momhs")
+    with pytest.raises(InputError, match=r"give \(N, 2\) rows"):
+        regression.model(regression.x[:, :1], config=regression.config())
+
+
+def _nuts_mean_error(name, warmup, samples, seed=0):
+    """NUTS's mean of each reported parameter minus the reference mean, in units of the
+    Monte Carlo standard error of the difference (NUTS's ESS and the reference's 10 000)."""
+    post = _posterior(name)
+    pyro.set_rng_seed(seed)
+    kernel = NUTS(functools.partial(post.model, config=post.config()),
+                  full_mass=bool(post.extra.get("dense_mass")), jit_compile=True,
+                  ignore_jit_warnings=True)
+    mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=True)
+    mcmc.run(post.x)
+    reported = post.reported(mcmc.get_samples())
+    draws = torch.stack([reported[n] for n in post.reference.names], -1).double()
+    ess = effective_sample_size(draws.unsqueeze(0), chain_dim=0, sample_dim=1).numpy()
+    error = np.abs(draws.mean(0).numpy() - post.reference.mean) / post.reference.sd
+    return error / np.sqrt(1 / ess + 1 / 10_000)
+
+
+FAST = ("eight_schools-eight_schools_noncentered",)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_nuts_agrees_with_the_reference(name):
+    """A short NUTS run's means are within 4.5 Monte Carlo standard errors of posteriordb's on
+    every parameter (a wrong prior, constraint or likelihood moves some mean by far more)."""
+    z = _nuts_mean_error(name, warmup=200, samples=300)
+    assert z.max() < 4.5, dict(zip(_posterior(name).reference.names, z.round(2), strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in FAST])
+def test_nuts_agrees_with_the_reference_slow(name):
+    z = _nuts_mean_error(name, warmup=400, samples=600)
+    assert z.max() < 4.5, dict(zip(_posterior(name).reference.names, z.round(2), strict=True))
