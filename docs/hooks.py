@@ -53,6 +53,11 @@ SECONDS = {"04_deep_gaussian_lvm": 55, "05_your_own_model": 30,
            "06_scaling_up": 25, "01_mixtures_and_em": 20}
 ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|exc|obj|const):(<code>)~?")
 PATH_REPR = re.compile(r"(?:Posix|Windows)Path\(")
+# What no page may show: this machine's folders, and warnings (tests/test_docs_site.py greps
+# the built site for the same).
+MACHINE_PATH = re.compile(r"(?:/tmp/|/var/folders/|/home/|/Users/|/root/|/work/|/private/"
+                          r"|[A-Za-z]:\\Users\\)[^\s'\"<>]*")
+WARNING = re.compile(r"\b\w*Warning\b|\bwarnings\.warn\(")
 MATHJAX = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
 
 _state: dict = {}
@@ -88,9 +93,12 @@ def execute(source: Path, staging: Path) -> tuple[Path, Path, float]:
     if "LVM_ZOO_DATA" not in environment and SHARED_DATA.is_dir():
         environment["LVM_ZOO_DATA"] = str(SHARED_DATA)
     environment.pop("MPLBACKEND", None)  # the kernel's inline backend
-    # tqdm.auto warns in a kernel without ipywidgets; the page needs no progress bars.
+    # tqdm.auto warns in a kernel without ipywidgets (the page needs no progress bars); torch
+    # deprecates torch.jit.trace, which Pyro's JitTrace_ELBO (on for dglvm) calls: neither is
+    # about the tutorial, and a warning left on a page fails the build (check_outputs).
     environment["PYTHONWARNINGS"] = ",".join(filter(None, [
-        environment.get("PYTHONWARNINGS"), "ignore:IProgress not found"]))
+        environment.get("PYTHONWARNINGS"), "ignore:IProgress not found",
+        "ignore:`torch.jit.trace` is deprecated:FutureWarning"]))
     start = time.perf_counter()
     try:
         done = subprocess.run(
@@ -104,19 +112,55 @@ def execute(source: Path, staging: Path) -> tuple[Path, Path, float]:
         raise PluginError(f"tutorial {source.name} failed after {seconds:.0f} s "
                           f"(exit {done.returncode}):\n{done.stdout[-3000:]}\n"
                           f"{done.stderr[-6000:]}")
-    drop_path_results(notebook)
+    clean_outputs(notebook, {
+        str(out): f"output/{source.stem}",  # where the script writes them by default
+        environment.get("LVM_ZOO_DATA", ""): "$LVM_ZOO_DATA", str(ROOT): "lvm-zoo"})
     return notebook, out, seconds
 
 
-def drop_path_results(notebook: Path) -> None:
+def drop_path_results(data: dict) -> None:
     """Drop the ``Out[n]: PosixPath('/tmp/...')`` results of cells that end with ``show(...)``
     (it returns the saved figure's path); the figure and its ``figure:`` line stay."""
-    data = json.loads(notebook.read_text(encoding="utf-8"))
     for cell in data["cells"]:
         if cell["cell_type"] == "code":
             cell["outputs"] = [output for output in cell["outputs"] if not (
                 output["output_type"] == "execute_result" and set(output["data"]) == {"text/plain"}
                 and PATH_REPR.match("".join(output["data"]["text/plain"])))]
+
+
+def _texts(output: dict) -> list[tuple[dict, str]]:
+    """(holder, key) of every text of one cell output: a stream's text, a result's text/plain."""
+    if output["output_type"] == "stream":
+        return [(output, "text")]
+    if output["output_type"] in ("execute_result", "display_data"):
+        return [(output["data"], kind) for kind in output["data"] if kind.startswith("text/")]
+    return []
+
+
+def clean_outputs(notebook: Path, replacements: dict[str, str]) -> None:
+    """Make the executed notebook fit to publish: drop path results (:func:`drop_path_results`),
+    write this machine's folders in the outputs as the reader's (``replacements``: the output
+    folder as ``output/NN_name``, the data folder as ``$LVM_ZOO_DATA``, the checkout as
+    ``lvm-zoo``), and fail on what would still show: a warning on stderr, or a machine path
+    (:data:`MACHINE_PATH`)."""
+    data = json.loads(notebook.read_text(encoding="utf-8"))
+    drop_path_results(data)
+    order = sorted((k for k in replacements if len(k) > 1), key=len, reverse=True)
+    problems = []
+    for number, cell in enumerate(data["cells"]):
+        for output in cell.get("outputs", []):
+            for holder, key in _texts(output):
+                text = "".join(holder[key]) if isinstance(holder[key], list) else holder[key]
+                for old in order:
+                    text = text.replace(old, replacements[old])
+                holder[key] = text.splitlines(keepends=True)
+                if output.get("name") == "stderr" and WARNING.search(text):
+                    problems.append(f"cell {number}: a warning on stderr: {text.strip()[:300]}")
+                found = MACHINE_PATH.search(text)
+                if found:
+                    problems.append(f"cell {number}: a machine path {found.group(0)!r}")
+    if problems:
+        raise PluginError(f"{notebook.stem} would show on its page:\n" + "\n".join(problems))
     notebook.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 

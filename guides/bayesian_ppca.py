@@ -52,20 +52,20 @@ class MeanFieldGuide:
         return bp.to_params(config, start)
 
     def posterior(self, x: torch.Tensor | None) -> bp.Posterior:
-        """q's parameters from the param store as a :class:`zoo.bayesian_ppca.Posterior`,
-        with q(Z) of the rows ``x`` (none where ``x`` is None)."""
+        """q's parameters from the param store (made from the rows ``x`` the first time) as a
+        :class:`zoo.bayesian_ppca.Posterior` over the global latents (q(Z) of no rows)."""
         store, initial, values = pyro.get_param_store(), None, {}
         for key in bp.PARAM_NAMES:
             if key not in store and initial is None:
                 initial = self._initial(x)
             values[key] = pyro.param(key, initial[key] if key not in store else None,
                                      constraint=_CONSTRAINTS.get(key[2:], constraints.real))
-        rows = x if x is not None else values["q_mu_mean"].new_zeros(0, self.config.dim)
-        return bp.from_params(self.config, values, rows)
+        return bp.from_params(self.config, values,
+                              values["q_mu_mean"].new_zeros(0, self.config.dim))
 
     def __call__(self, x: torch.Tensor | None = None, *, num_data: int | None = None,
                  subsample_size: int | None = None):
-        post = self.posterior(None)
+        post = self.posterior(x)
         if x is not None and post.mu_mean.dtype != x.dtype:
             raise InputError(f"the guide's parameters are {post.mu_mean.dtype} but x is "
                              f"{x.dtype}; clear the param store or convert x")

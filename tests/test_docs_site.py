@@ -247,6 +247,64 @@ def test_tutorial_page_shows_its_figures_and_numbers(site, name, tmp_path):
     assert pictures == len(page["images"])  # the download holds the page's figures
 
 
+# What no page, download or search index may hold: this machine's folders (the build's
+# temporary folders, home folders, the checkout and its data), and warnings in cell outputs.
+MACHINE_PATH = re.compile(r"(?:/tmp/|/var/folders/|/private/var/|/home/|/Users/|/root/|/work/"
+                          r"|[A-Za-z]:\\\\?Users\\)[\w.+-]")
+STDERR_BOX = re.compile(r'data-mime-type="application/vnd\.jupyter\.stderr"')
+WARNING_TEXT = re.compile(r"\b(?:Future|Deprecation|User|Runtime|Convergence|Tracer|Pending"
+                          r"Deprecation|Resource|Syntax|Import)Warning\b|warnings\.warn\(")
+TEXT_SUFFIXES = {".html", ".ipynb", ".json", ".py", ".txt", ".xml", ".md", ".css", ".js",
+                 ".svg"}
+
+
+def machine_paths(text: str) -> list[str]:
+    """The machine paths in ``text`` (this checkout's own folders too, wherever it lives)."""
+    found = [match.group(0) for match in MACHINE_PATH.finditer(text)]
+    for own in {str(ROOT), str(Path.home()), os.environ.get("LVM_ZOO_DATA", "")}:
+        if len(own) > 1 and own in text:
+            found.append(own)
+    return found
+
+
+def test_machine_paths_and_warnings_are_found_in_a_page():
+    """The site test below can fail: it finds what it looks for in a page that has it."""
+    page = ('<div data-mime-type="application/vnd.jupyter.stderr"><pre>/x/_trace.py:1006: '
+            'FutureWarning: `torch.jit.trace` is deprecated</pre></div>'
+            '<pre>figure: /tmp/lvm-zoo-docs-abc/output/x.png</pre><p>/home/me/data</p>')
+    assert machine_paths(page)[:2] == ["/tmp/l", "/home/m"]
+    assert STDERR_BOX.search(page) and WARNING_TEXT.search(page)
+    clean = "<pre>figure: output/01_mixtures_and_em/gaussians.png</pre><p>$LVM_ZOO_DATA</p>"
+    assert machine_paths(clean) == [] and not WARNING_TEXT.search(clean)
+
+
+def test_the_site_holds_no_machine_paths_and_no_warnings(site):
+    """grep over every text file of the built site (pages, notebooks, search index, downloads):
+    no temporary, home, checkout or data folder of the machine that built it; no cell output on
+    stderr (the red boxes) and no warning in any tutorial's outputs."""
+    site_dir = site[0]
+    leaks, warnings = [], []
+    for path in sorted(site_dir.rglob("*")):
+        if not path.is_file() or path.suffix not in TEXT_SUFFIXES:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        name = str(path.relative_to(site_dir))
+        leaks += [f"{name}: {found}" for found in sorted(set(machine_paths(text)))]
+        if path.parent.parent.name != "tutorials":
+            continue
+        if path.suffix == ".html" and STDERR_BOX.search(text):
+            warnings.append(f"{name}: a cell output on stderr (a red box)")
+        if path.suffix == ".ipynb":  # the executed notebook the page shows: its outputs only
+            for cell in json.loads(text)["cells"]:
+                for output in cell.get("outputs", []):
+                    shown = json.dumps(output)
+                    if output.get("name") == "stderr":
+                        warnings.append(f"{name}: stderr {shown[:200]}")
+                    warnings += [f"{name}: {hit.group(0)}" for hit in WARNING_TEXT.finditer(shown)]
+    assert leaks == [], f"machine paths in the site: {leaks[:20]}"
+    assert warnings == [], f"warnings on the tutorial pages: {warnings[:20]}"
+
+
 def test_screenshot_of_a_tutorial_page(site, tmp_path):
     page = site[0] / "tutorials" / "01_mixtures_and_em" / "index.html"
     shot = tmp_path / "tutorial.png"

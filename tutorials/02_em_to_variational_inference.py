@@ -59,6 +59,7 @@ from inference import strategies
 from inference.catalog import get_model
 from inference.decomposition import elbo_decomposition, guide_distribution
 from inference.em import fit_em
+from inference.estimators_sklearn import BayesianGaussianMixture, GaussianMixture
 from inference.evaluate import fitted
 from inference.figures import present, save_figure
 from inference.figures.gmm import plot_em_contours, plot_training_curves
@@ -105,8 +106,11 @@ config = gmm.GMMConfig(dim=2, components=2)
 bishop_start = {"weights": torch.tensor([0.5, 0.5]),
                 "means": torch.tensor([[-1.5, 1.0], [1.5, -1.0]]),
                 "scale_tril": torch.eye(2).expand(2, 2, 2).clone()}
-em = fit_em(spec, config, x, init=bishop_start, tol=1e-10)
-theta = em.params
+em = GaussianMixture(2, tol=1e-10, max_iter=1000, reg_covar=0.0,  # the zoo's EM, tutorial 1
+                     weights_init=bishop_start["weights"].numpy(),
+                     means_init=bishop_start["means"].numpy(),
+                     precisions_init=np.stack([np.eye(2)] * 2)).fit(x.numpy())
+theta = em.params_
 log_px = gmm.log_marginal(config, theta, x)  # (N,)
 log_posterior = gmm.log_responsibilities(config, theta, x)  # (N, K)
 
@@ -314,10 +318,10 @@ numbers["svi_steps"] = steps
 # q, which is why they start lower.
 
 # %%
-curves = {"EM log p(x) per iteration": em.history["log_likelihood"]}
+curves = {"EM log p(x) per iteration": em.history_["log_likelihood"]}
 curves.update({f"SVI ELBO, {name} guide": fits[name].history["elbo"]
                for name in ("exact", "mean-field", "amortized", "enumerate")})
-present(plot_training_curves(curves, OUT / "svi_guides.png", optimum=em.history[
+present(plot_training_curves(curves, OUT / "svi_guides.png", optimum=em.history_[
     "log_likelihood"][-1], title="the Old Faithful mixture: EM and SVI with four guides"))
 
 # %% [markdown]
@@ -417,7 +421,9 @@ print(f"total log p(x) as σ_2 goes from 0.03 to 1e-12: {collapse[0]:.1f} … {c
 # **EM stalls in local optima.** Five well-separated clusters, EM with K = 5 from 20 random
 # starts (`init="random"`: random responsibilities). Some starts end with two components
 # sharing a cluster and one component spread over two clusters, a stationary point EM cannot
-# leave. Restarts are the fix: `fit_em(..., n_init=10)` runs 10 starts and keeps the best.
+# leave. Restarts are the fix: `n_init=10` runs 10 starts and keeps the best. (Here we call
+# the EM loop itself, `inference.em.fit_em`, which the estimators' `n_init` runs, so that the
+# 20 single starts and the 10 restarts use the same seeds 0, 1, ...)
 
 # %%
 k = 5
@@ -497,8 +503,6 @@ print(f"numbers: {OUT / 'numbers.json'}; {numbers['seconds']:.1f} s")
 
 # %%
 from sklearn.mixture import BayesianGaussianMixture as SklearnBayesianMixture  # noqa: E402
-
-from inference.estimators_sklearn import BayesianGaussianMixture  # noqa: E402
 
 rows = x.numpy()
 same = dict(init_params="random_from_data", random_state=0, max_iter=500, tol=1e-6,

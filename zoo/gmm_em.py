@@ -1,10 +1,12 @@
 r"""EM for the Gaussian mixture: sufficient statistics, the M-step and two exact E-steps.
 
-The E-step (:func:`e_step`) is EM's hot path. For data it sees again and again it keeps their
-quadratic features, so that an iteration is two GEMMs and a logsumexp, wherever their rounding
-error is provably negligible; otherwise one pass over row blocks whitens all K components with
-a single GEMM, takes the logsumexp and accumulates the sufficient statistics. Neither
-materializes N x K x D x D. The M-step (:func:`maximize`; :func:`m_step` from
+The E-step (:func:`e_step`) is EM's hot path, and it streams: one pass over cache-sized row
+blocks, each reduced at once to the K x F sufficient statistics, so that its memory depends on
+neither N nor (beyond the parameters) K, and no N x K matrix exists. Per block either the
+rows' quadratic features are built and an iteration is two GEMMs and a logsumexp, wherever
+their rounding error is provably negligible, or the block is whitened against all K
+components with a single GEMM. Moments are taken about the data's mean (features) or the
+current means (whitened), never about the origin. The M-step (:func:`maximize`; :func:`m_step` from
 responsibilities, :func:`from_labels` from hard labels) is scikit-learn's, with ``reg_covar``
 on the covariance diagonals.
 
@@ -374,10 +376,11 @@ def e_step(config: GMMConfig, params: Params,
     Returns the posterior-weighted statistics of ``x : (N, D)`` (see :class:`MixtureStatistics`)
     and the mean ``log p(x)`` at ``params`` (nats per datapoint, a 0-dim tensor).
 
-    Two exact routes. EM calls this with the same ``x`` every iteration, so where its quadratic
-    features fit in memory (:data:`FEATURE_VALUES`) and their rounding error is provably below
-    :data:`QUADRATIC_ERROR` nats, the features are built once and each iteration is two GEMMs and
-    a logsumexp (:func:`_e_step_quadratic`). Otherwise every row block is whitened against the
+    Two exact routes, both streaming over row blocks. Where the quadratic features are at most
+    :data:`FEATURE_VALUES` per row and their rounding error is provably below
+    :data:`QUADRATIC_ERROR` nats, each block's features are built in cache and the block costs
+    two GEMMs and a logsumexp (:func:`_e_step_quadratic`; the data's mean and radius are
+    computed once per data tensor). Otherwise every row block is whitened against the
     components (:func:`_e_step_whitened`), which is float32-safe at any offset or conditioning.
     """
     _check_data(config, x)
@@ -390,24 +393,28 @@ def e_step(config: GMMConfig, params: Params,
 
 
 # ---------------------------------------------------------------------------------------------
-# The E-step on quadratic features, for data seen again and again
+# The E-step on quadratic features, built block by block
 # ---------------------------------------------------------------------------------------------
 
-# Most values of quadratic features kept between EM iterations (256 MB of float32).
-FEATURE_VALUES = 2**26
+# Most quadratic features per row (D(D+1)/2 + D + 1 for full covariances, 2D + 1 otherwise) for
+# which the E-step takes them; 0 makes every E-step whiten. They are built block by block, so
+# this bounds nothing that grows with N.
+FEATURE_VALUES = 2**16
 # Largest worst-case rounding error of a log-density through the quadratic features, in nats;
 # beyond it (float32 data far from their mean, or nearly singular covariances) E-steps whiten.
 QUADRATIC_ERROR = 1e-3
 
 
 class _Features(NamedTuple):
-    """``φ(x - m)ᵀ``, shape ``(F, N)``: the products ``c_i c_j`` (i ≤ j; only ``c_i²`` for
-    diagonal covariances), then ``c``, then 1, for the rows centred on their mean ``m``."""
+    """What the quadratic features ``φ(x - m) = [c_i c_j (i ≤ j; only c_i² for diagonal
+    covariances), c, 1]`` of ``c = x - m`` need from the data, computed once per data tensor:
+    the centre ``m`` and the radius that bounds their rounding. The features themselves are
+    built per row block inside each E-step (:func:`_e_step_quadratic`), never for all N."""
 
     data: weakref.ref  # the tensor they belong to
     version: int  # its in-place version counter when they were built
     full: bool
-    values: torch.Tensor  # (F, N)
+    size: int  # F, features per row
     center: torch.Tensor  # (D,) m
     radius: float  # max_n |x_n - m|²
 
@@ -417,33 +424,21 @@ _FEATURES: list[_Features] = []  # at most one entry: the data of the EM run in 
 
 def _quadratic_features(config: GMMConfig, x: torch.Tensor) -> _Features | None:
     full = config.full_matrices
-    n, d = x.shape
-    quadratic = d * (d + 1) // 2 if full else d
-    if n * (quadratic + d + 1) > FEATURE_VALUES:
+    d = x.shape[1]
+    size = (d * (d + 1) // 2 if full else d) + d + 1
+    if size > FEATURE_VALUES:
         return None
     if _FEATURES:
         cached = _FEATURES[0]
         if cached.data() is x and cached.version == x._version and cached.full == full:
             return cached
     center = x.mean(0)
-    # one buffer, written once: the centred rows (D, N), then their products in place (row i
-    # times rows i..D-1: the pairs i <= j in triu_indices order), then the 1s; no gathers,
-    # no concatenation (a fresh 100 MB buffer costs more than the arithmetic that fills it)
-    values = x.new_empty(quadratic + d + 1, n)
-    rows = values[quadratic:quadratic + d]
-    torch.sub(x.T, center[:, None], out=rows)
-    if full:
-        offset = 0
-        for i in range(d):
-            torch.mul(rows[i:], rows[i], out=values[offset:offset + d - i])
-            offset += d - i
-    else:
-        torch.square(rows, out=values[:d])
-    values[-1] = 1.0
-    radius = float(rows.square().sum(0).max())
-    features = _Features(weakref.ref(x), x._version, full, values, center, radius)
+    radius = x.new_zeros(())
+    for rows in _row_blocks(x, d):  # one pass, no N x D temporary
+        radius = torch.maximum(radius, (x[rows] - center).square_().sum(1).max())
+    features = _Features(weakref.ref(x), x._version, full, size, center, float(radius))
     _FEATURES[:] = [features]
-    weakref.finalize(x, _forget_dead_features)  # free them with the data
+    weakref.finalize(x, _forget_dead_features)  # forget them with the data
     return features
 
 
@@ -458,11 +453,17 @@ def _quadratic_weights(config: GMMConfig, params: Params,
     ``δ = μ - m``, which bounds ``eps Σ_ij |Λ_ij c_i c_j|``, the size of the terms that cancel.
 
     ``-½ (c - δ)ᵀ Λ (c - δ) = -½ cᵀΛc + cᵀΛδ - ½ δᵀΛδ``, and ``cᵀΛc`` counts each ``c_i c_j``
-    with i < j twice."""
-    parts = _components(config, params, features.center)
+    with i < j twice.
+
+    ``W`` is computed in float64 (K x F work), so that it carries no rounding of its own
+    beyond the one to the data's precision that the E-step makes; the E-step also takes the
+    largest constant out of it (see :func:`_e_step_quadratic`)."""
+    eps = torch.finfo(params["means"].dtype).eps
+    params = {name: value.double() for name, value in params.items()}
+    parts = _components(config, params, features.center.double())
     means = params["means"]
     k, d = means.shape
-    delta = means - features.center
+    delta = means - features.center.double()
     if config.full_matrices:
         precision_factor = parts.whiten[:, :d, :d]  # P_k = L_k^{-T}: Λ_k = P_k P_kᵀ
         precision = precision_factor @ precision_factor.transpose(-1, -2)
@@ -478,28 +479,58 @@ def _quadratic_weights(config: GMMConfig, params: Params,
     constant = parts.log_const[:, 0] - 0.5 * (linear * delta).sum(-1)
     weights = torch.cat([quadratic, linear, constant[:, None]], 1)
     scale = max(features.radius, float(delta.square().sum(-1).max()))
-    bound = torch.finfo(means.dtype).eps * scale * float(norm.max())
+    bound = eps * scale * float(norm.max())
     return weights, bound
 
 
 def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
                       features: _Features, weights: torch.Tensor):
-    """Two GEMMs over the features: ``W φ`` gives every log joint, and ``R φᵀ`` every
-    responsibility-weighted sum of ``c_i c_j``, ``c`` and 1, i.e. all statistics about ``m``."""
+    """One pass over ``x`` in cache-sized row blocks, fused: per block its features ``φ`` are
+    built in one reused buffer, one GEMM ``W φᵀ`` gives every log joint (K x rows), a
+    logsumexp normalizes, and one GEMM ``R φ`` adds every responsibility-weighted sum of
+    ``c_i c_j``, ``c`` and 1, i.e. all statistics about ``m``. Nothing of size N is kept:
+    the memory is a block's features and joint, and the K x F sums."""
     k, d = config.components, config.dim
-    log_px, resp = _normalize(weights @ features.values)  # (K, N), component-major
-    sums = resp @ features.values.T  # (K, F)
-    quadratic = sums.shape[1] - d - 1
+    size, full = features.size, config.full_matrices
+    quadratic = size - d - 1
+    # the largest constant, kept apart in float64: the float32 log joints then carry only
+    # their differences from it, whose rounding is smaller (a few 1e-6 nats at D = 128)
+    shift = weights[:, -1].max()
+    weights = torch.cat([weights[:, :-1], weights[:, -1:] - shift], 1).to(x.dtype)
+    if full:
+        left, right = torch.triu_indices(d, d, device=x.device)
+    budget = BLOCK_VALUES.get(x.device.type, BLOCK_VALUES["cuda"])
+    block = min(x.shape[0], max(256, budget // size))
+    phi = x.new_empty(size, block)  # feature-major: each product below is one contiguous op
+    phi[-1] = 1.0
+    sums = x.new_zeros(k, size)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], block):
+        rows = x[start:start + block]
+        n = rows.shape[0]
+        values = phi[:, :n]
+        centred = values[quadratic:-1]
+        torch.sub(rows.T, features.center[:, None], out=centred)
+        if full:  # row i times rows i..D-1: the pairs i <= j in triu_indices order
+            offset = 0
+            for i in range(d):
+                torch.mul(centred[i:], centred[i], out=values[offset:offset + d - i])
+                offset += d - i
+        else:
+            torch.square(centred, out=values[:quadratic])
+        log_px, resp = _normalize(weights @ values)  # (K, n), component-major
+        total += log_px.sum(dtype=torch.float64)
+        sums.addmm_(resp, values.T)
     first, counts = sums[:, quadratic:-1], sums[:, -1]
-    if config.full_matrices:
-        rows, columns = torch.triu_indices(d, d, device=x.device)
+    if full:
         second = sums.new_zeros(k, d, d)
-        second[:, rows, columns] = sums[:, :quadratic]
-        second[:, columns, rows] = sums[:, :quadratic]
+        second[:, left, right] = sums[:, :quadratic]
+        second[:, right, left] = sums[:, :quadratic]
     else:
         second = sums[:, :quadratic]
     center = features.center.expand(k, d)
-    return MixtureStatistics(counts, first, second, center, x.shape[0]), log_px.mean()
+    return (MixtureStatistics(counts, first, second, center, x.shape[0]),
+            (total / x.shape[0] + shift).to(x.dtype))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -257,7 +257,7 @@ SPEC = declare(
                combine=combine),
     init_params=init_params,
     synthetic=synthetic,
-    svi_defaults={"steps": 5000, "lr": 0.02},  # a cap: the schedule ends sooner
+    svi_defaults={"steps": 8000, "lr": 0.02},  # a cap: the schedule ends sooner
     notes="a worked example of zoo.declare; exact log p(x) and EM; the generic guides "
           "enumerate the component (TraceEnum_ELBO)",
 )
