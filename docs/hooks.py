@@ -10,7 +10,10 @@
   (mkdocs-jupyter renders them with their outputs; ``include_source`` copies each .ipynb beside
   its page), with the ``.py`` script and ``numbers.json`` beside them as downloads. A tutorial
   that raises fails the build with the cell's traceback. The ``Out[n]: PosixPath(...)`` that a
-  cell ending in ``show(fig, name)`` displays is dropped (the figure above it stays).
+  cell ending in ``show(fig, name)`` displays is dropped (the figure above it stays); the
+  outputs name the reader's folders, not this machine's (``output/NN_name/...``,
+  ``$LVM_ZOO_DATA``), and a warning on stderr or a machine path left in any output fails the
+  build (``clean_outputs``; tests/test_docs_site.py greps the built site for the same).
 - ``on_page_content``: a box at the top of each tutorial page says how it was executed (smoke
   or full mode, seconds) and links the downloads; MathJax (the tutorials have no TeX) is dropped
   so that the pages load nothing from the network; Sphinx roles in docstrings

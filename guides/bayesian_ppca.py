@@ -13,8 +13,10 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer.autoguide.initialization import init_to_feasible, init_to_mean
 from torch.distributions import constraints
 
+from guides.generic import GlobalGaussianGuide
 from guides.registry import register
 from zoo import bayesian_ppca as bp
 from zoo.errors import InputError
@@ -84,3 +86,16 @@ class MeanFieldGuide:
 
 
 register("bayesian-ppca", "mean-field", MeanFieldGuide, default=True)
+# one Gaussian over the global latents jointly (low-rank or full covariance), q(z_n) mean-field;
+# they start at the prior's mean (E[α] = E[τ] = 1 under Bishop's Gamma(1e-3, 1e-3), W = μ = 0):
+# its median (the generic start) is α ≈ 0, an infinite column scale
+def _joint_gaussian(covariance: str):
+    def factory(model, config):
+        return GlobalGaussianGuide(model, config, covariance=covariance,
+                                   init_loc_fn=init_to_mean(fallback=init_to_feasible))
+    factory.per_datapoint = True  # q(z_n) is free per row (auto-normal's)
+    return factory
+
+
+register("bayesian-ppca", "auto-lowrank", _joint_gaussian("lowrank"))
+register("bayesian-ppca", "auto-mvn", _joint_gaussian("full"))

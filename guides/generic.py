@@ -357,11 +357,12 @@ class GlobalGaussianGuide(MeanFieldGuide):
     (low-rank plus diagonal, or full covariance), the local sites mean-field."""
 
     def __init__(self, model, config, *, covariance: str = "lowrank", rank: int | None = None,
-                 name: str = ""):
+                 name: str = "", init_loc_fn: Callable | None = None):
         super().__init__(model, config, name=name)
         if covariance not in ("lowrank", "full"):
             raise InputError(f"covariance={covariance!r}: choose 'lowrank' or 'full'")
         self.covariance, self.rank = covariance, rank
+        self.init_loc_fn = init_loc_fn or INIT_LOC  # where the global sites start
         self.kind = "auto-lowrank" if covariance == "lowrank" else "auto-mvn"
 
     def _build(self, x, num_data, subsample_size):
@@ -372,9 +373,10 @@ class GlobalGaussianGuide(MeanFieldGuide):
         blocked = poutine.block(self.model, expose=globals_)
         if self.covariance == "lowrank":
             joint = AutoLowRankMultivariateNormal(blocked, rank=self.rank, init_scale=0.1,
-                                                  init_loc_fn=INIT_LOC)
+                                                  init_loc_fn=self.init_loc_fn)
         else:
-            joint = AutoMultivariateNormal(blocked, init_scale=0.1, init_loc_fn=INIT_LOC)
+            joint = AutoMultivariateNormal(blocked, init_scale=0.1,
+                                           init_loc_fn=self.init_loc_fn)
         self._hold("joint", joint)
         self._hold("normal", self._auto_normal(self._local(discrete=False)))
         self.size = x.shape[0] if x is not None else num_data

@@ -10,6 +10,7 @@ each gives the numbers it gives alone. The loop around it is :mod:`inference.svi
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -94,6 +95,13 @@ class Estimator:
         """The loss (minus the ELBO, nats); gradients left on the parameters. ``reset`` clears
         a failed first trace's gradients before the plain estimator runs."""
         try:
+            if first and self.plain is not None:  # the JIT twin traces here, once
+                with warnings.catch_warnings():
+                    # torch 2.9+ deprecates torch.jit.trace, which Pyro's Jit*_ELBO call: the
+                    # notice is for Pyro, not for a user of lvm-zoo (it still traces)
+                    warnings.filterwarnings("ignore", message=".*torch.jit.trace.* deprecated",
+                                            category=FutureWarning)
+                    return float(self.loss.loss_and_grads(model, guide, *args, **kwargs))
             return float(self.loss.loss_and_grads(model, guide, *args, **kwargs))
         except (RuntimeError, TypeError, ValueError, NotImplementedError) as error:
             if self.plain is None or not first:

@@ -59,7 +59,7 @@ from inference import strategies
 from inference.catalog import get_model
 from inference.decomposition import elbo_decomposition, guide_distribution
 from inference.em import fit_em
-from inference.estimators_sklearn import BayesianGaussianMixture, GaussianMixture
+from inference.estimators_sklearn import BayesianGaussianMixture
 from inference.evaluate import fitted
 from inference.figures import present, save_figure
 from inference.figures.gmm import plot_em_contours, plot_training_curves
@@ -106,11 +106,8 @@ config = gmm.GMMConfig(dim=2, components=2)
 bishop_start = {"weights": torch.tensor([0.5, 0.5]),
                 "means": torch.tensor([[-1.5, 1.0], [1.5, -1.0]]),
                 "scale_tril": torch.eye(2).expand(2, 2, 2).clone()}
-em = GaussianMixture(2, tol=1e-10, max_iter=1000, reg_covar=0.0,  # the zoo's EM, tutorial 1
-                     weights_init=bishop_start["weights"].numpy(),
-                     means_init=bishop_start["means"].numpy(),
-                     precisions_init=np.stack([np.eye(2)] * 2)).fit(x.numpy())
-theta = em.params_
+em = fit_em(spec, config, x, init=bishop_start, tol=1e-10)
+theta = em.params
 log_px = gmm.log_marginal(config, theta, x)  # (N,)
 log_posterior = gmm.log_responsibilities(config, theta, x)  # (N, K)
 
@@ -281,7 +278,11 @@ show(fig, "l1_lifting")
 #
 # `inference.strategies.fit` runs any of them; each fit is isolated (its own param store and
 # seed). We then judge every fit by the same yardstick: the exact log p(x) at its θ, and the
-# exact ELBO and gap of its guide (`elbo_decomposition`, a closed-form KL).
+# exact ELBO and gap of its guide (`elbo_decomposition`, a closed-form KL). This tutorial looks
+# inside on purpose (the EM loop `fit_em`, the runner `strategies.fit`, the fitted model and
+# guide): its subject is the ELBO's decomposition. To compare guides on your own data, call
+# `api.compare` or `lvm-zoo compare` (tutorial 5), or the scikit-learn estimators'
+# `inference=` / `guide=` (`inference.estimators_sklearn.GaussianMixture`).
 
 # %%
 steps = 200 if SMOKE else 1000
@@ -318,10 +319,10 @@ numbers["svi_steps"] = steps
 # q, which is why they start lower.
 
 # %%
-curves = {"EM log p(x) per iteration": em.history_["log_likelihood"]}
+curves = {"EM log p(x) per iteration": em.history["log_likelihood"]}
 curves.update({f"SVI ELBO, {name} guide": fits[name].history["elbo"]
                for name in ("exact", "mean-field", "amortized", "enumerate")})
-present(plot_training_curves(curves, OUT / "svi_guides.png", optimum=em.history_[
+present(plot_training_curves(curves, OUT / "svi_guides.png", optimum=em.history[
     "log_likelihood"][-1], title="the Old Faithful mixture: EM and SVI with four guides"))
 
 # %% [markdown]

@@ -27,7 +27,7 @@
 # 2. **The VAE on digits**: an encoder q_φ(z | x) trained jointly with the decoder on the ELBO;
 #    reconstructions, samples and the 2-D latent manifold (digits morphing into each other).
 # 3. **Importance sampling with the encoder**: IWAE-K rises with K (never below the ELBO); at
-#    K = 10 sampling from the prior instead is tens of nats worse.
+#    K = 10 sampling from the prior instead is more than 10 nats worse.
 # 4. **The reparameterization trick vs the log-trick**: the score-function gradient's variance
 #    is orders of magnitude larger (measured: more than 100×).
 # 5. **The closed-form KL** ½[tr S + ‖m‖² − Q − log det S] agrees with Monte Carlo.
@@ -235,7 +235,7 @@ present(latent_manifold(picture_config, pictures.params, (8, 8), OUT / "digits_m
 # disjoint groups of K, so that each K reuses the same draws: by Jensen's inequality the
 # numbers can then only rise with K. The same with the prior as proposal is section 1's naive
 # Monte Carlo, now on the trained deep model. Expect the encoder's estimate to move by about
-# 2 nats from K = 1 to 1000, and the prior's by more than a thousand: with Q = 2 the prior
+# 3 nats from K = 1 to 1000, and the prior's by hundreds of nats: with Q = 2 the prior
 # catches up by K ≈ 1000 (section 1: Q = 2 needs ~10⁴ draws for 0.1 nats), but each further
 # latent dimension multiplies the draws it needs.
 
@@ -496,7 +496,8 @@ show(fig, "vae_vs_ppca")
 # - Prior sampling needs exponentially many draws as Q grows; a proposal that looks at x
 #   needs few, and the exact posterior needs one.
 # - The VAE learns that proposal (the encoder) and the decoder together on the ELBO.
-# - IWAE-K with the encoder rises with K; with the prior it stays tens of nats lower.
+# - IWAE-K with the encoder rises with K; with the prior it starts hundreds of nats lower and
+#   catches up only with about a thousand draws, and only because Q = 2.
 # - Reparameterized gradients have far less variance than the log-trick's.
 # - β trades reconstruction against staying near the prior; β → 0 is an autoencoder.
 # - A nonlinear decoder beats PPCA's held-out likelihood by a wide margin.

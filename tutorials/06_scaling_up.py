@@ -138,14 +138,15 @@ show(fig, "em_time_by_n")
 three = gmm.GMMConfig(dim=2, components=3)
 x, _, _ = gmm.synthetic(100_000, torch.Generator().manual_seed(1))
 em = GaussianMixture(3, tol=1e-6, random_state=0).fit(x.numpy())  # the zoo's EM (tutorial 1)
-full = float(gmm.log_marginal(three, em.params_, x).mean())
+theta = {name: value.to(x.dtype) for name, value in em.params_.items()}  # scikit-learn: float64
+full = float(gmm.log_marginal(three, theta, x).mean())
 repeats = 200
 batch_sizes = (100, 1000, 10_000)
 estimates = {}
 pyro.set_rng_seed(0)
 # The estimate itself is Pyro's loss on the fitted model, so this cell uses the zoo's internals:
 # `fitted` builds the model at EM's parameters, `build_guide` its guide for enumeration.
-with fitted(spec, three, em.params_, x, guide="enumerate") as (model, _):
+with fitted(spec, three, theta, x, guide="enumerate") as (model, _):
     # the guide is told that the ELBO enumerates, as SVI tells it: it leaves z to the model
     guide = build_guide(spec, "enumerate", model, three, x, elbo="TraceEnum_ELBO")
     enumerated = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)

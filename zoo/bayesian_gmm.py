@@ -149,13 +149,15 @@ def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(float(value), dtype=like.dtype, device=like.device)
 
 
-def _check_data(config: BayesianGMMConfig, x: torch.Tensor) -> None:
+def _check_data(config: BayesianGMMConfig, x: torch.Tensor, *, fitting: bool = True) -> None:
+    """``fitting``: the rows are the whole fit's, so K may not exceed N (the Pyro model takes
+    any rows: a minibatch, or the two rows a trace of its sites uses)."""
     if x.dim() != 2 or x.shape[1] != config.dim:
         raise InputError(f"x has shape {tuple(x.shape)} but the model has dim={config.dim}; "
                          f"give an (N, {config.dim}) tensor")
     if not x.is_floating_point():
         raise InputError(f"x has dtype {x.dtype}; convert it to float32 or float64")
-    config.validate(x.shape[0])
+    config.validate(x.shape[0] if fitting else None)
 
 
 def resolve_priors(config: BayesianGMMConfig, x: torch.Tensor | None) -> Priors:
@@ -785,7 +787,7 @@ class BayesianGaussianMixtureModel:
         if x is None and num_data is None:
             raise InputError("the Bayesian mixture needs data x or a number of rows num_data")
         if x is not None:
-            _check_data(self.config, x)
+            _check_data(self.config, x, fitting=False)
         priors = self.priors or resolve_priors(self.config, x)
         config, k = self.config, self.config.components
         g = priors.weight_concentration
@@ -795,7 +797,8 @@ class BayesianGaussianMixtureModel:
         else:
             weights = pyro.sample("weights", dist.Dirichlet(g.expand([k])))
         total = weights.shape[-1]
-        c0 = prior_precision_matrix(config, priors)
+        # a prior resolved from a couple of rows (a trace on x[:2]) can be singular: mend it
+        c0 = positive_definite(prior_precision_matrix(config, priors))
         # the T components are an event dimension, not a plate: a global site's log-density
         # is one number per draw of θ (what the yardstick for global latents sums)
         precision = pyro.sample("precisions", Wishart(
@@ -830,6 +833,9 @@ SPEC = register(ModelSpec(
     global_sites=("weights", "precisions", "means"),
     notes="CAVI's ELBO keeps every constant: comparable with log p(x) and with SVI's ELBO",
     capabilities={CONJUGATE_UPDATES: COORDINATE_ASCENT},
+    # the maximum-likelihood mixture (EM) with as many components, beside it
+    baselines={"gmm": lambda config: {"components": config.components,
+                                      "covariance_type": config.covariance_type}},
 ))
 
 __all__ = [

@@ -357,6 +357,8 @@ SPEC = register(ModelSpec(
     global_sites=("alpha", "w", "mu", "tau"),
     notes="the effective dimension is read off the fit (ARD); CAVI's ELBO keeps every constant",
     capabilities={CONJUGATE_UPDATES: BLOCK_COORDINATE_ASCENT},
+    # maximum-likelihood PPCA (closed form, EM) with as many columns, no ARD, beside it
+    baselines={"ppca": lambda config: {"latent_dim": max(1, min(config.q, config.dim - 1))}},
 ))
 
 __all__ = [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -483,6 +484,40 @@ def _quadratic_weights(config: GMMConfig, params: Params,
     return weights, bound
 
 
+def _in_threads(reduce, x: torch.Tensor, block: int):
+    """``reduce(begin, end) -> (sums, total)`` over all rows of ``x``; on a CPU with T > 1
+    intra-op threads, T Python threads each reduce one contiguous share of whole blocks with
+    one intra-op thread, and the shares are added in order (deterministic for a given T).
+
+    Why: a block's GEMMs are small, and a GEMM that sums over a block's rows is ten times
+    slower on 2 intra-op threads than on one on this busy machine (each one waits for every
+    thread of the team); whole shares per thread wait once per E-step."""
+    num_data = x.shape[0]
+    threads = torch.get_num_threads() if x.device.type == "cpu" else 1
+    blocks = -(-num_data // block)
+    if threads < 2 or blocks < 2 * threads:
+        return reduce(0, num_data)
+    per_share = -(-blocks // threads) * block
+    bounds = [(begin, min(begin + per_share, num_data))
+              for begin in range(0, num_data, per_share)]
+
+    def share(bound):
+        torch.set_num_threads(1)  # this thread's team: itself
+        return reduce(*bound)
+
+    try:
+        with ThreadPoolExecutor(len(bounds)) as pool:
+            parts = list(pool.map(share, bounds))
+    finally:
+        torch.set_num_threads(threads)
+    sums = parts[0][0]
+    total = parts[0][1]
+    for more, extra in parts[1:]:
+        sums = sums + more
+        total = total + extra
+    return sums, total
+
+
 def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
                       features: _Features, weights: torch.Tensor):
     """One pass over ``x`` in cache-sized row blocks, fused: per block its features ``φ`` are
@@ -501,26 +536,32 @@ def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
         left, right = torch.triu_indices(d, d, device=x.device)
     budget = BLOCK_VALUES.get(x.device.type, BLOCK_VALUES["cuda"])
     block = min(x.shape[0], max(256, budget // size))
-    phi = x.new_empty(size, block)  # feature-major: each product below is one contiguous op
-    phi[-1] = 1.0
-    sums = x.new_zeros(k, size)
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], block):
-        rows = x[start:start + block]
-        n = rows.shape[0]
-        values = phi[:, :n]
-        centred = values[quadratic:-1]
-        torch.sub(rows.T, features.center[:, None], out=centred)
-        if full:  # row i times rows i..D-1: the pairs i <= j in triu_indices order
-            offset = 0
-            for i in range(d):
-                torch.mul(centred[i:], centred[i], out=values[offset:offset + d - i])
-                offset += d - i
-        else:
-            torch.square(centred, out=values[:quadratic])
-        log_px, resp = _normalize(weights @ values)  # (K, n), component-major
-        total += log_px.sum(dtype=torch.float64)
-        sums.addmm_(resp, values.T)
+
+    def reduce(begin: int, end: int):
+        """The K x F sums and the float64 total of log p(x) over rows begin..end."""
+        phi = x.new_empty(size, block)  # feature-major: each product is one contiguous op
+        phi[-1] = 1.0
+        sums = x.new_zeros(k, size)
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        for start in range(begin, end, block):
+            rows = x[start:min(start + block, end)]
+            n = rows.shape[0]
+            values = phi[:, :n]
+            centred = values[quadratic:-1]
+            torch.sub(rows.T, features.center[:, None], out=centred)
+            if full:  # row i times rows i..D-1: the pairs i <= j in triu_indices order
+                offset = 0
+                for i in range(d):
+                    torch.mul(centred[i:], centred[i], out=values[offset:offset + d - i])
+                    offset += d - i
+            else:
+                torch.square(centred, out=values[:quadratic])
+            log_px, resp = _normalize(weights @ values)  # (K, n), component-major
+            total += log_px.sum(dtype=torch.float64)
+            sums.addmm_(resp, values.T)
+        return sums, total
+
+    sums, total = _in_threads(reduce, x, block)
     first, counts = sums[:, quadratic:-1], sums[:, -1]
     if full:
         second = sums.new_zeros(k, d, d)

@@ -46,7 +46,9 @@ def judge_fit(spec: ModelSpec, config, result: FitResult, x: torch.Tensor, recor
         out.update(elbo=exact["elbo"], gap=exact["log_likelihood"] - exact["elbo"],
                    elbo_method="exact")
     out["approximation_gap"] = out["gap"]
-    if is_amortized(spec, guide, result):
+    # the split holds the model's parameters fixed and asks for the best q(z_n) per row: with
+    # global latents (a posterior over the parameters too) it is not defined; the gap stays whole
+    if is_amortized(spec, guide, result) and not spec.global_sites:
         out["approximation_gap"] = None  # not the whole gap: it is split below, or unknown
         with own_random_stream(seed, x.device):
             try:  # q* in closed form: on every training row; fitted: on gap_rows of them

@@ -126,3 +126,45 @@ def test_block_size_changes_only_rounding():
     for a, b in zip(small, whole, strict=True):
         if isinstance(a, torch.Tensor):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-9)
+
+
+def test_threaded_shares_give_the_single_thread_statistics():
+    """With 2 intra-op threads the rows are reduced in 2 shares in Python threads; the sums
+    equal the one-thread pass to float64 rounding."""
+    config = gmm.GMMConfig(dim=5, components=4, covariance_type="full")
+    generator = torch.Generator().manual_seed(9)
+    params = _params(config, generator)
+    x, _ = gmm.sample(config, params, 20_000, generator)
+    saved_threads, saved_block = torch.get_num_threads(), dict(gmm_em.BLOCK_VALUES)
+    try:
+        gmm_em.BLOCK_VALUES["cpu"] = 1  # 256-row blocks: 79 of them, 2 shares
+        torch.set_num_threads(1)
+        single, single_ll = gmm.e_step(config, params, x)
+        torch.set_num_threads(2)
+        shared, shared_ll = gmm.e_step(config, params, x)
+        assert torch.get_num_threads() == 2  # restored after the shares
+    finally:
+        torch.set_num_threads(saved_threads)
+        gmm_em.BLOCK_VALUES.update(saved_block)
+    np.testing.assert_allclose(float(shared_ll), float(single_ll), rtol=1e-13)
+    for a, b in zip(single, shared, strict=True):
+        if isinstance(a, torch.Tensor):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-10, atol=1e-9)
+
+
+def test_memory_benchmark_runs_at_a_smoke_size():
+    """benchmarks/gmm_memory.py (the issue-26 memory figure) at a smoke size: its own checks
+    (peak resident set beyond the data under 1 GiB, float64 reference within 1e-5) pass."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "gmm_memory.py"), "--num-data", "4000",
+         "--dim", "32", "--components", "16"],
+        capture_output=True, text=True, timeout=300, cwd=root,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "quadratic features" in done.stdout and done.stdout.rstrip().endswith("OK")
