@@ -203,6 +203,7 @@ def vae(args) -> None:
         fit = [*lvm_zoo_command(), "fit", "dglvm", *data_flags, "--device", args.device,
                "--likelihood", "bernoulli", "--latent-dim", str(args.latent_dim), "--hidden",
                "400", "--epochs", str(args.epochs), "--batch-size", "128", "--lr", "1e-3",
+               "--validation", "0",  # every training row, as the hand-written loop
                "--iwae-samples", str(args.fit_iwae_samples), "--out", str(run), "--json"]
         wall, fitted = time_command(fit, env)
         hand = hand_written(train.to(device), test.to(device), args.epochs, args.latent_dim)
