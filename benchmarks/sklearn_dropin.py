@@ -16,7 +16,7 @@ pools and ``torch.set_num_threads``), alternating, ``--repeats`` times (at most 
 gives each one's fastest and median. ``--device cuda`` fits ours on the GPU (scikit-learn stays
 on the CPU). Run it under the team's lock:
 
-    flock /tmp/team/bench.lock python benchmarks/sklearn_dropin.py --repeats 3
+    python benchmarks/sklearn_dropin.py --repeats 3
 """
 
 from __future__ import annotations
