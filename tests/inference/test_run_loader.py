@@ -61,10 +61,15 @@ def run_main(capsys, *argv) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["lvm-zoo", *argv], code, out, err)
 
 
+TORCHRUN = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+            "MASTER_PORT")  # another test's torchrun variables must not reach a plain command
+
+
 def lvm_zoo(*argv, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
+    plain = {k: v for k, v in os.environ.items() if k not in TORCHRUN}
     return subprocess.run([sys.executable, "-m", "inference", *map(str, argv)], cwd=cwd,
                           capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **ENV_THREADS, **(env or {}),
+                          env={**plain, **ENV_THREADS, **(env or {}),
                                "PYTHONPATH": str(ROOT)})
 
 
