@@ -239,31 +239,23 @@ class CoordinateAscentVI(Strategy):
         run, _ = fit_cavi(steps, config, x, n_init=options.n_init or 1, init=options.init,
                           max_iter=options.max_iter or MAX_ITER, tol=options.tol or TOL,
                           generator=generator)
-        if not run.converged:
-            warnings.warn(f"CAVI did not converge in {run.n_iter} iterations; increase "
-                          "max_iter or tol, or try more restarts (n_init)", ConvergenceWarning,
-                          stacklevel=2)
-        n = x.shape[0]
-        # q is the guide's parameters: the model has no pyro.param of its own
-        return FitResult(
-            model=spec.name, inference=self.name, guide=steps.guide, params={},
-            guide_params={k: v.detach() for k, v in
-                          steps.to_params(config, run.posterior).items()},
-            history={"elbo": [v / n for v in run.history]},
-            seconds=time.perf_counter() - started, steps=run.n_iter, converged=run.converged,
-            device=str(x.device), seed=context.seed,
-            info={"elbo": run.elbo, "elbo_per_datapoint": run.elbo / n,
-                  "elbo_decreases": run.decreases})
+        return self._result(spec, steps, config, x, run, context, started, {})
 
     def _fit_blocks(self, spec, steps, config, x, options, generator, context,
                     started) -> FitResult:
         run = fit_blocks(steps, config, x, n_init=options.n_init or 1, init=options.init,
                          max_iter=options.max_iter or MAX_ITER, tol=options.tol or TOL,
                          generator=generator)
+        return self._result(spec, steps, config, x, run, context, started,
+                            steps.summary(config, run.posterior))
+
+    def _result(self, spec, steps, config, x, run, context, started, extra) -> FitResult:
+        """The fit's record: q is the guide's parameters (the model has no pyro.param of its
+        own); the ELBO per iteration, per datapoint."""
         if not run.converged:
             warnings.warn(f"CAVI did not converge in {run.n_iter} iterations; increase "
                           "max_iter or tol, or try more restarts (n_init)", ConvergenceWarning,
-                          stacklevel=3)
+                          stacklevel=4)
         n = x.shape[0]
         return FitResult(
             model=spec.name, inference=self.name, guide=steps.guide, params={},
@@ -273,7 +265,7 @@ class CoordinateAscentVI(Strategy):
             seconds=time.perf_counter() - started, steps=run.n_iter, converged=run.converged,
             device=str(x.device), seed=context.seed,
             info={"elbo": run.elbo, "elbo_per_datapoint": run.elbo / n,
-                  "elbo_decreases": run.decreases, **steps.summary(config, run.posterior)})
+                  "elbo_decreases": run.decreases, **extra})
 
 
 register(CoordinateAscentVI())
