@@ -31,37 +31,61 @@ class MeanFieldConjugateGuide:
         self.model = model
         self.config = config
 
-    def _initial(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _initial(self, x: torch.Tensor | None, like: torch.Tensor,
+                 priors: bg.Priors) -> dict[str, torch.Tensor]:
+        """Where q starts: CAVI's own start on rows ``x`` (K-means labels, then the update of
+        q(π) q(μ, Λ) they give), so SVI and CAVI start alike and at the data's scale; without
+        rows, a unit-scale q at the origin."""
+        if x is not None:
+            resp = bg.initial_responsibilities(self.config, x, None, bg.INIT_METHODS[0])
+            return bg.update_globals(self.config, priors, x, resp)._asdict()
         k, d = self.config.components, self.config.dim
         ones = like.new_ones(k)
-        kind = self.config.covariance_type
         eye = torch.eye(d, dtype=like.dtype, device=like.device)
         covariances = {"full": eye.expand(k, d, d).clone(), "tied": eye.clone(),
-                       "diag": like.new_ones(k, d), "spherical": ones.clone()}[kind]
+                       "diag": like.new_ones(k, d), "spherical": ones.clone()
+                       }[self.config.covariance_type]
         return {"weight_concentration": (like.new_ones(2, k) if self.config.stick_breaking
                                          else ones.clone()),
                 "mean_precision": ones.clone(), "means": like.new_zeros(k, d),
                 "degrees_of_freedom": ones * (d + 1.0), "covariances": covariances}
 
-    def posterior(self, like: torch.Tensor) -> bg.Posterior:
-        """q's parameters from the param store as a :class:`zoo.bayesian_gmm.Posterior`."""
-        initial = self._initial(like)
-        d = self.config.dim
+    def _lower_bounds(self, priors: bg.Priors) -> dict[str, torch.Tensor]:
+        """Each count-like parameter of q is its prior's value plus expected counts (CAVI's
+        update: α₀ + N_k, β₀ + N_k, ν₀ + N_k; the sticks 1 + N_k and γ + Σ_{j>k} N_j), so the
+        mean-field optimum never lies below the prior's value. Bounding them there keeps SVI
+        off the Wishart's singular region ν < D, which a noisy gradient otherwise reaches."""
+        k = self.config.components
+        g = priors.weight_concentration
+        weight = (torch.stack([torch.ones_like(g).expand(k), g.expand(k)])
+                  if self.config.stick_breaking else g.expand(k))
+        return {"weight_concentration": weight, "mean_precision": priors.mean_precision,
+                "degrees_of_freedom": priors.degrees_of_freedom}
+
+    def posterior(self, like: torch.Tensor, priors: bg.Priors | None = None,
+                  x: torch.Tensor | None = None) -> bg.Posterior:
+        """q's parameters from the param store (started by :meth:`_initial` the first time)
+        as a :class:`zoo.bayesian_gmm.Posterior`."""
+        priors = priors or self.model.priors or bg.resolve_priors(self.config, x)
         kind = self.config.covariance_type
-        positive_definite = kind in ("full", "tied")
-        values = {
-            "weight_concentration": pyro.param("q_weight_concentration",
-                                               initial["weight_concentration"],
-                                               constraint=constraints.positive),
-            "mean_precision": pyro.param("q_mean_precision", initial["mean_precision"],
-                                         constraint=constraints.positive),
-            "means": pyro.param("q_means", initial["means"]),
-            "degrees_of_freedom": pyro.param("q_degrees_of_freedom",
-                                             initial["degrees_of_freedom"],
-                                             constraint=constraints.greater_than(d - 1.0)),
-            "covariances": pyro.param("q_covariances", initial["covariances"],
-                                      constraint=constraints.positive_definite
-                                      if positive_definite else constraints.positive)}
+        bounds = self._lower_bounds(priors)
+        store, initial, values = pyro.get_param_store(), None, {}
+        for name in ("weight_concentration", "mean_precision", "means", "degrees_of_freedom",
+                     "covariances"):
+            key = f"q_{name}"
+            if key not in store and initial is None:
+                initial = self._initial(x, like, priors)
+            start = None if key in store else initial[name]
+            if name in bounds:
+                constraint = constraints.greater_than(bounds[name])
+                if start is not None:  # strictly inside: an empty component sits on the bound
+                    start = torch.maximum(start, bounds[name] + 1e-3)
+            elif name == "covariances":
+                constraint = (constraints.positive_definite if kind in ("full", "tied")
+                              else constraints.positive)
+            else:
+                constraint = constraints.real
+            values[name] = pyro.param(key, start, constraint=constraint)
         if kind == "tied":
             values["degrees_of_freedom"] = values["degrees_of_freedom"].mean().expand(
                 self.config.components)
@@ -72,8 +96,8 @@ class MeanFieldConjugateGuide:
                  subsample_size: int | None = None):
         config = self.config
         like = x if x is not None else torch.zeros(1, config.dim)
-        post = self.posterior(like)
         priors = self.model.priors or bg.resolve_priors(config, x)
+        post = self.posterior(like, priors, x)
         if config.stick_breaking:
             a, b = post.weight_concentration
             pyro.sample("weights", bg.stick_breaking_distribution(a, b))

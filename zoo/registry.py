@@ -231,7 +231,9 @@ BUILTINS = (("gmm", "zoo.gmm"), ("ppca", "zoo.ppca"), ("dglvm", "zoo.dglvm"),
             ("mppca", "zoo.mppca"), ("student-t-mixture", "zoo.student_t_mixture"),
             ("bayesian-gmm", "zoo.bayesian_gmm"), ("bayesian-ppca", "zoo.bayesian_ppca"))
 _REGISTRY: Registry[ModelSpec] = Registry("lvm_zoo.models", "model", BUILTINS)
-_ORIGINS: dict[str, str] = {}  # model name -> "path/to/file.py:NAME" for models from user files
+# model name -> (spec, "path/to/file.py:NAME") for models loaded from user files; the spec is
+# kept so that a name later taken back by another model (a built-in restored) is not misread
+_ORIGINS: dict[str, tuple[ModelSpec, str]] = {}
 _SOURCES: dict[str, tuple[ModelSpec, str]] = {}  # name -> (spec, the file that declared it)
 _IMPORTING: list[Path] = []  # the user files being imported (get_model("file.py:NAME"))
 
@@ -283,7 +285,7 @@ def get_model(name: str) -> ModelSpec:
         _import_user_file(Path(path))
         name = model_name
         if name in _REGISTRY:
-            _ORIGINS[name] = f"{Path(path).resolve()}:{name}"
+            _ORIGINS[name] = (_REGISTRY[name], f"{Path(path).resolve()}:{name}")
         else:
             declared = sorted(n for n, (_, source) in _SOURCES.items()
                               if source == str(Path(path).resolve()))
@@ -304,7 +306,9 @@ def get_model(name: str) -> ModelSpec:
 def model_reference(spec: ModelSpec) -> str:
     """What `get_model` needs to find ``spec`` again in a new process: its registry name, or
     ``/abs/path/file.py:NAME`` for a model declared in a user file."""
-    return _ORIGINS.get(spec.name, spec.name)
+    entry = _ORIGINS.get(spec.name)  # the same model: a joined copy keeps its make_model
+    same = entry is not None and entry[0].make_model is spec.make_model
+    return entry[1] if same else spec.name
 
 
 def _import_user_file(path: Path) -> None:

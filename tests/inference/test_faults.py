@@ -381,11 +381,14 @@ declare({name!r}, model{extra})
 @pytest.fixture
 def clean_registry():
     registry, sources = zoo.registry.models(), dict(zoo.registry._SOURCES)
+    origins = dict(zoo.registry._ORIGINS)
     yield
     zoo.registry._REGISTRY.clear()
     zoo.registry._REGISTRY.update(registry)
     zoo.registry._SOURCES.clear()  # which file declared each name goes back too
     zoo.registry._SOURCES.update(sources)
+    zoo.registry._ORIGINS.clear()
+    zoo.registry._ORIGINS.update(origins)
 
 
 def user_file(tmp_path: Path, name: str, extra: str = "", stem: str = "user_model") -> str:
@@ -422,6 +425,16 @@ def test_a_user_file_may_not_take_a_built_in_name(tmp_path, clean_registry):
     assert register(impostor, replace=True) is zoo.registry.models()["ppca"]
     replaced = get_model(user_file(tmp_path, "gmm", ", replace=True", stem="on_purpose"))
     assert replaced.summary == "a user's model"
+
+
+def test_a_name_taken_back_from_a_user_file_is_saved_as_the_built_in(tmp_path, clean_registry):
+    """A run records where its model comes from. After a user file replaced 'gmm' and the
+    built-in was registered back, a run of the built-in names 'gmm', not the user's file."""
+    built_in = zoo.registry.models()["gmm"]
+    mine = get_model(user_file(tmp_path, "gmm", ", replace=True", stem="on_purpose"))
+    assert zoo.registry.model_reference(mine).endswith("on_purpose.py:gmm")
+    register(built_in, replace=True)
+    assert zoo.registry.model_reference(built_in) == "gmm"
 
 
 # --- misspelled and mistyped options: refused with the closest name ----------------------------
