@@ -11,12 +11,11 @@ lowest inertia, a tolerance relative to the data's variance), on the numerics of
 from __future__ import annotations
 
 import time
-import warnings
 from typing import NamedTuple
 
 import torch
-from sklearn.exceptions import ConvergenceWarning
 
+from inference.convergence import warn_not_converged
 from inference.shards import Rows
 from zoo.errors import InputError
 from zoo.gmm_config import check_components
@@ -90,9 +89,8 @@ def kmeans(
         if best is None or run.inertia < best.inertia:
             best = run
     if not best.converged:
-        warnings.warn(f"K-means did not converge in max_iter={max_iter} Lloyd iterations; raise "
-                      "max_iter, loosen tol, or standardize the data", ConvergenceWarning,
-                      stacklevel=2)
+        warn_not_converged(f"K-means did not converge in max_iter={max_iter} Lloyd iterations; "
+                           "raise max_iter, loosen tol, or standardize the data")
     return KMeansResult(best.centers, best.labels, best.inertia, best.n_iter, best.converged,
                         time.perf_counter() - start, tuple(inertias))
 
@@ -138,9 +136,8 @@ def kmeans_rows(rows: Rows, k: int, *, init: str = "k-means++", n_init: int = 1,
             best = run
     centers, inertia, n_iter, converged = best
     if not converged:
-        warnings.warn(f"K-means did not converge in max_iter={max_iter} Lloyd iterations; raise "
-                      "max_iter, loosen tol, or standardize the data", ConvergenceWarning,
-                      stacklevel=2)
+        warn_not_converged(f"K-means did not converge in max_iter={max_iter} Lloyd iterations; "
+                           "raise max_iter, loosen tol, or standardize the data")
     empty = torch.zeros(0, dtype=torch.int64, device=rows.device)
     return KMeansResult(centers, empty, inertia, n_iter, converged,
                         time.perf_counter() - start, tuple(inertias))

@@ -65,18 +65,17 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from sklearn.exceptions import ConvergenceWarning
 from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
 from inference import interrupt
+from inference.convergence import warn_not_converged
 from inference.em import finite
 from inference.results import FitResult
 from zoo.errors import InputError
@@ -384,11 +383,11 @@ def _passes_settled(spec: ModelSpec, pass_means: list, tol: float) -> bool:
     a ``ConvergenceWarning`` at the caller of :func:`fit_online_em` where they are not."""
     converged = len(pass_means) > 1 and abs(pass_means[-1] - pass_means[-2]) < tol
     if len(pass_means) > 1 and not converged:
-        warnings.warn(
+        warn_not_converged(
             f"online EM on {spec.name}: the mean minibatch log-likelihood changed by "
             f"{abs(pass_means[-1] - pass_means[-2]):.3g} nats per datapoint over the last pass "
             f"(tol={tol:g}); more passes (--passes), larger minibatches (--batch-size) or a "
-            "larger --step-decay settle it", ConvergenceWarning, stacklevel=4)
+            "larger --step-decay settle it", stacklevel=4)
     return converged
 
 

@@ -241,7 +241,11 @@ def prepare(config: BayesianGMMConfig, x: torch.Tensor) -> Rows:
     if (config.covariance_type == "full" and x.dtype == torch.float64
             and x.shape[0] * d * (d + 1) // 2 <= PAIRS_MAX_ELEMENTS):
         index = torch.triu_indices(d, d, device=x.device)
-        pairs = centred[:, index[0]] * centred[:, index[1]]
+        pairs = centred.new_empty(x.shape[0], index.shape[1])
+        start = 0
+        for row in range(d):  # the products y_row y_e, e >= row: written once, no gathers
+            pairs[:, start:start + d - row] = centred[:, row:row + 1] * centred[:, row:]
+            start += d - row
     return Rows(x, shift, centred, pairs, index)
 
 
@@ -379,12 +383,15 @@ def _log_det_precision_cholesky(post: Posterior, kind: str, dim: int) -> torch.T
 
 
 def _mahalanobis(points: torch.Tensor, post: Posterior, kind: str) -> torch.Tensor:
-    """(p - m_k)ᵀ E_q[Λ_k] (p - m_k) for ``points : (N, D)``, shape ``(N, K)``: one batched
-    GEMM for full covariances, one for tied, elementwise for diag and spherical."""
+    """(p - m_k)ᵀ E_q[Λ_k] (p - m_k) for ``points : (N, D)``, shape ``(N, K)``: one GEMM
+    against the K factors side by side for full covariances, one for tied, elementwise for
+    diag and spherical."""
     u, m = post.precisions_cholesky, post.means
     if kind == "full":
-        projected = torch.einsum("nd,kde->kne", points, u) - (m[:, None, :] @ u)
-        return projected.square().sum(-1).T
+        k, d = m.shape
+        projected = (points @ u.transpose(0, 1).reshape(d, k * d)).view(-1, k, d)
+        projected -= (m[:, None, :] @ u)[:, 0, :]  # (N, K, D): the K projections of each row
+        return torch.linalg.vector_norm(projected, dim=-1).square()
     if kind == "tied":
         return ((points @ u)[:, None, :] - (m @ u)[None]).square().sum(-1)
     if kind == "diag":

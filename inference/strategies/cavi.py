@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
-from sklearn.exceptions import ConvergenceWarning
 
+from inference.convergence import warn_not_converged
 from inference.results import FitResult
 from inference.strategies import DEFAULT_CONTEXT, FitContext, Strategy, register
 from zoo.errors import InputError
@@ -253,9 +253,8 @@ class CoordinateAscentVI(Strategy):
         """The fit's record: q is the guide's parameters (the model has no pyro.param of its
         own); the ELBO per iteration, per datapoint."""
         if not run.converged:
-            warnings.warn(f"CAVI did not converge in {run.n_iter} iterations; increase "
-                          "max_iter or tol, or try more restarts (n_init)", ConvergenceWarning,
-                          stacklevel=4)
+            warn_not_converged(f"CAVI did not converge in {run.n_iter} iterations; increase "
+                               "max_iter or tol, or try more restarts (n_init)", stacklevel=4)
         n = x.shape[0]
         return FitResult(
             model=spec.name, inference=self.name, guide=steps.guide, params={},
