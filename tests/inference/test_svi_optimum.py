@@ -106,7 +106,14 @@ def test_schedule_switch_is_recorded_in_the_run(tmp_path):
                  "--out", str(tmp_path / "bad")]) == 2
 
 
-BUILT_IN = ["gmm", "ppca", "fa", "mppca", "student-t-mixture", "bayesian-gmm", "dglvm"]
+BUILT_IN = ["gmm", "ppca", "fa", "mppca", "student-t-mixture", "bayesian-gmm", "bayesian-ppca",
+            "dglvm"]
+
+
+def test_the_convergence_check_covers_every_built_in_model():
+    from zoo.registry import BUILTINS
+
+    assert {name for name, _ in BUILTINS} <= set(BUILT_IN)
 
 
 @pytest.mark.slow
