@@ -231,19 +231,19 @@ class BayesianGaussianMixture(DensityMixin, BaseEstimator):
                 previous = {"previous_elbo": self.elbo_, "previous_bound": self.lower_bound_}
             if self.max_iter == 0:
                 post = start["posterior"] or bg.update_globals(config, priors, x, resp)
-                candidate = (-math.inf, post, [], [], 0, False, -math.inf)
+                candidate = (-math.inf, post, [], [], 0, False, -math.inf, None)
             else:
                 run = run_cavi(bg.COORDINATE_ASCENT, config, priors, x, resp,
                                max_iter=self.max_iter, tol=float(self.tol), bound=sklearn_bound,
                                verbose=self.verbose, **start, **previous)
                 candidate = (run.bounds[-1], run.posterior, run.bounds, run.history,
-                             run.n_iter, run.converged, run.elbo)
+                             run.n_iter, run.converged, run.elbo, run.log_rho)
                 if self.verbose:
                     print(f"Initialization {'converged' if run.converged else 'did not converge'}"
                           f". lower bound {run.bounds[-1]:.5f}, ELBO {run.elbo:.5f} nats")
             if best is None or candidate[0] > best[0]:
                 best = candidate
-        bound, post, bounds, history, n_iter, converged, elbo = best
+        bound, post, bounds, history, n_iter, converged, elbo, log_rho = best
         self.converged_ = converged
         if not converged and self.max_iter > 0:
             warnings.warn("Best performing initialization did not converge. Try different init "
@@ -256,7 +256,9 @@ class BayesianGaussianMixture(DensityMixin, BaseEstimator):
         self.elbo_ = elbo
         self.elbos_ = history
         self.elbo_offset_ = float(offset)
-        return self._log_rho(X).argmax(1)
+        if log_rho is None:  # no iteration ran: the E-step at the start's q
+            return self._log_rho(X).argmax(1)
+        return log_rho.argmax(1).cpu().numpy()  # the final E-step's, as scikit-learn's
 
     # --- q as scikit-learn's attributes, and back ----------------------------------------------
 
