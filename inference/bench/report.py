@@ -109,7 +109,6 @@ def plot_summary(records: Sequence[dict], posteriors: Sequence[str],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm
-    from matplotlib.patches import Rectangle
 
     by_cell = {(r["posterior"], r["strategy"]): r for r in records}
     error = np.full((len(posteriors), len(strategies)), np.nan)
@@ -128,24 +127,7 @@ def plot_summary(records: Sequence[dict], posteriors: Sequence[str],
     image = axis.imshow(np.ma.masked_invalid(error), cmap=colours, norm=norm, aspect="auto")
     for i, name in enumerate(posteriors):
         for j, strategy in enumerate(strategies):
-            record = by_cell.get((name, strategy))
-            if record is None:
-                axis.text(j, i, "not run", ha="center", va="center", fontsize=8, color="0.2")
-                continue
-            if record["status"] != "ok":
-                axis.text(j, i, "failed", ha="center", va="center", fontsize=8, color="0.2")
-                continue
-            line = f"{record['mean_error_max']:.2g}"
-            k = record.get("pareto_k")
-            if k is not None:
-                line += f"\nk̂ {k:.2f}"
-            agreement = record.get("agreement")
-            if agreement is not None:
-                line += "\nref ✓" if agreement["agrees"] else "\nref ✗"
-            axis.text(j, i, line, ha="center", va="center", fontsize=7.5, linespacing=1.1)
-            if k is not None and k > THRESHOLD:
-                axis.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False,
-                                         edgecolor="black", linewidth=2.0))
+            _annotate_cell(axis, i, j, by_cell.get((name, strategy)))
     axis.set_xticks(range(len(strategies)), strategies, fontsize=9)
     axis.xaxis.tick_top()
     axis.set_yticks(range(len(posteriors)), posteriors, fontsize=8)
@@ -160,6 +142,30 @@ def plot_summary(records: Sequence[dict], posteriors: Sequence[str],
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _annotate_cell(axis, i: int, j: int, record: dict | None) -> None:
+    """The heatmap's cell of row ``i`` and column ``j``: "not run", "failed", or the max mean
+    error with k̂ and NUTS's agreement under it, framed in black where k̂ > 0.7."""
+    from matplotlib.patches import Rectangle
+
+    if record is None:
+        axis.text(j, i, "not run", ha="center", va="center", fontsize=8, color="0.2")
+        return
+    if record["status"] != "ok":
+        axis.text(j, i, "failed", ha="center", va="center", fontsize=8, color="0.2")
+        return
+    line = f"{record['mean_error_max']:.2g}"
+    k = record.get("pareto_k")
+    if k is not None:
+        line += f"\nk̂ {k:.2f}"
+    agreement = record.get("agreement")
+    if agreement is not None:
+        line += "\nref ✓" if agreement["agrees"] else "\nref ✗"
+    axis.text(j, i, line, ha="center", va="center", fontsize=7.5, linespacing=1.1)
+    if k is not None and k > THRESHOLD:
+        axis.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False,
+                                 edgecolor="black", linewidth=2.0))
 
 
 def _cell(value, digits: int = 3) -> str:

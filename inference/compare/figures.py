@@ -257,6 +257,19 @@ def _plot_yardstick(summary: list[dict], path: Path, *, title: str) -> Shown:
     y = np.arange(len(labels))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.55 * len(labels) + 2.0),
                                       sharey=True)
+    left_out = _draw_log_densities(left, summary, labels, y)
+    left_out += _draw_gaps(right, summary, labels, y)
+    fig.suptitle(title + ": the yardstick (mean ± std over seeds)", fontsize=10)
+    if left_out:
+        fig.text(0.01, 0.005, "not drawn (not finite): " + "; ".join(left_out), fontsize=7,
+                 color="tab:red", ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.05 if left_out else 0, 1, 1))
+    return Shown(save_figure(fig, path), _yardstick_caption(summary, left_out))
+
+
+def _draw_log_densities(axis, summary: list[dict], labels: list, y: np.ndarray) -> list[str]:
+    """The yardstick's left panel: train and test log p(x) and the ELBO per strategy, mean ±
+    std over seeds; returns the values left out as not finite, one line each."""
     left_out = []
     for offset, (metric, name) in zip((-0.2, 0.0, 0.2), (
             ("train_log_likelihood", "train log p(x)"), ("test_log_likelihood", "test log p(x)"),
@@ -267,14 +280,21 @@ def _plot_yardstick(summary: list[dict], path: Path, *, title: str) -> Shown:
         left_out += [f"{labels[i]}: {name} {means[i]}" for i, m in enumerate(means)
                      if m is not None and not np.isfinite(m)]
         if keep:
-            left.errorbar([means[i] for i in keep], y[keep] + offset,
+            axis.errorbar([means[i] for i in keep], y[keep] + offset,
                           xerr=[stds[i] for i in keep], fmt="o", capsize=3, label=name, ms=4)
-    left.set_xlabel("nats per datapoint")
-    left.set_yticks(y, labels)
-    left.invert_yaxis()
-    left.legend(fontsize=8)
-    left.grid(alpha=0.3)
-    drawn = False
+    axis.set_xlabel("nats per datapoint")
+    axis.set_yticks(y, labels)
+    axis.invert_yaxis()
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return left_out
+
+
+def _draw_gaps(axis, summary: list[dict], labels: list, y: np.ndarray) -> list[str]:
+    """The yardstick's right panel: the gap log p(x) − ELBO and, where it was split, its
+    approximation and amortization parts, as bars side by side on a symlog scale; returns
+    the values left out as not finite, one line each."""
+    left_out, drawn = [], False
     for offset, (metric, name, colour) in zip((-0.27, 0.0, 0.27), (
             ("gap", "gap log p(x) − ELBO", "tab:gray"),
             ("approximation_gap", "approximation gap", "tab:blue"),
@@ -284,23 +304,23 @@ def _plot_yardstick(summary: list[dict], path: Path, *, title: str) -> Shown:
         left_out += [f"{labels[i]}: {name} {values[i]}" for i, v in enumerate(values)
                      if v is not None and not np.isfinite(v)]
         if keep:
-            right.barh(y[keep] + offset, [values[i] for i in keep], height=0.26,
-                       color=colour, label=name)
+            axis.barh(y[keep] + offset, [values[i] for i in keep], height=0.26,
+                      color=colour, label=name)
             drawn = True
-    right.axvline(0, color="k", lw=0.6)
-    right.set_xscale("symlog", linthresh=0.01)  # gaps of 0.01 and of 10 nats both readable
-    right.set_xlabel("nats per datapoint (linear within ±0.01, then logarithmic)")
+    axis.axvline(0, color="k", lw=0.6)
+    axis.set_xscale("symlog", linthresh=0.01)  # gaps of 0.01 and of 10 nats both readable
+    axis.set_xlabel("nats per datapoint (linear within ±0.01, then logarithmic)")
     if drawn:
-        right.legend(fontsize=8)
+        axis.legend(fontsize=8)
     else:
-        right.text(0.5, 0.5, "no fit has an ELBO: no gap to show", ha="center",
-                   va="center", transform=right.transAxes, color="0.4")
-    right.grid(alpha=0.3, axis="x")
-    fig.suptitle(title + ": the yardstick (mean ± std over seeds)", fontsize=10)
-    if left_out:
-        fig.text(0.01, 0.005, "not drawn (not finite): " + "; ".join(left_out), fontsize=7,
-                 color="tab:red", ha="left", va="bottom", wrap=True)
-    fig.tight_layout(rect=(0, 0.05 if left_out else 0, 1, 1))
+        axis.text(0.5, 0.5, "no fit has an ELBO: no gap to show", ha="center",
+                  va="center", transform=axis.transAxes, color="0.4")
+    axis.grid(alpha=0.3, axis="x")
+    return left_out
+
+
+def _yardstick_caption(summary: list[dict], left_out: list[str]) -> str:
+    """The yardstick figure's caption, naming the values not drawn."""
     caption = ("Train and test log p(x) and the ELBO per strategy (mean ± standard deviation "
                "over seeds); right: the gap log p(x) − ELBO and, where it was split (amortized "
                "guides), the approximation and amortization gaps.")
@@ -309,4 +329,4 @@ def _plot_yardstick(summary: list[dict], path: Path, *, title: str) -> Shown:
                     "those rows, not to the gap drawn beside it.")
     if left_out:
         caption += " Not drawn because not finite: " + "; ".join(left_out) + "."
-    return Shown(save_figure(fig, path), caption)
+    return caption
