@@ -38,7 +38,7 @@ def compare(model, *, out=None, **arguments) -> list[dict]:
     fits run in a temporary folder that is removed, and the records name no folder."""
     from inference.compare import compare as compare_strategies
 
-    if out is not None:
+    if out is not None or arguments.get("resume"):  # resume=True needs the stopped out
         return compare_strategies(model, out=out, **arguments)
     with tempfile.TemporaryDirectory(prefix="lvm-zoo-compare-") as folder:
         records = compare_strategies(model, out=Path(folder) / "comparison", **arguments)

@@ -12,7 +12,11 @@ once, as data, before anything is computed from it.
   store of its own and a forked random stream, and every ``pyro.param`` site it creates
   names a key the file must hold, with that shape, a floating-point dtype, finite values and
   the site's constraint (mixture weights on the simplex, Cholesky factors of positive-definite
-  covariances, positive variances); a key the model does not create is refused too.
+  covariances, positive variances); a key the model does not create is refused too. The
+  guide's parameters (``guide_params``) likewise: the guide is run once as evaluation loads
+  it (:func:`inference.evaluate.fitted`, over the checked model parameters, on 8 rows, or on
+  the training rows of a per-datapoint guide), and every parameter it registers names a key
+  the file must hold, with that shape and finite values; no other key.
 
 Every fault is one :class:`~zoo.errors.InputError` naming the file, the key and what was
 expected. A run folder never names code to run: a run of a model from a user file needs the
@@ -33,8 +37,9 @@ from pyro import poutine
 from torch.distributions import constraints
 
 from inference import strategies
-from inference.catalog import get_model, models
+from inference.catalog import get_model, guide_entry, models
 from inference.data import DTYPES, DataRequest
+from inference.evaluate import fitted
 from inference.runs import HISTORY_FILE, PARAMS_FILE, RUN_FILE, load_run, read_json
 from zoo.errors import InputError
 from zoo.registry import ModelSpec, Params
@@ -152,6 +157,8 @@ def load(run_dir: str | Path, model: str | None = None) -> SavedRun:
         check_importance_samples(samples, max(1, rows), where=f"{where}: iwae_samples",
                                  fix="lower it (or give `evaluate --iwae-samples K`)")
     check_params(run_dir / PARAMS_FILE, spec, config, params, guide_params, request.dtype)
+    check_guide_params(run_dir / PARAMS_FILE, spec, config, record["guide"], params,
+                       guide_params, metrics.get("n_train"), request.dtype)
     history_path = run_dir / HISTORY_FILE
     history = read_json(history_path, dict) if history_path.is_file() else {}
     return SavedRun(run_dir, record, reference, spec, config, request, params, guide_params,
@@ -317,6 +324,72 @@ def check_params(path: Path, spec: ModelSpec, config, params: Params, guide_para
             raise InputError(f"{path}: params '{name}' {fault}; {DAMAGED}")
 
 
+def expected_guide_params(spec: ModelSpec, config, guide: str, params: Params,
+                          rows: int | None = None, dtype: torch.dtype = torch.float32
+                          ) -> dict[str, tuple[int, ...]] | None:
+    """``name -> shape`` of every parameter the guide ``guide`` registers over
+    the model's (validated) ``params``: the guide run once as evaluation loads it
+    (:func:`inference.evaluate.fitted`), in a param store of its own and a forked random
+    stream, on ``rows`` rows (a per-datapoint guide's training rows; 8 otherwise) of zeros,
+    else of standard normal values. None when the guide cannot be run that way (a user's guide
+    that needs its own data) or a per-datapoint guide's rows are unknown."""
+    per_datapoint = bool(getattr(guide_entry(spec, guide), "per_datapoint", False))
+    if per_datapoint and not (isinstance(rows, int) and not isinstance(rows, bool)
+                              and rows >= 1):
+        return None
+    n = rows if per_datapoint else 8
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        for x in (torch.zeros(1, config.dim, dtype=dtype).expand(n, -1),
+                  torch.randn(n, config.dim, dtype=dtype)):
+            try:
+                with fitted(spec, config, params, x, guide=guide):
+                    store = pyro.get_param_store()
+                    return {name: tuple(store[name].shape) for name in store.keys()
+                            if name not in params}
+            except Exception:  # noqa: BLE001, S112 - a user's guide may need its own data
+                continue
+    return None
+
+
+def check_guide_params(path: Path, spec: ModelSpec, config, guide: str | None, params: Params,
+                       guide_params: Params, rows: int | None = None,
+                       dtype: str = "float32") -> None:
+    """``guide_params`` hold exactly the parameters the guide registers
+    (:func:`expected_guide_params`), with their shapes and finite values; called after
+    :func:`check_params` has passed the model's. Their constraints are the guide's own and
+    may hold on their boundary (a stick's last concentration equal to its prior's), so only
+    shapes are compared. A guide that cannot be traced has its values checked for finiteness
+    only. Anything else is an InputError naming ``path``, the
+    key and the expected shape."""
+    for name, value in guide_params.items():
+        if not bool(torch.isfinite(value).all()):
+            raise InputError(f"{path}: guide_params '{name}' holds NaN or infinite values, "
+                             f"expected finite numbers; {DAMAGED}")
+    if guide is None or guide not in spec.guides:
+        return
+    layout = expected_guide_params(spec, config, guide, params, rows,
+                                   DTYPES.get(dtype, torch.float32))
+    if layout is None:
+        return
+    where = f"guide '{guide}' of model '{spec.name}' with {_options(config)}"
+    missing = [n for n in layout if n not in guide_params]
+    if missing:
+        shapes = ", ".join(f"{n!r} of shape {layout[n]}" for n in missing)
+        raise InputError(f"{path}: guide_params lack {shapes}, which {where} needs; "
+                         f"{DAMAGED}")
+    extra = [n for n in guide_params if n not in layout]
+    if extra:
+        has = ", ".join(map(repr, layout)) or "none"
+        raise InputError(f"{path}: guide_params hold {', '.join(map(repr, extra))}, which "
+                         f"{where} does not have (it has {has}); {DAMAGED}")
+    for name, shape in layout.items():
+        value = guide_params[name]
+        if tuple(value.shape) != shape:
+            raise InputError(f"{path}: guide_params '{name}' has shape {tuple(value.shape)}, "
+                             f"expected {shape} for {where}; {DAMAGED}")
+
+
 def _options(config) -> str:
     shown = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
              if f.name in ("dim", "components", "latent_dim", "covariance_type", "hidden")]
@@ -351,7 +424,8 @@ def constraint_fault(value: torch.Tensor, constraint) -> str:
         if not bool(constraints.positive_definite.check(x).all()):
             return "is not positive definite, expected positive-definite matrices"
         return ""
-    if isinstance(base, constraints.greater_than) and base.lower_bound == 0:
+    if isinstance(base, constraints.greater_than) and isinstance(base.lower_bound, int | float) \
+            and base.lower_bound == 0:
         if bool((x <= 0).any()):
             return (f"holds {float(x.min()):.4g}, expected positive values (variances and "
                     "scales)")

@@ -21,6 +21,7 @@ def main(args: argparse.Namespace) -> int:
                    gap_rows=args.gap_rows, draws=args.draws,
                    data=flags.data_request(args, spec), seed=args.seed, out=args.out,
                    iwae_samples=args.iwae_samples, overwrite=args.overwrite,
+                   resume=args.resume,
                    nuts_samples=args.nuts_samples, nuts_warmup=args.nuts_warmup,
                    nuts_chains=args.nuts_chains,
                    **flags.strategy_options(args), **flags.model_options(args, spec))

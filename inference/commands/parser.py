@@ -104,6 +104,9 @@ def _compare_command(commands) -> None:
     compare.add_argument("--overwrite", action="store_true",
                          help="replace the comparison already in --out: its files and run "
                               "folders (otherwise it is refused)")
+    compare.add_argument("--resume", action="store_true",
+                         help="continue the comparison stopped part way in --out: fit only the "
+                              "cells that did not finish (under the same options)")
     grid = compare.add_argument_group("grid")
     for strategy in strategies.strategies().values():
         if strategy.GridOptions is not None:

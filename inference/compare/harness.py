@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.distributions import Categorical
 
+from inference import interrupt
 from inference import posterior_export as export
 from inference import strategies as registry
 from inference.catalog import get_model
@@ -31,6 +32,7 @@ from inference.compare.fits import Fit, anchor_of
 from inference.compare.gaps import GAP_ROWS, judge_fit
 from inference.compare.labels import label_switching_measures
 from inference.compare.report import write_report
+from inference.compare.resume import CellStore, ComparisonInterrupted, fingerprint
 from inference.compare.tables import summarize, write_csv
 from inference.data import DataRequest, load
 from inference.fitting import (
@@ -94,7 +96,7 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
             progress: bool = False, iwae_samples: int | None = None,
             overwrite: bool = False, nuts_samples: int | None = None,
             nuts_warmup: int | None = None, nuts_chains: int | None = None,
-            **options) -> Comparison:
+            resume: bool = False, **options) -> Comparison:
     """Run every applicable strategy on one train/test split (drawn by ``seed``), ``seeds``
     seeds each (``seed``, ``seed + 1``, ...), judge each fit, write the comparison folder;
     returns one record per fit (and their ``summary``).
@@ -106,7 +108,10 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     per chain, and how many chains); ``gap_rows`` (0: none) sizes the amortization-gap
     subset; ``draws`` is the number of posterior draws exported per fit. An ``out`` folder
     that already holds a comparison is refused unless ``overwrite``, which removes the earlier
-    comparison's files and run folders once the new fits are done.
+    comparison's files and run folders once the new fits are done. Each fit is kept in
+    ``out/.compare-cells`` as it finishes (:mod:`.resume`); ``resume=True`` continues a
+    comparison that was stopped part way in ``out``, fitting only the cells that did not
+    finish (under the same options, else an InputError naming the one that differs).
     """
     spec = get_model(spec)
     grid_names = grid_option_names()
@@ -114,6 +119,9 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     options = {k: v for k, v in options.items() if k not in grid_names}
     _check_options(seeds=seeds, reference=reference, gap_rows=gap_rows, draws=draws,
                    grid_options=grid_options, options=options)
+    if resume and out is None:
+        raise InputError("--resume continues the comparison stopped in a folder: give its "
+                         "--out DIR")
     if isinstance(seeds, int) and not isinstance(seeds, bool):  # before the data are read
         check_count(f"the fits of --seeds {seeds:,} (at least one per seed)", seeds, MAX_FITS,
                     "give fewer --seeds")
@@ -137,45 +145,98 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
                          iwae_samples=iwae_samples, progress=progress, posterior=False,
                          **model_options, **_cell_options(cell, fit_options)))
              for cell in cells for s in range(seed, seed + seeds)]  # all checked before work
+    kept = fingerprint(seeds=seeds, seed=seed, cells=cells, reference=reference,
+                       gap_rows=gap_rows, draws=draws, iwae_samples=iwae_samples, nuts=nuts,
+                       request=request, options={**model_options, **fit_options,
+                                                 **grid_options}, config=config,
+                       rows=(*loaded.train.shape, int(loaded.test.shape[0])))
     return _run_grid(spec, plans, loaded, config, out=out, overwrite=overwrite, seed=seed,
                      gap_rows=gap_rows, draws=draws, reference=reference, nuts=nuts,
-                     report=report)
+                     report=report, resume=resume, kept=kept)
 
 
 def _run_grid(spec: ModelSpec, plans: list, loaded, config, *, out, overwrite: bool, seed: int,
               gap_rows: int, draws: int, reference: str | None, nuts: dict,
-              report: bool) -> Comparison:
-    """Fit the planned cells into a comparison folder (locked), judge, export, report."""
+              report: bool, resume: bool = False, kept: dict | None = None) -> Comparison:
+    """Fit the planned cells into a comparison folder (locked), judge, export, report; each
+    fit is kept as it finishes (``kept``: the options it is kept under), ``resume`` fits only
+    those not kept yet."""
     progress = any(settled.progress for _, settled in plans)
     compare_dir = check_writable(Path(out) if out else fresh_folder(Path("runs") / (
         f"compare-{spec.name}-{Path(loaded.dataset.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")))
     with locked(compare_dir):  # one process at a time writes a comparison folder
+        store = _cell_store(compare_dir, kept or {}, resume=resume, overwrite=overwrite)
+        # a comparison stopped while replacing an earlier one (--overwrite) goes on replacing
+        overwrite = overwrite or (resume and store.exists())
         refuse_earlier(compare_dir, comparison=True, overwrite=overwrite)
         earlier = earlier_files(compare_dir, comparison=True) if overwrite else {}
-        # written beside the earlier comparison, moved into place when whole (--overwrite:
-        # then what the new comparison did not write anew goes)
-        with staged(compare_dir, earlier) as staging:
-            fits = [_fitted(cell, settled, loaded, config, compare_dir, gap_rows)
-                    for cell, settled in plans]
-            _measured(spec, config, fits, loaded.train, seed, draws, reference, nuts)
-            for item in fits:
-                name = f"{item.cell.slug}-seed{item.seed}"
-                item.run_dir = staging / name
-                write_run(item.fitted, item.run_dir, final=compare_dir / name, figures=False,
-                          posterior=False, measures=item.measures)  # posterior.nc next
-                _export(item, compare_dir / name)
-                item.run_dir = compare_dir / name
-            records = [item.record for item in fits]
-            records += _baselines(spec, config, loaded, compare_dir, seed, progress, staging)
-            summary = summarize(records)
-            _write(staging, records, summary)
-            figures = comparison_figures(spec, loaded.dataset, config, fits, summary,
-                                         loaded.train, staging, seed)
-            if report:
-                write_report(staging, spec=spec, dataset=loaded.dataset, config=config,
-                             records=records, summary=summary, figures=figures,
-                             summaries=_arviz_summaries(fits, seed), nuts=_nuts_notes(fits))
+        try:
+            records, summary = _staged_grid(
+                spec, plans, loaded, config, compare_dir, earlier, store, seed=seed,
+                gap_rows=gap_rows, draws=draws, reference=reference, nuts=nuts,
+                report=report, progress=progress)
+        except interrupt.Interrupted as stop:
+            if isinstance(stop, ComparisonInterrupted) or not store.finished():
+                raise
+            raise ComparisonInterrupted(stop, compare_dir, store.finished(),
+                                        len(plans)) from None
+        store.clear()  # the comparison is in place: nothing is left to resume
     return Comparison(records, summary)
+
+
+def _cell_store(compare_dir: Path, kept: dict, *, resume: bool, overwrite: bool) -> CellStore:
+    """The fits kept in ``compare_dir``: checked against ``kept`` (``resume``), cleared
+    (``overwrite``), else an earlier comparison's kept fits are refused."""
+    store = CellStore(compare_dir, kept)
+    if resume:
+        if store.exists():
+            store.check()
+    elif store.folder.exists():
+        if not overwrite and store.finished():
+            raise InputError(f"--out {compare_dir} holds a comparison that was stopped after "
+                             f"{store.finished()} fit(s); continue it with --resume, or start "
+                             "it again with --overwrite")
+        store.clear()
+    return store
+
+
+def _staged_grid(spec: ModelSpec, plans: list, loaded, config, compare_dir: Path,
+                 earlier: dict, store: CellStore, *, seed: int, gap_rows: int, draws: int,
+                 reference: str | None, nuts: dict, report: bool,
+                 progress: bool) -> tuple[list[dict], list[dict]]:
+    """The comparison written into a staging folder and moved into place when whole."""
+    # written beside the earlier comparison, moved into place when whole (--overwrite:
+    # then what the new comparison did not write anew goes)
+    with staged(compare_dir, earlier) as staging:
+        fits = []
+        for cell, settled in plans:
+            item = store.load(cell, settled, loaded, config)
+            if item is None:
+                item = _fitted(cell, settled, loaded, config, compare_dir, gap_rows)
+                store.save(item)
+            elif settled.progress:
+                print(f"compare: {cell.label}, seed {settled.seed} (kept)",
+                      file=sys.stderr, flush=True)
+            fits.append(item)
+        _measured(spec, config, fits, loaded.train, seed, draws, reference, nuts)
+        for item in fits:
+            name = f"{item.cell.slug}-seed{item.seed}"
+            item.run_dir = staging / name
+            write_run(item.fitted, item.run_dir, final=compare_dir / name, figures=False,
+                      posterior=False, measures=item.measures)  # posterior.nc next
+            _export(item, compare_dir / name)
+            item.run_dir = compare_dir / name
+        records = [item.record for item in fits]
+        records += _baselines(spec, config, loaded, compare_dir, seed, progress, staging)
+        summary = summarize(records)
+        _write(staging, records, summary)
+        figures = comparison_figures(spec, loaded.dataset, config, fits, summary,
+                                     loaded.train, staging, seed)
+        if report:
+            write_report(staging, spec=spec, dataset=loaded.dataset, config=config,
+                         records=records, summary=summary, figures=figures,
+                         summaries=_arviz_summaries(fits, seed), nuts=_nuts_notes(fits))
+    return records, summary
 
 
 def _fitted(cell: Cell, settled, loaded, config, compare_dir: Path, gap_rows: int) -> Fit:

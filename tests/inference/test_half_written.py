@@ -13,12 +13,14 @@ import contextlib
 import io
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from inference import cli
+from inference.compare.resume import CELLS_DIR
 from tests.toy import TOY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,5 +106,10 @@ def test_compare_overwrite_on_a_full_disk_keeps_the_earlier_comparison(tmp_path)
     assert small * 2 < draws
     done = on_a_full_disk(small * 2, *argv, "--seed", "1", "--overwrite")
     refused(done, "File too large")
+    # the new comparison's finished fits are kept beside it for --resume, nothing else
+    kept = out / CELLS_DIR
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "em-seed1.json", "em-seed1.pt", "kmeans-seed1.json", "kmeans-seed1.pt", "options.json"]
+    shutil.rmtree(kept)
     assert contents(out) == before
     nothing_left_over(out)

@@ -20,7 +20,7 @@ import torch
 
 from inference import api, fitting
 from inference.cli import main
-from inference.run_loader import constraint_fault, expected_params
+from inference.run_loader import constraint_fault, expected_guide_params, expected_params
 from inference.run_loader import load as load_saved
 from zoo.errors import InputError
 
@@ -31,14 +31,15 @@ ENV_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Ag
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A mixture fitted by EM (full covariances), PPCA by SVI with its checkpoint, a GMM with
-    diagonal covariances by SVI, and the deep model (IWAE yardstick)."""
+    diagonal covariances by SVI under its mean-field guide (per-datapoint guide parameters),
+    and the deep model (IWAE yardstick; its encoder's weights are guide parameters)."""
     root = tmp_path_factory.mktemp("runs")
     folders = {"gmm": root / "gmm", "ppca": root / "ppca", "diag": root / "diag",
                "dglvm": root / "dglvm"}
     fitting.fit("gmm", inference="em", out=folders["gmm"], figures=False)
     fitting.fit("ppca", inference="svi", latent_dim=2, data="iris", steps=30,
                 out=folders["ppca"], figures=False)
-    fitting.fit("gmm", inference="svi", covariance_type="diag", steps=20,
+    fitting.fit("gmm", inference="svi", covariance_type="diag", guide="mean-field", steps=20,
                 out=folders["diag"], figures=False)
     fitting.fit("dglvm", data="iris", hidden=(8,), latent_dim=2, steps=5, iwae_samples=4,
                 batch_size=32,
@@ -185,6 +186,10 @@ def _params(change):
     return lambda folder: edit_tensors(folder, "params.pt", lambda s: change(s["params"]))
 
 
+def _guide(change):
+    return lambda folder: edit_tensors(folder, "params.pt", lambda s: change(s["guide_params"]))
+
+
 PARAMS = {  # name: (run, change, words of the line)
     "wrong shape": ("gmm", _params(lambda p: p.__setitem__("means", torch.zeros(3, 2))),
                     ["params 'means' has shape (3, 2), expected (2, 2)", "components=2"]),
@@ -208,7 +213,30 @@ PARAMS = {  # name: (run, change, words of the line)
                    ["params 'noise' holds 0", "positive"]),
     "NaN": ("ppca", _params(lambda p: p["weight"].fill_(float("nan"))),
             ["NaN or infinite", "weight"]),
+    # the guide's parameters against the shapes the guide registers over the model's
+    "guide wrong shape": ("diag", _guide(lambda g: g.__setitem__("assignment_logits",
+                                                                 torch.zeros(5, 2))),
+                          ["guide_params 'assignment_logits' has shape (5, 2), expected "
+                           "(217, 2)", "guide 'mean-field'"]),
+    "guide missing key": ("diag", _guide(lambda g: g.pop("assignment_logits")),
+                          ["guide_params lack 'assignment_logits' of shape (217, 2)"]),
+    "guide extra key": ("diag", _guide(lambda g: g.__setitem__("bias", torch.zeros(2))),
+                        ["guide_params hold 'bias'", "(it has 'assignment_logits')"]),
+    "guide NaN": ("diag", _guide(lambda g: g["assignment_logits"][3].fill_(float("nan"))),
+                  ["NaN or infinite", "assignment_logits"]),
+    "encoder wrong shape": ("dglvm", _guide(lambda g: g.__setitem__(
+        "encoder$$$net.0.weight", torch.zeros(8, 5))),
+        ["guide_params 'encoder$$$net.0.weight' has shape (8, 5), expected (8, 4)",
+         "guide 'amortized' of model 'dglvm'"]),
+    "encoder missing key": ("dglvm", _guide(lambda g: g.pop("encoder$$$net.2.bias")),
+                            ["guide_params lack 'encoder$$$net.2.bias' of shape (4,)"]),
+    "encoder extra key": ("dglvm", _guide(lambda g: g.__setitem__(
+        "encoder$$$net.4.weight", torch.zeros(4, 4))),
+        ["guide_params hold 'encoder$$$net.4.weight'", "does not have"]),
+    "encoder NaN": ("dglvm", _guide(lambda g: g["encoder$$$net.2.weight"].fill_(float("inf"))),
+                    ["NaN or infinite", "encoder$$$net.2.weight"]),
 }
+DATA = {"gmm": "old-faithful", "diag": "old-faithful", "ppca": "iris", "dglvm": "iris"}
 
 
 @pytest.mark.parametrize("command", ["evaluate", "sample", "predict", "api.load"])
@@ -229,7 +257,7 @@ def test_parameters_against_the_config_are_refused_by_every_command(
     else:
         argv = {"evaluate": ["evaluate", folder],
                 "sample": ["sample", folder, "-n", "4", "--out", out],
-                "predict": ["predict", folder, "--data", "old-faithful", "--out", out]}[command]
+                "predict": ["predict", folder, "--data", DATA[name], "--out", out]}[command]
         refused(run_main(capsys, *argv), str(folder / "params.pt"), *words)
     assert contents(folder) == before and not out.exists()  # nothing written, no NaN rows
 
@@ -310,6 +338,11 @@ def test_every_fitted_run_loads_and_its_layout_is_the_models_own(runs):
         layout = expected_params(saved.spec, saved.config)
         assert {k: s for k, (s, _) in layout.items()} == {
             k: tuple(v.shape) for k, v in saved.params.items()}, name
+        if saved.record["guide"] is not None:  # the guide's, registered over the model's
+            assert expected_guide_params(saved.spec, saved.config, saved.record["guide"],
+                                         saved.params, saved.metrics["n_train"]) == {
+                k: tuple(v.shape) for k, v in saved.guide_params.items()}, name
+    assert len(load_saved(runs["diag"]).guide_params["assignment_logits"]) == 217
     gmm = load_saved(runs["gmm"])
     constraints_of = {k: type(c).__name__ for k, (_, c) in
                       expected_params(gmm.spec, gmm.config).items()}
