@@ -118,13 +118,7 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
     grid_options = {k: v for k, v in options.items() if k in grid_names}
     options = {k: v for k, v in options.items() if k not in grid_names}
     _check_options(seeds=seeds, reference=reference, gap_rows=gap_rows, draws=draws,
-                   grid_options=grid_options, options=options)
-    if resume and out is None:
-        raise InputError("--resume continues the comparison stopped in a folder: give its "
-                         "--out DIR")
-    if isinstance(seeds, int) and not isinstance(seeds, bool):  # before the data are read
-        check_count(f"the fits of --seeds {seeds:,} (at least one per seed)", seeds, MAX_FITS,
-                    "give fewer --seeds")
+                   grid_options=grid_options, options=options, resume=resume, out=out)
     data_keywords = {k: options.pop(k) for k in list(options) if k in DATA_KEYWORDS}
     model_options, fit_options = split_options(spec, options)
     request = data_request(spec, data, seed, **data_keywords)
@@ -318,9 +312,17 @@ def _chosen(grid: list[Cell], names: Sequence[str] | None) -> list[Cell]:
     return [slugs[n] for n in dict.fromkeys(names)]
 
 
-def _check_options(*, seeds, reference, gap_rows, draws, grid_options, options) -> None:
+def _check_options(*, seeds, reference, gap_rows, draws, grid_options, options, resume,
+                   out) -> None:
+    """What can be refused before the data are read."""
     if not isinstance(seeds, int) or seeds < 1:
         raise InputError(f"--seeds {seeds} must be at least 1")
+    if resume and out is None:
+        raise InputError("--resume continues the comparison stopped in a folder: give its "
+                         "--out DIR")
+    if not isinstance(seeds, bool):
+        check_count(f"the fits of --seeds {seeds:,} (at least one per seed)", seeds, MAX_FITS,
+                    "give fewer --seeds")
     if reference is not None and reference not in REFERENCES:
         raise InputError(f"--reference {reference} is unknown; choose one of: "
                          + ", ".join(REFERENCES))
