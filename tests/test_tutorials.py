@@ -79,6 +79,16 @@ def check_em_to_variational_inference(n: dict) -> None:
     restarts = n["restarts"]
     assert restarts["worst_single"] < restarts["best_single"] - 0.1  # local optima exist
     assert restarts["n_init_10"] == pytest.approx(restarts["best_single"], abs=1e-6)
+    cavi = n["cavi"]
+    assert cavi["smallest_step"] >= -1e-12  # CAVI: coordinate ascent on the whole ELBO
+    assert 0 <= cavi["last_iteration_below_optimum"] < 1e-8  # converged to its fixed point
+    assert -1e-9 <= cavi["svi_gap"] < 0.01  # SVI on the same q: below the optimum, and close
+    for k, row in cavi["by_k"].items():  # the Dirichlet process empties what it does not need
+        assert row["holding_data"] == 2 and row["weight_holding_data"] > 0.99, k
+        assert row["elbo_smallest_step"] >= -1e-9, k
+    assert cavi["best_k"] == 2  # the whole ELBO compares K: two clusters
+    assert cavi["sklearn"]["max_weight_difference"] < 1e-9  # the same start: scikit-learn's fit
+    assert cavi["sklearn"]["offset_spread_over_iterations"] < 1e-6  # ELBO - lower_bound_: const
 
 
 def check_ppca_and_linear_autoencoders(n: dict) -> None:
@@ -162,7 +172,7 @@ TUTORIALS = {
         check_mixtures_and_em),
     "02_em_to_variational_inference.py": (
         ("elbo_plus_kl", "em_coordinate_ascent", "l1_lifting", "svi_guides", "enumeration",
-         "local_optima", "collapse_and_restarts"),
+         "local_optima", "collapse_and_restarts", "cavi_vs_svi", "cavi_weights_by_k"),
         check_em_to_variational_inference),
     "03_ppca_and_linear_autoencoders.py": (
         ("spectrum", "loadings", "em_vs_closed_form", "latent_means", "mean_field_gap_by_angle",
