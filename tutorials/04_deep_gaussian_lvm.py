@@ -142,12 +142,13 @@ def samples_needed(errors, tolerance=0.1):
 
 
 needed = {q: samples_needed(naive_error[q]) for q in latent_dims}
-print(f"{'Q':>3} " + "".join(f"{'S=1e' + str(k):>10}" for k in range(len(sample_counts)))
-      + "   S for error < 0.1 nats")
+print("mean |error| of log p(x) in nats, S draws from the prior:")  # lines < 80 characters
+print(f"{'Q':>3} " + "".join(f"{'S=1e' + str(k):>8}" for k in range(len(sample_counts)))
+      + "  S for < 0.1")
 for q in latent_dims:
     reached = f"{needed[q]:.0e}" if needed[q] else f"> {sample_counts[-1]:.0e}"
-    print(f"{q:>3} " + "".join(f"{e:>10.3f}" for e in naive_error[q]) + f"   {reached}")
-print("importance sampling with the exact posterior, ONE sample: largest error "
+    print(f"{q:>3} " + "".join(f"{e:>8.3f}" for e in naive_error[q]) + f"  {reached}")
+print("the exact posterior as proposal, ONE sample: largest error "
       f"{max(importance_error.values()):.1e} nats")
 numbers["naive_monte_carlo"] = {"sample_counts": sample_counts,
                                 "mean_abs_error": {str(q): v for q, v in naive_error.items()},
@@ -262,9 +263,9 @@ def grouped_iwae(weights, k):
 
 encoder_iwae = [grouped_iwae(encoder_weights, k) for k in group_sizes]
 prior_iwae = [grouped_iwae(prior_weights, k) for k in group_sizes]
+print("IWAE-K, nats per held-out image:")
 for k, encoded, naive in zip(group_sizes, encoder_iwae, prior_iwae, strict=True):
-    print(f"K = {k:>4}: encoder proposal {encoded:9.3f}   prior proposal {naive:9.3f} "
-          "nats per held-out image")
+    print(f"K = {k:>4}: encoder proposal {encoded:9.3f}   prior proposal {naive:9.3f}")
 numbers["iwae"] = {"K": list(group_sizes), "encoder": encoder_iwae, "prior": prior_iwae,
                    "elbo": float(encoder_weights.mean())}
 
@@ -350,15 +351,17 @@ with fitted(spec, config, vae.params, x_test, guide="amortized",
 numbers["kl_closed_form"] = closed.tolist()
 numbers["kl_torch_error"] = float((closed - by_torch).abs().max())
 numbers["kl_monte_carlo_error"] = float((closed - monte_carlo).abs().max())
-print(f"closed form {closed.numpy().round(4)}; torch differs by {numbers['kl_torch_error']:.1e}; "
-      f"Monte Carlo (1e5 draws) by {numbers['kl_monte_carlo_error']:.3f} nats")
+print(f"closed form {closed.numpy().round(4)} nats")
+print(f"torch differs by {numbers['kl_torch_error']:.1e}; Monte Carlo (1e5 draws) by "
+      f"{numbers['kl_monte_carlo_error']:.3f} nats")
 
 # %% [markdown]
 # ## 6. The β weight: from the VAE to the plain autoencoder
 #
 # The β-VAE maximizes E_q[log p(x | z)] − β KL(q(z | x) ‖ p(z)) (`beta` in the config; the model
 # scales the z site by β). Here the decoder variance is fixed at 1, so the first term is the
-# notes' squared error −‖x − μ(z)‖²/2 + const. As β → 0 nothing keeps q near the prior: the
+# notes' squared error −‖x − μ(z)‖²/2 + const (and lr = 10⁻², as for the pictures of section 2,
+# so that the decoded images reach the data's scale). As β → 0 nothing keeps q near the prior: the
 # encoder's σ shrinks towards 0, it becomes a deterministic code (a plain autoencoder), the
 # codes wander far from N(0, I), and decoding prior samples gives poor images. Large β pulls
 # every q onto the prior.
@@ -371,7 +374,7 @@ for beta in betas:
     beta_config = spec.make_config(dim=64, latent_dim=2, hidden=(200,), variance="fixed",
                                    beta=beta, epochs=beta_epochs)
     fit = strategies.fit(spec, beta_config, x_train, inference="svi", guide="amortized",
-                         steps=beta_config.steps_for(x_train.shape[0], 128), lr=1e-3,
+                         steps=beta_config.steps_for(x_train.shape[0], 128), lr=1e-2,
                          batch_size=128, seed=0)
     with fitted(spec, beta_config, fit.params, x_test, guide="amortized",
                 guide_params=fit.guide_params) as (_, encoder), torch.no_grad():
@@ -380,35 +383,39 @@ for beta in betas:
     beta_fits[beta] = {"config": beta_config, "fit": fit, "codes": loc,
                        "kl": float(gaussian_kl(loc, scale).mean()),
                        "encoder_scale": float(scale.mean()), "squared_error": float(error)}
-    print(f"β = {beta:<6} KL {beta_fits[beta]['kl']:8.2f} nats   mean encoder σ "
-          f"{beta_fits[beta]['encoder_scale']:.3f}   squared reconstruction error "
+    print(f"β = {beta:<6} KL {beta_fits[beta]['kl']:7.2f} nats   mean encoder σ "
+          f"{beta_fits[beta]['encoder_scale']:<7.2g}  squared error "
           f"{beta_fits[beta]['squared_error']:7.1f}")
 numbers["beta"] = {str(b): {k: v for k, v in row.items() if k in ("kl", "encoder_scale",
                                                                     "squared_error")}
                    for b, row in beta_fits.items()}
 
 # %%
-fig, axes = plt.subplots(2, len(betas), figsize=(3.3 * len(betas), 6.6))
+# one row per β (readable at the width of a page): the codes, then decoded prior samples
+fig, axes = plt.subplots(len(betas), 2, figsize=(7.5, 3.4 * len(betas)), layout="constrained")
 circle = np.linspace(0, 2 * np.pi, 100)
 labels = digits.test_labels.numpy()
-for column, beta in enumerate(betas):
+for index, beta in enumerate(betas):
     row = beta_fits[beta]
     codes = row["codes"].numpy()
-    top = axes[0, column]
-    top.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="tab10", s=5)
-    top.plot(2 * np.cos(circle), 2 * np.sin(circle), "k--", lw=1)
-    top.set_title(f"β = {beta}: KL {row['kl']:.1f} nats\nencoder σ {row['encoder_scale']:.3f}",
-                  fontsize=9)
-    top.set_aspect("equal", adjustable="datalim")
+    left, right = axes[index]
+    points = left.scatter(codes[:, 0], codes[:, 1], c=labels, cmap="tab10", s=5,
+                          vmin=-0.5, vmax=9.5)
+    left.plot(2 * np.cos(circle), 2 * np.sin(circle), "k--", lw=1)
+    left.set_title(f"β = {beta}: KL {row['kl']:.1f} nats, encoder σ {row['encoder_scale']:.2g}",
+                   fontsize=9)
+    left.set(xlabel="z₁", ylabel="z₂")
+    left.set_aspect("equal", adjustable="datalim")
     z = torch.randn(36, 2, generator=torch.Generator().manual_seed(0))
     images = decode(row["config"], row["fit"].params, z).clamp(0, 17).reshape(6, 6, 8, 8)
     framed = torch.nn.functional.pad(images, (0, 1, 0, 1), value=17.0)  # white lines between
-    axes[1, column].imshow(framed.permute(0, 2, 1, 3).reshape(54, 54), cmap="gray", vmin=0,
-                           vmax=17)
-    axes[1, column].set_title("decoded prior samples", fontsize=9)
-    axes[1, column].axis("off")
-axes[0, 0].set_ylabel("encoder means of held-out digits\n(dashed: 2 sd of the prior)")
-fig.tight_layout()
+    right.imshow(framed.permute(0, 2, 1, 3).reshape(54, 54), cmap="gray", vmin=0, vmax=17)
+    right.set_title(f"β = {beta}: decoded prior samples", fontsize=9)
+    right.axis("off")
+fig.colorbar(points, ax=axes[:, 0].tolist(), ticks=range(10), label="digit", shrink=0.3,
+             location="left")
+fig.suptitle("encoder means of held-out digits (dashed: 2 sd of the prior), and what the "
+             "decoder makes of z ~ N(0, I)", fontsize=10)
 show(fig, "beta")
 
 # %% [markdown]
@@ -476,8 +483,9 @@ numbers["held_out"] = {"ppca": ppca_test, "dglvm": vae_test,
                        "ppca_bits_per_dim": float(bits_per_dim(ppca_test, 64)),
                        "dglvm_bits_per_dim": float(bits_per_dim(vae_test, 64))}
 print(f"held-out log p(x), Q = 2: PPCA {ppca_test:.2f}, deep model {vae_test:.2f} nats per "
-      f"image ({numbers['held_out']['ppca_bits_per_dim']:.3f} vs "
-      f"{numbers['held_out']['dglvm_bits_per_dim']:.3f} bits per dimension)")
+      "image")
+print(f"that is {numbers['held_out']['ppca_bits_per_dim']:.3f} vs "
+      f"{numbers['held_out']['dglvm_bits_per_dim']:.3f} bits per dimension")
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -485,7 +493,7 @@ bits = [numbers["held_out"]["ppca_bits_per_dim"], numbers["held_out"]["dglvm_bit
 ax.bar(["PPCA\n(closed form)", "deep LVM\n(IWAE-1000)"], bits, color=["C7", "C0"])
 for i, (value, nats) in enumerate(zip(bits, (ppca_test, vae_test), strict=True)):
     ax.text(i, value + 0.05, f"{value:.2f} bits/dim\n({nats:.1f} nats per image)", ha="center",
-            fontsize=9)
+            va="bottom", fontsize=9)
 ax.set(ylabel="held-out bits per dimension (lower is better)", ylim=(0, max(bits) * 1.25),
        title="dequantized digits, Q = 2")
 show(fig, "vae_vs_ppca")

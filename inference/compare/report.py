@@ -23,7 +23,7 @@ HEADINGS = {"curves": "Training curves", "yardstick": "The yardstick",
             "global": "Global latents: every fit and the reference side by side"}
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
-       max-width: 1100px; padding: 0 1em; color: #222; }
+       max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
@@ -31,6 +31,8 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; } .note { font-size: 0.85em; color: #555; }
 details { margin: 0.5em 0; } summary { cursor: pointer; } .scroll { overflow-x: auto; }
+#fits { font-size: 0.78em; } #fits td, #fits th { padding: 0.2em 0.3em; }  /* all in view */
+td:first-child { min-width: 7em; }
 """
 
 
@@ -54,7 +56,7 @@ def render(*, spec, dataset, config, records, summary, figures, summaries, nuts)
         f"<title>lvm-zoo compare {esc(spec.name)} on {esc(dataset.name)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Comparison of inference strategies: {esc(spec.name)} on {esc(dataset.name)}</h1>",
-        f"<p>{esc(spec.summary)}. {esc(str(first['n_train']))} training and "
+        f"<p>{esc(spec.summary.rstrip(' .;:,'))}. {esc(str(first['n_train']))} training and "
         f"{esc(str(first['n_test']))} test rows, one split for every fit; "
         f"{max(row['seeds'] for row in summary)} seed(s) per strategy. Log-likelihood: "
         f"<b>{esc(first['log_likelihood_method'])}</b>; every number is in mean nats per "
@@ -65,6 +67,9 @@ def render(*, spec, dataset, config, records, summary, figures, summaries, nuts)
         f"<p class='note'>{esc(footnote(summary))}</p>" if footnote(summary) else "",
         _gap_note(records),
         _pareto_note(records),
+        _held_out_note(spec, records),
+        _estimate_note(records),
+        _nuts_note(nuts),
     ]
     parts.append("<nav><p class='note'>Figures:</p><ul id='contents'>" + "".join(
         f"<li data-figure='{esc(name)}'>{esc(HEADINGS.get(name, name.capitalize()))}</li>"
@@ -78,14 +83,11 @@ def render(*, spec, dataset, config, records, summary, figures, summaries, nuts)
     parts.append(_html_table(_record_cells(records), table_id="fits"))
     if summaries:
         parts.append("<h2>ArviZ summaries of the exported posteriors (first seed)</h2>")
-        parts.append("<p class='note'>Draws of the local latents of the chosen training rows, "
-                     "from each fit's guide (EM and closed form: the exact posterior at the "
-                     "fitted parameters); stored as ArviZ InferenceData in each run folder "
-                     "(posterior.nc).</p>")
+        parts.append(f"<p class='note'>{esc(_summaries_note(spec, records, nuts, summaries))}"
+                     "</p>")
         for label, frame in summaries.items():
             notes = nuts.get(label)
-            extra = (f" — divergences {notes['divergences']}, acceptance rate "
-                     f"{notes['acceptance_rate']:.2f}" if notes else "")
+            extra = f" — {_nuts_diagnostics(notes)}" if notes else ""
             parts.append(f"<details><summary>{esc(label)}{esc(extra)}</summary>"
                          f"{frame.to_html(border=0)}</details>")
     parts.append("</body></html>")
@@ -114,6 +116,98 @@ def _gap_note(records: list[dict]) -> str:
                      "posterior draws and NUTS's, averaged over the global sites and the "
                      "chosen rows' local sites")
     return f"<p class='note'>{html.escape('; '.join(notes))}.</p>" if notes else ""
+
+
+def _held_out_note(spec, records: list[dict]) -> str:
+    """Why a strategy's test log p(x) is "-" although the split has test rows."""
+    missing = {r["strategy"]: r.get("guide") for r in records
+               if r.get("n_test") and r.get("test_log_likelihood") is None}
+    if not missing:
+        return ""
+    guides = getattr(spec, "guides", None) or {}
+    free = [label for label, guide in missing.items()
+            if getattr(guides.get(guide), "per_datapoint", False)]
+    notes = []
+    if free:
+        notes.append(f"test log p(x) of {', '.join(free)} is not estimated: the guide keeps "
+                     "free parameters for each training row and has none for the held-out "
+                     "rows, so there is no proposal to importance-sample them with")
+    other = [label for label in missing if label not in free]
+    if other:
+        notes.append(f"test log p(x) of {', '.join(other)} was not computed")
+    return f"<p class='note'>{html.escape('; '.join(notes))}.</p>"
+
+
+def _summaries_note(spec, records: list[dict], nuts: Mapping[str, dict],
+                    shown: Mapping[str, object] | None = None) -> str:
+    """What the ArviZ summaries below hold, for this model and these fits (``shown``: the
+    summaries' labels, when only some fits have one)."""
+    drawn = []
+    if getattr(spec, "global_sites", ()):
+        drawn.append(f"the global latents ({', '.join(spec.global_sites)})")
+    if getattr(spec, "local_sites", ()) or not drawn:
+        drawn.append("the local latents of the chosen training rows")
+    text = f"Draws of {' and '.join(drawn)}, from each fit's guide"
+    exact = list(dict.fromkeys(r["strategy"] for r in records if r.get("guide") is None
+                               and (shown is None or r["strategy"] in shown)))
+    if exact:
+        text += (f" ({', '.join(exact)}: the exact posterior of the local latents at the "
+                 "fitted parameters)")
+    if nuts:
+        text += f"; {', '.join(nuts)}: the reference posterior by NUTS"
+    return (text + "; stored as ArviZ InferenceData in each run folder (posterior.nc"
+            + (", and posterior-nuts.nc for NUTS)." if nuts else ")."))
+
+
+def _nuts_diagnostics(notes: Mapping) -> str:
+    """One line on a NUTS run: its size, divergences, acceptance, R-hat and ESS."""
+    parts = []
+    if notes.get("chains") is not None:
+        parts.append(f"{notes['chains']} chains × {notes.get('samples_per_chain')} draws "
+                     f"({notes.get('warmup_steps')} warm-up)")
+    parts.append(f"divergences {notes.get('divergences')}")
+    if notes.get("acceptance_rate") is not None:
+        parts.append(f"acceptance rate {float(notes['acceptance_rate']):.2f}")
+    if notes.get("r_hat_max") is not None:
+        parts.append(f"largest R-hat {float(notes['r_hat_max']):.3f} "
+                     f"({notes.get('r_hat_site')})")
+    if notes.get("ess_bulk_min") is not None:
+        parts.append(f"smallest bulk ESS {float(notes['ess_bulk_min']):.0f} "
+                     f"({notes.get('ess_bulk_site')})")
+    if notes.get("ess_tail_min") is not None:
+        parts.append(f"smallest tail ESS {float(notes['ess_tail_min']):.0f} "
+                     f"({notes.get('ess_tail_site')})")
+    return ", ".join(parts)
+
+
+def _nuts_note(nuts: Mapping[str, dict]) -> str:
+    """The reference posterior's own diagnostics, beside the distances measured against it,
+    and a warning when it misses the R-hat / ESS targets."""
+    lines = []
+    for label, notes in nuts.items():
+        text = f"{label}: {_nuts_diagnostics(notes)}"
+        if str(notes.get("meets_targets")) == "False":
+            text += (f". It misses the targets R-hat ≤ {notes.get('r_hat_target')} and ESS ≥ "
+                     f"{notes.get('ess_target')}: the reference is itself uncertain, so read "
+                     "'dist. to NUTS' with care (more --nuts-warmup / --nuts-samples / "
+                     "--nuts-chains)")
+        elif str(notes.get("meets_targets")) == "True":
+            text += ". It meets the R-hat and ESS targets"
+        lines.append(text)
+    return "".join(f"<p class='note'>NUTS reference — {html.escape(line)}.</p>"
+                   for line in lines)
+
+
+def _estimate_note(records: list[dict]) -> str:
+    """What an importance-sampled log p(x) is, where the table shows one."""
+    methods = sorted({r["log_likelihood_method"] for r in records
+                      if str(r.get("log_likelihood_method", "")).startswith("iwae")})
+    if not methods:
+        return ""
+    return ("<p class='note'>log p(x) by " + html.escape(", ".join(methods)) + ": importance "
+            "sampling with each fit's guide as the proposal: a lower bound in expectation, tighter "
+            "the better the guide, so a difference between two fits mixes the quality of their "
+            "models with that of their guides (k̂ says how far to trust each estimate).</p>")
 
 
 def _pareto_note(records: list[dict]) -> str:
@@ -151,8 +245,9 @@ RECORD_COLUMNS = (("strategy", "strategy", None), ("seed", "seed", None),
                   ("ELBO method", "elbo_method", None), ("gap", "gap", 4),
                   ("approx. gap", "approximation_gap", 4),
                   ("amort. gap", "amortization_gap", 4), ("ARI", "ari", 3),
+                  ("matched |Δθ|", "matched_param_error", 4),
                   ("dist. to NUTS", "reference_distance", 3), ("k̂", "pareto_k", 2),
-                  ("k̂ > 0.7 (share of rows)", "pareto_k_share_above_0.7", 2),
+                  ("share k̂ > 0.7", "pareto_k_share_above_0.7", 2),
                   ("seconds", "seconds", 2), ("steps", "steps", None),
                   ("converged", "converged", None),
                   ("run folder", "run_dir", None))

@@ -5,10 +5,12 @@ import html
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from inference import api
+from inference.compare import report as report_module
 from inference.data import DataRequest
 from tests.browser import chromium, headless
 from tests.toy import TOY
@@ -108,4 +110,36 @@ def test_a_bayesian_model_with_nuts_gets_its_global_latents_figure(tmp_path):
     text = re.sub(r'src="data:[^"]*"', "", report.read_text())  # the words, not the images
     assert "global latents (mu)" in text and "nuts" in text
     assert "ARI" not in text
+    # 2 chains of 60 draws cannot reach ESS 400: the page says so beside the distances to NUTS
+    assert "largest R-hat" in text and "misses the targets" in text
+    assert "posterior-nuts.nc" in text
+
+
+def test_the_notes_say_why_a_number_is_missing_and_what_the_summaries_hold():
+    mean_field = SimpleNamespace(per_datapoint=True)
+    spec = SimpleNamespace(guides={"mean-field": mean_field, "amortized": SimpleNamespace()},
+                           global_sites=(), local_sites=("z",))
+    records = [{"strategy": "svi mean-field", "guide": "mean-field", "n_test": 10,
+                "test_log_likelihood": None, "inference": "svi"},
+               {"strategy": "svi amortized", "guide": "amortized", "n_test": 10,
+                "test_log_likelihood": -3.0, "inference": "svi"}]
+    note = report_module._held_out_note(spec, records)
+    assert "svi mean-field" in note and "free parameters" in note and "amortized" not in note
+    assert report_module._held_out_note(spec, records[1:]) == ""  # nothing missing: no note
+    no_test = [{**records[0], "n_test": 0}]
+    assert report_module._held_out_note(spec, no_test) == ""  # no test rows: "-" is plain
+    assert "global" not in report_module._summaries_note(spec, records, {})
+    bayes = SimpleNamespace(global_sites=("mu", "tau"), local_sites=("theta",))
+    assert "global latents (mu, tau)" in report_module._summaries_note(bayes, records, {})
+    baseline = {"strategy": "ppca em", "guide": None, "inference": "em"}  # no summary of its own
+    assert "ppca em" in report_module._summaries_note(spec, [*records, baseline], {})
+    assert "ppca em" not in report_module._summaries_note(
+        spec, [*records, baseline], {}, {"svi mean-field": None})
+
+
+def test_every_fit_table_has_the_summary_tables_mixture_columns():
+    record = {"strategy": "em", "seed": 0, "train_log_likelihood": -1.0, "ari": 1.0,
+              "matched_param_error": 0.25, "converged": True}
+    cells = report_module._record_cells([record])
+    assert cells[1][cells[0].index("matched |Δθ|")] == "0.2500"
 
