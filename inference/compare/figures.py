@@ -32,7 +32,7 @@ def comparison_figures(spec, dataset, config, fits: list[Fit], summary, x, compa
     if curves is not None:
         figures["curves"] = curves
     figures["yardstick"] = _plot_yardstick(summary, compare_dir / "yardstick.png",
-                                           title=f"{spec.name} on {dataset.name}")
+                                           title=f"{spec.name} on {dataset.label}")
     figures.update(_local_figures(spec, config, first, x, compare_dir, seed))
     global_ = _global_forest(spec, first, compare_dir / "global.png")
     if global_ is not None:
@@ -54,7 +54,7 @@ def _curves(spec, dataset, first: list[Fit], compare_dir: Path) -> Shown | None:
     optimum = next((f.record["train_log_likelihood"] for f in first if f.baseline), None)
     path = plot_training_curves(
         curves, compare_dir / "curves.png", optimum=optimum, estimated=estimated,
-        title=f"{spec.name} on {dataset.name}: ELBO per SVI step, log p(x) per EM "
+        title=f"{spec.name} on {dataset.label}: ELBO per SVI step, log p(x) per EM "
               "iteration (first seed)")
     caption = ("Training curves of every strategy (first seed): the ELBO per SVI step, "
                "log p(x) per EM iteration, in mean nats per datapoint. Left: the whole run; "
@@ -310,8 +310,14 @@ def _draw_gaps(axis, summary: list[dict], labels: list, y: np.ndarray) -> list[s
     axis.axvline(0, color="k", lw=0.6)
     axis.set_xscale("symlog", linthresh=0.01)  # gaps of 0.01 and of 10 nats both readable
     axis.set_xlabel("nats per datapoint (linear within ±0.01, then logarithmic)")
+    for i, row in enumerate(summary):  # say why a row is empty rather than leave it blank
+        if row.get("gap_mean") is None:
+            axis.text(0.02, y[i], "no ELBO: not a variational fit", va="center", fontsize=7,
+                      color="0.4", transform=axis.get_yaxis_transform())
     if drawn:
-        axis.legend(fontsize=8)
+        low, high = axis.get_xlim()
+        axis.set_xlim(low, high * 1.5 if high > 0 else high)  # room past the longest bar
+        axis.legend(fontsize=8, framealpha=0.9)
     else:
         axis.text(0.5, 0.5, "no fit has an ELBO: no gap to show", ha="center",
                   va="center", transform=axis.transAxes, color="0.4")

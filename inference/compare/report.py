@@ -53,9 +53,9 @@ def render(*, spec, dataset, config, records, summary, figures, summaries, nuts)
     esc = html.escape
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>lvm-zoo compare {esc(spec.name)} on {esc(dataset.name)}</title>",
+        f"<title>lvm-zoo compare {esc(spec.name)} on {esc(dataset.label)}</title>",
         f"<style>{STYLE}</style></head><body>",
-        f"<h1>Comparison of inference strategies: {esc(spec.name)} on {esc(dataset.name)}</h1>",
+        f"<h1>Comparison of inference strategies: {esc(spec.name)} on {esc(dataset.label)}</h1>",
         f"<p>{esc(spec.summary.rstrip(' .;:,'))}. {esc(str(first['n_train']))} training and "
         f"{esc(str(first['n_test']))} test rows, one split for every fit; "
         f"{max(row['seeds'] for row in summary)} seed(s) per strategy. Log-likelihood: "

@@ -33,7 +33,7 @@ def dglvm_figures(dataset, config: DGLVMConfig, result, out_dir: str | Path) -> 
     paths = []
     if result.history.get("elbo"):
         paths.append(elbo_curves(result.history, out_dir / "elbo_iwae.png",
-                                 title=f"dglvm on {dataset.name}"))
+                                 title=f"dglvm on {dataset.label}"))
     if not dataset.is_image:
         return paths
     x = dataset.train[:16].detach().cpu()

@@ -58,6 +58,11 @@ class Dataset:
     bin_width: float | None = None
 
     @property
+    def label(self) -> str:
+        """The name for titles: a file's name without its folders (``eight_schools.csv``)."""
+        return pathlib.PurePath(self.name).name if os.sep in self.name else self.name
+
+    @property
     def dim(self) -> int:
         """D, the number of values in one (flattened) observation."""
         return self.train.shape[1]
