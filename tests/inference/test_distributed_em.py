@@ -201,6 +201,9 @@ MEMORY_PROBE = textwrap.dedent("""
     from inference.catalog import get_model
     from inference.em import fit_em
     from inference.shards import Rows
+    # two iterations end unconverged, and the warning imports scikit-learn then (tens of MiB of
+    # code, not data): imported before the measurement, which is of the E-steps' memory
+    import sklearn.exceptions
 
     def anonymous():  # resident anonymous memory (bytes): the process's own, not the file's
         for line in open("/proc/self/status"):
