@@ -58,6 +58,7 @@ from inference.sampling import broadcasts_over_particles, own_random_stream, par
 from zoo import declare
 from zoo.declare import LatentSites
 from zoo.errors import InputError
+from zoo.posteriordb import model_draws, nuts_model
 from zoo.registry import DATA_PLATE, ModelSpec
 
 VARIATIONAL = ("auto-normal", "auto-lowrank", "auto-mvn", "flow")
@@ -379,10 +380,12 @@ def fit_nuts(posterior, spec: ModelSpec, budget: Budget) -> Draws:
     config = spec.make_config(dim=x.shape[1])
     chains, evaluations, divergences, acceptance = [], 0, 0, []
     start = time.perf_counter()
-    jit = True
+    settings = posterior.extra.get("nuts", {})  # the posterior's own (noncentred sites, jit)
+    jit = bool(settings.get("jit", True))
     dense = bool(posterior.extra.get("dense_mass"))  # the suite asks where Stan needs it
     with pyro.get_param_store().scope():
-        model = spec.make_model(config)
+        declared = spec.make_model(config)
+        model = nuts_model(posterior, declared)
         for chain in range(budget.nuts_chains):
             pyro.set_rng_seed(budget.seed + chain)
             try:
@@ -396,13 +399,16 @@ def fit_nuts(posterior, spec: ModelSpec, budget: Budget) -> Draws:
                 mcmc, used = _nuts_chain(model, x, budget.nuts_samples, budget.nuts_warmup,
                                          jit, dense)
             evaluations += used
-            chains.append(reported(posterior, mcmc.get_samples()))
+            chains.append(reported(posterior, model_draws(posterior, declared,
+                                                          mcmc.get_samples(), x)))
             diagnostics = mcmc.diagnostics()
             divergences += int(sum(len(v) for v in diagnostics.get("divergences", {}).values()))
             acceptance += list(diagnostics.get("acceptance rate", {0: math.nan}).values())
     info = {"chains": budget.nuts_chains, "warmup": budget.nuts_warmup,
             "samples": budget.nuts_samples, "divergences": divergences, "jit": jit,
             "dense_mass": dense, "target_accept": TARGET_ACCEPT,
+            "reparametrized": sorted({*settings.get("noncentered", ()),
+                                      *settings.get("centred", {})}),
             "acceptance_rate": float(np.mean(acceptance))}
     return Draws(np.stack(chains), None, gradient_evaluations=evaluations,
                  seconds=time.perf_counter() - start, info=info)

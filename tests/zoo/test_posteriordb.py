@@ -20,8 +20,9 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from zoo.errors import InputError
-from zoo.posteriordb import get, names, suite
+from zoo.posteriordb import get, model_draws, names, nuts_model, suite
 from zoo.posteriordb.base import DATA, CumulativeExp, OrderedNormal
+from zoo.posteriordb.regression import POSTERIORS as REGRESSIONS
 from zoo.posteriordb.time_series import linear_recursion
 
 NAMES = names()
@@ -319,6 +320,44 @@ def test_log_density_moves_as_the_stan_program_says(name):
         assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-6)
 
 
+def _linear_design(post):
+    """A posterior linear in its coefficients given sigma: (design, response, prior means,
+    prior sds) of y ~ N(design @ coefficients, sigma), the coefficients in reported order."""
+    config = post.config()
+    x = post.x.numpy()
+    if post.name == "arK-arK":  # alpha, then beta_k on y_{t-k}, t = K+1..T
+        y, lags = x[:, 0], config.lags
+        design = np.column_stack([np.ones(len(y) - lags)]
+                                 + [y[lags - 1 - k: len(y) - 1 - k] for k in range(lags)])
+        return design, y[lags:], np.zeros(lags + 1), np.full(lags + 1, 10.0)
+    design = np.column_stack([np.ones(len(x)), x[:, 1:]]) if config.intercept else x[:, 1:]
+    return design, x[:, 0], np.asarray(config.coef_loc), np.asarray(config.coef_scale)
+
+
+@pytest.mark.parametrize("name", [*sorted(REGRESSIONS), "arK-arK"])
+def test_linear_reference_is_the_exact_conditional_posterior(name):
+    """Independent of any sampler: given sigma, the coefficients of a normal regression (an
+    AR(K) is one, on lagged values) are exactly normal (precision X'X / sigma^2 + the prior's),
+    so E[beta] = E_sigma[E[beta | sigma]] and Var[beta] = E_sigma[Var[beta | sigma]] +
+    Var_sigma[E[beta | sigma]], averaged over the reference's own sigma draws. The reference
+    means and sds are these (up to the reference's Monte Carlo error, ~0.01 sd) only if the
+    model's rows (logs, centring, indicators, interactions, lags of the Stan program) and the
+    coefficients' prior are the program's."""
+    post = _posterior(name)
+    design, response, prior_loc, prior_scale = _linear_design(post)
+    sigma = post.reference.draws[:, post.reference.names.index("sigma")]
+    precision = design.T @ design / sigma[:, None, None] ** 2 + np.diag(1 / prior_scale ** 2)
+    shift = design.T @ response / sigma[:, None] ** 2 + prior_loc / prior_scale ** 2  # (S, P)
+    cond_mean = np.linalg.solve(precision, shift[..., None])[..., 0]
+    cond_var = np.diagonal(np.linalg.inv(precision), axis1=-2, axis2=-1)
+    mean = cond_mean.mean(0)
+    sd = np.sqrt(cond_var.mean(0) + cond_mean.var(0))
+    coefficients = [k for k, n in enumerate(post.reference.names) if n != "sigma"]
+    ref_mean, ref_sd = post.reference.mean[coefficients], post.reference.sd[coefficients]
+    assert (np.abs(mean - ref_mean) / ref_sd).max() < 0.05, (mean - ref_mean) / ref_sd
+    np.testing.assert_allclose(sd, ref_sd, rtol=0.05)
+
+
 def test_ordered_normal_samples_exactly():
     """Sorted pairs of iid N(0, 2): E[max] = 2 / sqrt(pi) (a closed form); positive draws of
     N(3, 1), N(10, 1) keep their order and sign."""
@@ -370,22 +409,78 @@ def test_inputs_are_checked():
 
 def _nuts_mean_error(name, warmup, samples, seed=0):
     """NUTS's mean of each reported parameter minus the reference mean, in units of the
-    Monte Carlo standard error of the difference (NUTS's ESS and the reference's 10 000)."""
+    Monte Carlo standard error of the difference (NUTS's ESS and the reference's 10 000),
+    NUTS run with the posterior's own settings (``extra``: dense mass, noncentred sites)."""
     post = _posterior(name)
     pyro.set_rng_seed(seed)
-    kernel = NUTS(functools.partial(post.model, config=post.config()),
-                  full_mass=bool(post.extra.get("dense_mass")), jit_compile=True,
+    model = functools.partial(post.model, config=post.config())
+    kernel = NUTS(nuts_model(post, model), full_mass=bool(post.extra.get("dense_mass")),
+                  jit_compile=post.extra.get("nuts", {}).get("jit", True),
                   ignore_jit_warnings=True)
     mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=True)
     mcmc.run(post.x)
-    reported = post.reported(mcmc.get_samples())
+    reported = post.reported(model_draws(post, model, mcmc.get_samples(), post.x))
     draws = torch.stack([reported[n] for n in post.reference.names], -1).double()
     ess = effective_sample_size(draws.unsqueeze(0), chain_dim=0, sample_dim=1).numpy()
     error = np.abs(draws.mean(0).numpy() - post.reference.mean) / post.reference.sd
     return error / np.sqrt(1 / ess + 1 / 10_000)
 
 
-FAST = ("eight_schools-eight_schools_noncentered",)
+def test_noncentered_nuts_sites_map_back_to_the_model():
+    """The centred eight schools is sampled by NUTS with theta non-centred: its draws map back
+    to theta = mu + tau theta_decentered, and the model's log density there is finite; a
+    posterior without such sites passes its draws through unchanged."""
+    post = _posterior("eight_schools-eight_schools_centered")
+    model = functools.partial(post.model, config=post.config())
+    pyro.set_rng_seed(3)
+    trace = poutine.trace(nuts_model(post, model)).get_trace(post.x)
+    latent = {site: node["value"].unsqueeze(0) for site, node in trace.nodes.items()
+              if node["type"] == "sample" and not node["is_observed"]
+              and type(node["fn"]).__name__ != "_Subsample"}
+    assert set(latent) == {"mu", "tau", "theta_decentered"}
+    back = model_draws(post, model, latent, post.x)
+    assert set(back) == {"mu", "tau", "theta"}
+    expected = latent["mu"][:, None] + latent["tau"][:, None] * latent["theta_decentered"]
+    torch.testing.assert_close(back["theta"], expected)
+    assert math.isfinite(_log_joint(post, {k: v[0] for k, v in back.items()}))
+    other = _posterior("eight_schools-eight_schools_noncentered")
+    assert nuts_model(other, other.model) is other.model
+    assert model_draws(other, other.model, latent) == latent
+
+
+def test_centred_intercept_is_the_same_posterior():
+    """Kilpisjarvi's coefficients sampled as (alpha + mean(x) beta, beta): the map back is
+    exact and the log density is the model's at the mapped point (unit Jacobian), at prior
+    draws and at the reference mean."""
+    post = _posterior("kilpisjarvi_mod-kilpisjarvi")
+    model = functools.partial(post.model, config=post.config())
+    shift = float(post.x[:, 1].mean())
+    pyro.set_rng_seed(5)
+    for values in (None, post.reference.mean):
+        reparam_model = nuts_model(post, model)
+        if values is None:
+            trace = poutine.trace(reparam_model).get_trace(post.x)
+        else:
+            point = _point(post, values)
+            centred = point["beta"].clone()
+            centred[0] = centred[0] + shift * centred[1]
+            trace = poutine.trace(poutine.condition(reparam_model, data={
+                "beta_centred": centred, "sigma": point["sigma"]})).get_trace(post.x)
+        latent = {site: trace.nodes[site]["value"].unsqueeze(0)
+                  for site in ("beta_centred", "sigma")}
+        back = model_draws(post, model, latent, post.x)
+        assert set(back) == {"beta", "sigma"}
+        centred = latent["beta_centred"][0]
+        torch.testing.assert_close(back["beta"][0], torch.stack(
+            [centred[0] - shift * centred[1], centred[1]]))
+        if values is not None:
+            torch.testing.assert_close(back["beta"][0], _point(post, values)["beta"])
+        assert float(trace.log_prob_sum()) == pytest.approx(
+            _log_joint(post, {k: v[0] for k, v in back.items()}), rel=1e-9, abs=1e-8)
+
+
+FAST = ("eight_schools-eight_schools_noncentered", "eight_schools-eight_schools_centered",
+        "kilpisjarvi_mod-kilpisjarvi")
 
 
 @pytest.mark.parametrize("name", FAST)

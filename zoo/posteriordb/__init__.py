@@ -16,8 +16,18 @@ those named columns, so every strategy is judged on the same parameters as the r
 ``suite()`` builds every posterior (about 0.3 s: the files are small), ``names()`` lists them,
 ``get(name)`` builds one; the modules in :data:`MODULES` each hold ``POSTERIORS`` (name ->
 builder). Keys of :attr:`Posterior.extra`: ``"wide_priors"`` (site -> the scale of the wide
-proper prior that replaces the Stan program's flat one on it) and ``"dense_mass"`` (True where
-the posterior's correlations need NUTS with a dense mass matrix).
+proper prior that replaces the Stan program's flat one on it), ``"dense_mass"`` (True where
+the posterior's correlations need NUTS with a dense mass matrix) and ``"nuts"``, the NUTS
+settings a posterior needs beyond those, each with its reason in ``notes``:
+``"noncentered"`` (sites ``s ~ Normal(loc, scale)`` that NUTS samples in the coordinates
+``(s - loc) / scale``, Pyro's ``LocScaleReparam(0)``: the same posterior, the model's own
+sites and densities, without the funnel that biases NUTS in the model's coordinates) and
+``"centred"`` (site -> the predictors' means: a regression's coefficients sampled with the
+intercept at those means, :class:`CentredIntercept`, where uncentred predictors correlate the
+intercept and slope beyond what NUTS's regularized dense mass matrix captures) and ``"jit"``
+(False where the JIT-compiled potential is slower than the eager one).
+:func:`nuts_model` applies them to a model and :func:`model_draws` maps NUTS's draws back
+to the model's latent sites, so ``reported`` reads them as any other draws.
 """
 
 from __future__ import annotations
@@ -28,11 +38,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.infer.reparam import LocScaleReparam
+from pyro.infer.reparam.reparam import Reparam
 
 from zoo.errors import InputError
 
-__all__ = ["MODULES", "Posterior", "Reference", "get", "names", "suite"]
+__all__ = ["MODULES", "CentredIntercept", "Posterior", "Reference", "get", "model_draws", "names",
+           "nuts_model", "suite"]
 
 # the modules that define the suite's posteriors, each with ``POSTERIORS``: name -> builder
 MODULES = ("hierarchical", "regression", "time_series", "hmm", "mixture", "gaussian_process")
@@ -91,3 +107,66 @@ def get(name: str) -> Posterior:
 def suite() -> dict[str, Posterior]:
     """Every posterior of the suite by name, data and references read when called."""
     return {name: build() for name, build in _builders().items()}
+
+
+class CentredIntercept(Reparam):
+    """A regression's coefficient vector ``b ~ Normal(loc, scale)`` (intercept first) sampled as
+    ``c = M b`` with ``c_0 = b_0 + sum_j shift_j b_j`` (``shift_j`` the predictors' means) and
+    ``c_j = b_j``: the intercept at the predictors' mean, uncorrelated with the slopes. ``c``'s
+    prior is the normal ``M b`` has (det M = 1, so the density is the same), ``b = M^-1 c``."""
+
+    def __init__(self, shift: tuple[float, ...]):
+        self.shift = shift
+
+    def apply(self, msg):
+        fn, name = msg["fn"], msg["name"]
+        base = fn.base_dist if isinstance(fn, torch.distributions.Independent) else fn
+        loc, scale = base.loc, base.scale
+        shift = loc.new_tensor(self.shift)
+        mix = torch.eye(loc.shape[-1], dtype=loc.dtype, device=loc.device)
+        mix = mix.index_add(0, torch.zeros(1, dtype=torch.long, device=loc.device),
+                            shift.unsqueeze(0))  # row 0 += shift: M = I + e_0 shift^T
+        covariance = (mix * scale.unsqueeze(-2) ** 2) @ mix.transpose(-1, -2)
+        centred = pyro.sample(f"{name}_centred",
+                              dist.MultivariateNormal(loc @ mix.transpose(-1, -2), covariance))
+        value = centred - (centred * shift).sum(-1, keepdim=True) * (
+            torch.arange(loc.shape[-1], device=loc.device) == 0)  # b_0 = c_0 - shift . c
+        return {"fn": dist.Delta(value, event_dim=1).mask(False), "value": value,
+                "is_observed": True}
+
+
+def _reparametrized(post: Posterior) -> dict[str, Reparam]:
+    settings = post.extra.get("nuts", {})
+    return {**{site: LocScaleReparam(centered=0.0) for site in settings.get("noncentered", ())},
+            **{site: CentredIntercept(tuple(shift))
+               for site, shift in settings.get("centred", {}).items()}}
+
+
+def nuts_model(post: Posterior, model: Callable[..., Any]) -> Callable[..., Any]:
+    """``model`` (``post.model`` or its declared form) as NUTS should sample it: the sites in
+    ``extra["nuts"]["noncentered"]`` and ``["centred"]`` reparametrized (the posterior is
+    unchanged)."""
+    config = _reparametrized(post)
+    return poutine.reparam(model, config=config) if config else model
+
+
+def model_draws(post: Posterior, model: Callable[..., Any], samples: Mapping[str, torch.Tensor],
+                *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """NUTS's draws of ``nuts_model(post, model)`` (``samples``: site -> (S, ...)) as draws of
+    ``model``'s latent sites: each noncentred site recomputed from its draw, the model run
+    once per draw on ``args``/``kwargs`` (the data)."""
+    sites = tuple(_reparametrized(post))
+    if not sites:
+        return dict(samples)
+    reparametrized = nuts_model(post, model)
+    count = next(iter(samples.values())).shape[0]
+    values: dict[str, list[torch.Tensor]] = {site: [] for site in sites}
+    for s in range(count):
+        draw = {name: value[s] for name, value in samples.items()}
+        trace = poutine.trace(poutine.condition(reparametrized, data=draw)).get_trace(
+            *args, **kwargs)
+        for site in sites:
+            values[site].append(trace.nodes[site]["value"].detach())
+    kept = {name: value for name, value in samples.items()
+            if not any(name in (f"{site}_decentered", f"{site}_centred") for site in sites)}
+    return {**kept, **{site: torch.stack(parts) for site, parts in values.items()}}
