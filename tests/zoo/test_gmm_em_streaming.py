@@ -122,8 +122,13 @@ def test_block_size_changes_only_rounding():
         whole, whole_ll = gmm.e_step(config, params, x)
     finally:
         gmm_em.BLOCK_VALUES.update(saved)
-    np.testing.assert_allclose(float(small_ll), float(whole_ll), rtol=1e-13)
-    for a, b in zip(small, whole, strict=True):
+    _assert_same_statistics(small, small_ll, whole, whole_ll)
+
+
+def _assert_same_statistics(stats, log_likelihood, expected, expected_log_likelihood):
+    """Two E-steps' statistics and log-likelihoods equal to float64 rounding."""
+    np.testing.assert_allclose(float(log_likelihood), float(expected_log_likelihood), rtol=1e-13)
+    for a, b in zip(stats, expected, strict=True):
         if isinstance(a, torch.Tensor):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-9)
 
@@ -146,10 +151,7 @@ def test_threaded_shares_give_the_single_thread_statistics():
     finally:
         torch.set_num_threads(saved_threads)
         gmm_em.BLOCK_VALUES.update(saved_block)
-    np.testing.assert_allclose(float(shared_ll), float(single_ll), rtol=1e-13)
-    for a, b in zip(single, shared, strict=True):
-        if isinstance(a, torch.Tensor):
-            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-10, atol=1e-9)
+    _assert_same_statistics(shared, shared_ll, single, single_ll)
 
 
 def test_memory_benchmark_runs_at_a_smoke_size():
