@@ -139,9 +139,14 @@ class SVIStep:
             self.unconstrained = dict(store.named_parameters())
             self.registered = len(store)
         self.names = sorted(self.model_names + self.guide_names)  # not those poutine.block hides
+        self.whitened = {n: Whitened(self.unconstrained[n], *factor) for n, factor
+                         in _preconditioners(guide).items() if n in self.guide_names}
         # one torch Adam over the unconstrained tensors: cheaper per step than pyro.optim's
-        # one optimizer per parameter, and the same update
-        self.optimizer = torch.optim.Adam([self.unconstrained[n] for n in self.names], lr=lr)
+        # one optimizer per parameter, and the same update (over the whitened coordinates of
+        # a parameter the guide preconditions)
+        self.optimizer = torch.optim.Adam(
+            [self.whitened[n].white if n in self.whitened else self.unconstrained[n]
+             for n in self.names], lr=lr)
 
     @contextmanager
     def owned(self) -> Iterator[None]:
@@ -179,7 +184,11 @@ class SVIStep:
             if len(pyro.get_param_store()) != self.registered:
                 raise RuntimeError(f"{self.label} created parameters after its first call; "
                                    "create every pyro.param unconditionally")
+            for name, whitened in self.whitened.items():
+                whitened.pull(self.unconstrained[name])
             self.optimizer.step()
+            for name, whitened in self.whitened.items():
+                whitened.push(self.unconstrained[name])
             self.calls += 1
         return value
 
@@ -213,6 +222,8 @@ class SVIStep:
         with torch.no_grad():
             for name in self.names:
                 self.unconstrained[name].copy_(values[name])
+                if name in self.whitened:
+                    self.whitened[name].follow(values[name])
 
     def load(self, state: dict, streams: dict, path) -> None:
         """A checkpoint's parameters, Adam state and random ``streams``; the learning rate
@@ -241,6 +252,53 @@ class SVIStep:
         """Hand the fit's random streams to the process (a fit run alone leaves the process's
         streams where its last step left them)."""
         set_random_streams(self._streams, self.device)
+
+
+class Whitened:
+    """Adam over whitened coordinates w of a parameter θ = anchor + F w (F a vector of scales
+    or a lower-triangular matrix, from the guide's :meth:`preconditioners`): the same
+    reparametrization as writing the guide in units of the posterior's sds, done in the
+    optimizer so that the guide's parameters keep their names and meaning. Adam's steps are
+    about ``lr`` per coordinate whatever the gradient's scale, so in θ's own units a step of
+    0.01 can be ten posterior sds of a tight coefficient; in w's it is a hundredth of one."""
+
+    def __init__(self, param: torch.Tensor, anchor: torch.Tensor, factor: torch.Tensor):
+        self.anchor = anchor.detach().reshape(-1).to(param).clone()
+        self.factor = factor.detach().to(param)
+        self.white = torch.zeros_like(self.anchor, requires_grad=True)
+        self.follow(param)
+
+    def pull(self, param: torch.Tensor) -> None:
+        """dL/dw = Fᵀ dL/dθ, for Adam to step on (θ's own gradient is taken away: Adam's
+        ``zero_grad`` does not reach it)."""
+        grad, param.grad = param.grad, None
+        if grad is None:
+            self.white.grad = None
+            return
+        flat = grad.reshape(-1)
+        self.white.grad = (self.factor * flat if self.factor.dim() == 1
+                           else self.factor.T @ flat)
+
+    def push(self, param: torch.Tensor) -> None:
+        """θ = anchor + F w after Adam's step on w."""
+        with torch.no_grad():
+            step = (self.factor * self.white if self.factor.dim() == 1
+                    else self.factor @ self.white)
+            param.copy_((self.anchor + step).reshape(param.shape))
+
+    def follow(self, param: torch.Tensor) -> None:
+        """w for a θ set from outside (a checkpoint, the averaged iterate)."""
+        with torch.no_grad():
+            offset = (param.detach().reshape(-1) - self.anchor)
+            self.white.copy_(offset / self.factor if self.factor.dim() == 1 else
+                             torch.linalg.solve_triangular(
+                                 self.factor, offset[:, None], upper=False)[:, 0])
+
+
+def _preconditioners(guide) -> dict:
+    """``{param-store name: (anchor, factor)}`` from a guide that offers them."""
+    offer = getattr(guide, "preconditioners", None)
+    return offer() if callable(offer) else {}
 
 
 def nonfinite_gradient(names: list[str], unconstrained: dict, norms: dict | None = None) -> str:

@@ -204,6 +204,14 @@ class AutoFlow(AutoContinuous):
         self.flows = nn.ModuleList(flows).to(init)
         self.shift_scale = _ShiftScale(init, self.init_scale)
 
+    def start_at(self, loc: torch.Tensor, covariance: torch.Tensor) -> None:
+        """Start at a Gaussian's mean with its marginal sds (the flow's layers stay at the
+        identity): the generic guides' Laplace start (:mod:`guides.laplace`)."""
+        sd = covariance.diagonal().sqrt()
+        self.shift_scale.loc.data.copy_(loc)
+        wanted = (sd - 1e-6).clamp_min(1e-6)  # softplus(raw) + 1e-6 = sd, without overflow
+        self.shift_scale.raw_scale.data.copy_(wanted + torch.log(-torch.expm1(-wanted)))
+
     def get_base_dist(self):
         zeros = self.shift_scale.loc.new_zeros(self.latent_dim).detach()
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
@@ -280,7 +288,7 @@ def fit_guide(posterior, spec: ModelSpec, guide: str, budget: Budget) -> Draws:
             "elbo": float(finite.mean()) if finite.size else None,
             "log_evidence": (float(np.logaddexp.reduce(finite) - math.log(finite.size))
                              if finite.size else None),
-            "num_particles": particles}
+            "num_particles": particles, "start": result.info.get("start")}
     return Draws(reported(posterior, values)[None], log_weights,
                  gradient_evaluations=int(result.steps * particles), seconds=result.seconds,
                  info=info)

@@ -125,12 +125,13 @@ class StochasticVariationalInference(Strategy):
                       if context.chunk_rows is not None else x)
             init = spec.init_params(config, source, generator) if spec.init_params else None
             model = spec.make_model(config, init)
-            result = fit_svi(model, build_guide(spec, guide, model, config, x,
-                                                settings["elbo"]), x, seed=run_seed,
+            built = build_guide(spec, guide, model, config, x, settings["elbo"])
+            result = fit_svi(model, built, x, seed=run_seed,
                              progress=context.progress, model_name=spec.name, guide_name=guide,
                              checkpoint=restart_checkpoint(context.checkpoint, restart),
                              resume=context.resume, restart=restart if restarts > 1 else None,
                              **settings)
+            result.info.update(getattr(built, "start_record", {}))  # where the guide began
             scores.append(_score(result))
             seconds += result.seconds
             resumed.append(result.info.get("resumed_from_step"))
