@@ -96,25 +96,46 @@ def pareto_k(log_weights: np.ndarray) -> float:
     return summarize(np.asarray(log_weights, np.float64)[:, None]).max
 
 
-def nuts_agreement(chains: np.ndarray, mean: np.ndarray, sd: np.ndarray, names: Sequence[str],
-                   *, level: float = AGREEMENT_LEVEL,
-                   reference_draws: int = REFERENCE_EFFECTIVE_DRAWS) -> dict:
-    """Whether NUTS draws ``chains : (C, S, P)`` agree with the reference moments within
-    Monte Carlo error: per parameter z = (m_nuts − m_ref) / √(mcse² + sd_ref² / R) for the
-    mean, and likewise for the sd (mcse of the sd; the reference sd's error taken as
-    sd_ref / √(2R)); agreement when every |z| is below the two-sided Bonferroni bound at
-    family-wise ``level`` over the 2P tests. ``R`` is the reference's effective draws."""
+def mcse(chains: np.ndarray, method: str) -> np.ndarray:
+    """``(P,)``: ArviZ's Monte Carlo standard error (``method`` ``"mean"`` or ``"sd"``) of
+    each parameter of ``chains : (C, S, P)``, from the chains' effective sample size (for the
+    sd, of the squared deviations, so that heavy tails widen it)."""
     with warnings.catch_warnings():  # ArviZ announces its refactor on import
         warnings.simplefilter("ignore", FutureWarning)
         import arviz as az
 
+    data = az.convert_to_dataset({"x": np.asarray(chains, np.float64)})
+    return np.atleast_1d(az.mcse(data, method=method)["x"].values)
+
+
+def reference_sd_error(sd: np.ndarray, draws: np.ndarray | None = None, *,
+                       reference_draws: int = REFERENCE_EFFECTIVE_DRAWS) -> np.ndarray:
+    """``(P,)``: the Monte Carlo standard error of the reference's sds, computed over its
+    ``reference_draws`` effective draws. With its thinned ``draws : (R', P)`` (taken as one
+    chain), ArviZ's sd mcse of those, scaled by √(R' / reference_draws); without them the
+    normal-theory sd / √(2 R), which a heavy tail makes too small."""
+    if draws is None:
+        return np.asarray(sd, np.float64) / np.sqrt(2 * reference_draws)
+    draws = np.asarray(draws, np.float64)
+    return mcse(draws[None], "sd") * np.sqrt(draws.shape[0] / reference_draws)
+
+
+def nuts_agreement(chains: np.ndarray, mean: np.ndarray, sd: np.ndarray, names: Sequence[str],
+                   *, level: float = AGREEMENT_LEVEL,
+                   reference_draws: int = REFERENCE_EFFECTIVE_DRAWS,
+                   thinned: np.ndarray | None = None) -> dict:
+    """Whether NUTS draws ``chains : (C, S, P)`` agree with the reference moments within
+    Monte Carlo error: per parameter z = (m_nuts − m_ref) / √(mcse² + sd_ref² / R) for the
+    mean, and likewise for the sd (ArviZ's mcse of the sd for NUTS; the reference sd's error
+    from :func:`reference_sd_error`, with the reference's ``thinned`` draws where given);
+    agreement when every |z| is below the two-sided Bonferroni bound at family-wise
+    ``level`` over the 2P tests. ``R`` is the reference's effective draws."""
     chains = np.asarray(chains, np.float64)
-    data = {"x": chains}
-    mcse_mean = np.atleast_1d(az.mcse(az.convert_to_dataset(data), method="mean")["x"].values)
-    mcse_sd = np.atleast_1d(az.mcse(az.convert_to_dataset(data), method="sd")["x"].values)
+    mcse_mean, mcse_sd = mcse(chains, "mean"), mcse(chains, "sd")
+    sd_error = reference_sd_error(sd, thinned, reference_draws=reference_draws)
     flat = chains.reshape(-1, chains.shape[-1])
     z_mean = (flat.mean(0) - mean) / np.sqrt(mcse_mean ** 2 + sd ** 2 / reference_draws)
-    z_sd = (flat.std(0, ddof=1) - sd) / np.sqrt(mcse_sd ** 2 + sd ** 2 / (2 * reference_draws))
+    z_sd = (flat.std(0, ddof=1) - sd) / np.sqrt(mcse_sd ** 2 + sd_error ** 2)
     bound = float(stats.norm.isf(level / (2 * 2 * len(names))))
     worst = int(np.argmax(np.maximum(np.abs(z_mean), np.abs(z_sd))))
     return {"agrees": bool(np.all(np.abs(z_mean) < bound) and np.all(np.abs(z_sd) < bound)),
@@ -122,8 +143,10 @@ def nuts_agreement(chains: np.ndarray, mean: np.ndarray, sd: np.ndarray, names: 
             "z_sd_max": float(np.abs(z_sd).max()), "worst_parameter": names[worst],
             "test": ("per parameter, the mean and the sd of the NUTS draws against the "
                      "reference's, each in units of the combined Monte Carlo standard error "
-                     "(ArviZ mcse for NUTS, sd/sqrt(R) and sd/sqrt(2R) for the reference, "
-                     f"R = {reference_draws}); agrees when every |z| < {bound:.2f}, the "
+                     "(ArviZ mcse for NUTS; for the reference sd/sqrt(R) for the mean and, "
+                     "for the sd, " + ("ArviZ's sd mcse of its thinned draws scaled to R"
+                                       if thinned is not None else "sd/sqrt(2R)")
+                     + f", R = {reference_draws}); agrees when every |z| < {bound:.2f}, the "
                      f"two-sided Bonferroni bound at {level:g} over {2 * len(names)} tests")}
 
 

@@ -3,15 +3,19 @@
 A cell is ``OUT/cells/<posterior>/<strategy>.json``, written atomically when it ends, failed
 cells too (with the error line). A rerun into the same folder skips every finished cell whose
 file holds the same settings (budget and seed) and runs the others, failed ones included;
-``overwrite`` runs them all again. With ``jobs > 1`` the cells run
-in spawned processes of one thread each (``OMP_NUM_THREADS=1``), posterior after posterior
-(NUTS first, then the flows), and a worker finds its posterior again from the suite's reference
+``overwrite`` runs them all again. The cells to run go longest expected first
+(:func:`schedule`: longest-processing-time-first over the whole grid, each cell's seconds
+from :mod:`inference.bench.costs`: its own earlier file in the folder, else the seconds
+measured per posterior and strategy, scaled to the budget). With ``jobs > 1`` they run in
+spawned processes of one thread each (``OMP_NUM_THREADS=1``), each taking the next cell as it
+comes free, and a worker finds its posterior again from the suite's reference
 (``module:function`` or ``FILE.py:function``), so nothing but names crosses processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import importlib
 import importlib.util
 import json
@@ -27,14 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.bench import metrics
+from inference.bench import costs, metrics
 from inference.bench.fits import STRATEGIES, Budget, declared, fit
 from inference.runs import write_json
 from zoo.errors import InputError
 
 DEFAULT_SUITE = "zoo.posteriordb:suite"
 CELLS = "cells"
-ORDER = {"nuts": 0, "flow": 1, "auto-mvn": 2, "auto-lowrank": 3, "auto-normal": 4}
 
 
 def load_suite(reference: str = DEFAULT_SUITE) -> dict:
@@ -134,7 +137,8 @@ def run_cell(posterior, strategy: str, budget: Budget) -> dict:
                               else metrics.pareto_k(draws.log_weights))
         if strategy == "nuts":
             record["agreement"] = metrics.nuts_agreement(
-                draws.values, reference.mean, reference.sd, reference.names)
+                draws.values, reference.mean, reference.sd, reference.names,
+                thinned=reference.draws)
         record.update(gradient_evaluations=draws.gradient_evaluations,
                       seconds=draws.seconds, draws=int(flat.shape[0]), info=draws.info)
     except (KeyboardInterrupt, SystemExit):
@@ -186,15 +190,40 @@ def run_grid(posteriors: Mapping[str, object], strategies: Sequence[str], budget
                 todo.append((name, strategy))
             else:
                 done[name, strategy] = record
-    # a posterior's cells together (a stopped run leaves whole rows), its longest first
-    position = {name: i for i, name in enumerate(posteriors)}
-    todo.sort(key=lambda cell: (position[cell[0]], ORDER.get(cell[1], 9)))
+    todo = [(name, strategy) for name, strategy, _, _ in schedule(todo, budget, out)]
     total = len(todo)
     for count, record in enumerate(_run(posteriors, todo, budget, out, jobs, suite), 1):
         done[record["posterior"], record["strategy"]] = record
         if progress is not None:
             progress(record, count, total)
     return [done[name, strategy] for name in posteriors for strategy in strategies]
+
+
+def schedule(cells: Sequence[tuple[str, str]], budget: Budget,
+             out: str | Path | None = None) -> list[tuple[str, str, float, str]]:
+    """The cells to run, longest expected first: ``(posterior, strategy, seconds, source)``
+    by descending :func:`inference.bench.costs.estimate` (ties in the given order). The
+    workers take cells in this order as they come free, which is longest-processing-time-
+    first list scheduling: its makespan is at most 4/3 of the best possible (Graham 1969),
+    and the longest cells no longer start last."""
+    rows = []
+    for index, (name, strategy) in enumerate(cells):
+        recorded = None if out is None else cell_path(Path(out), name, strategy)
+        seconds, source = costs.estimate(name, strategy, budget, recorded)
+        rows.append((-seconds, index, name, strategy, source))
+    rows.sort()
+    return [(name, strategy, -negative, source)
+            for negative, _, name, strategy, source in rows]
+
+
+def makespan(seconds: Sequence[float], jobs: int) -> float:
+    """When the last of the cells ends if ``jobs`` workers take them in the given order as
+    each comes free (what :func:`run_grid`'s process pool does), each cell taking its
+    ``seconds``."""
+    free = [0.0] * jobs
+    for duration in seconds:
+        heapq.heappush(free, heapq.heappop(free) + duration)
+    return max(free)
 
 
 def _run(posteriors, todo, budget, out: Path, jobs: int, suite: str) -> Iterator[dict]:

@@ -228,3 +228,108 @@ def test_the_flow_guide_starts_as_the_generic_gaussians_start():
     expected = stats.norm.logpdf(beta, loc=start, scale=scale).sum(-1)
     density = per_particle_log_density(trace, 4000).detach().numpy()
     assert density == pytest.approx(expected, abs=1e-6)
+
+
+# --- the schedule: longest expected cell first -------------------------------------------------
+
+
+def test_the_default_suite_is_scheduled_longest_first_from_the_measured_seconds():
+    from inference.bench import costs
+    from inference.bench.fits import STRATEGIES
+    from zoo import posteriordb
+
+    cells = [(name, strategy) for name in posteriordb.names() for strategy in STRATEGIES]
+    order = runner.schedule(cells, Budget())
+    seconds = [row[2] for row in order]
+    assert sorted(order) == sorted((*cell, costs.SECONDS[cell[0]][STRATEGIES.index(cell[1])],
+                                    "measured") for cell in cells)
+    assert seconds == sorted(seconds, reverse=True)
+    assert order[0][:2] == ("gp_pois_regr-gp_pois_regr", "nuts")
+    # on the measured seconds, two workers taking cells in this order end within 1% of the
+    # lower bound max(total / 2, longest cell); the suite order (NUTS first per posterior)
+    # started the 471-s cell last and ended ~9% later
+    bound = max(sum(seconds) / 2, max(seconds))
+    suite_order = [costs.SECONDS[n][STRATEGIES.index(s)] for n in posteriordb.names()
+                   for s in ("nuts", "flow", "auto-mvn", "auto-lowrank", "auto-normal")]
+    assert runner.makespan(seconds, 2) <= 1.01 * bound
+    assert runner.makespan(suite_order, 2) > 1.05 * bound
+
+
+def test_longest_first_is_within_graham_bound_of_the_best_split():
+    """List scheduling in the schedule's order against every assignment of 8 random cells to
+    2 workers (brute force): at most (4/3 - 1/6) times the optimum (Graham 1969)."""
+    import itertools
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        seconds = rng.lognormal(2.5, 1.0, size=8)
+        cells = [(f"p{k}", "nuts") for k in range(8)]
+        table = dict(zip([c[0] for c in cells], seconds, strict=True))
+        ordered = [table[name] for name, _ in
+                   sorted(cells, key=lambda cell: -table[cell[0]])]
+        best = min(max(sum(s for s, side in zip(seconds, split, strict=True) if side),
+                       sum(s for s, side in zip(seconds, split, strict=True) if not side))
+                   for split in itertools.product((0, 1), repeat=8))
+        assert runner.makespan(ordered, 2) <= (4 / 3 - 1 / 6) * best + 1e-9
+        assert runner.makespan(ordered, 2) >= best - 1e-9
+
+
+def test_a_recorded_cell_gives_its_own_seconds_scaled_to_the_budget(tmp_path):
+    from inference.bench import costs
+
+    budget = Budget(steps=2000)
+    path = runner.cell_path(tmp_path, "linreg", "auto-normal")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"status": "failed", "wall_seconds": 500.0,
+                                "settings": runner.settings_of(Budget(steps=1000),
+                                                               "auto-normal")}))
+    assert costs.estimate("linreg", "auto-normal", budget, path) == (1000.0, "recorded")
+    # a posterior of the table: its measured seconds, SVI scaled by steps, NUTS by iterations
+    assert costs.estimate("arK-arK", "auto-normal", budget) == (10 * 2000 / 3000, "measured")
+    nuts = Budget(nuts_warmup=100, nuts_samples=350, nuts_chains=4)
+    assert costs.estimate("arK-arK", "nuts", nuts) == (76.0, "measured")  # 4 x 450 = 2 x 900
+    assert costs.estimate("linreg", "flow", Budget()) == (costs.TYPICAL["flow"], "typical")
+    assert costs.estimate("linreg", "nuts", Budget(), tmp_path / "none.json")[1] == "typical"
+
+
+def test_finished_cells_are_skipped_and_the_rest_run_longest_first(tmp_path, monkeypatch):
+    from inference.bench.fits import STRATEGIES
+
+    budget = Budget(steps=300, draws=200)
+    posteriors = suite()
+    for strategy, status, seconds in (("auto-lowrank", "ok", 5.0),
+                                      ("auto-normal", "failed", 900.0)):
+        path = runner.cell_path(tmp_path, "linreg", strategy)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"posterior": "linreg", "strategy": strategy,
+                                    "status": status, "wall_seconds": seconds,
+                                    "settings": runner.settings_of(budget, strategy)}))
+    ran = []
+
+    def fake(posterior, strategy, chosen):
+        ran.append(strategy)
+        return {"posterior": posterior.name, "strategy": strategy, "status": "ok",
+                "wall_seconds": 1.0, "settings": runner.settings_of(chosen, strategy)}
+    monkeypatch.setattr(runner, "run_cell", fake)
+    records = runner.run_grid(posteriors, STRATEGIES, budget, tmp_path)
+    # the failed cell's own 900 s first, then the typical seconds: NUTS (not scaled by the
+    # SVI steps), the flow, auto-mvn; the finished auto-lowrank not run again
+    assert ran == ["auto-normal", "nuts", "flow", "auto-mvn"]
+    assert [r["strategy"] for r in records] == list(STRATEGIES)  # the grid's order
+    assert records[1]["wall_seconds"] == 5.0  # read back
+
+
+def test_two_jobs_give_the_same_cells_as_one(tmp_path):
+    """The order and the processes change nothing but the seconds: every cell is seeded."""
+    budget = Budget(steps=50, draws=100)
+    strategies = ("auto-normal", "auto-mvn")
+    one = runner.run_grid(suite(), strategies, budget, tmp_path / "one", jobs=1)
+    two = runner.run_grid(suite(), strategies, budget, tmp_path / "two", jobs=2,
+                          suite=f"{HERE}:suite")
+    timing = {"seconds", "wall_seconds", "info", "where"}
+    for a, b in zip(one, two, strict=True):
+        assert a["status"] == b["status"] == "ok", (a.get("error"), b.get("error"))
+        assert {k: v for k, v in a.items() if k not in timing} == {
+            k: v for k, v in b.items() if k not in timing}
+        assert (a["info"]["steps"], a["info"]["elbo"]) == (b["info"]["steps"],
+                                                           b["info"]["elbo"])

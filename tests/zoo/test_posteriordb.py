@@ -19,6 +19,7 @@ from pyro.ops.stats import effective_sample_size
 from scipy import stats
 from scipy.special import logsumexp
 
+from inference.bench import metrics
 from zoo.errors import InputError
 from zoo.posteriordb import get, model_draws, names, nuts_model, suite
 from zoo.posteriordb.base import DATA, CumulativeExp, OrderedNormal
@@ -407,10 +408,13 @@ def test_inputs_are_checked():
         regression.model(regression.x[:, :1], config=regression.config())
 
 
-def _nuts_mean_error(name, warmup, samples, seed=0):
-    """NUTS's mean of each reported parameter minus the reference mean, in units of the
-    Monte Carlo standard error of the difference (NUTS's ESS and the reference's 10 000),
-    NUTS run with the posterior's own settings (``extra``: dense mass, noncentred sites)."""
+def _nuts_errors(name, warmup, samples, seed=0):
+    """NUTS's mean and sd of each reported parameter minus the reference's, each in units of
+    the Monte Carlo standard error of the difference, NUTS run with the posterior's own
+    settings (``extra``: dense mass, noncentred sites). The mean's: NUTS's ESS and the
+    reference's 10 000 draws; the sd's: ArviZ's sd mcse of the NUTS chain (from the ESS of
+    the squared deviations, so a heavy tail widens it) and of the reference's thinned draws,
+    scaled to its 10 000 (:func:`inference.bench.metrics.reference_sd_error`)."""
     post = _posterior(name)
     pyro.set_rng_seed(seed)
     model = functools.partial(post.model, config=post.config())
@@ -423,7 +427,22 @@ def _nuts_mean_error(name, warmup, samples, seed=0):
     draws = torch.stack([reported[n] for n in post.reference.names], -1).double()
     ess = effective_sample_size(draws.unsqueeze(0), chain_dim=0, sample_dim=1).numpy()
     error = np.abs(draws.mean(0).numpy() - post.reference.mean) / post.reference.sd
-    return error / np.sqrt(1 / ess + 1 / 10_000)
+    z_mean = error / np.sqrt(1 / ess + 1 / 10_000)
+    chain = draws.numpy()[None]
+    sd_error = np.sqrt(metrics.mcse(chain, "sd") ** 2
+                       + metrics.reference_sd_error(post.reference.sd, post.reference.draws) ** 2)
+    z_sd = np.abs(chain[0].std(0, ddof=1) - post.reference.sd) / sd_error
+    return z_mean, z_sd
+
+
+def _assert_agrees(name, warmup, samples):
+    """Every mean and every sd within 4.5 Monte Carlo standard errors of posteriordb's."""
+    z_mean, z_sd = _nuts_errors(name, warmup, samples)
+    names = _posterior(name).reference.names
+    print(f"{name}: |z| mean max {z_mean.max():.2f} ({names[z_mean.argmax()]}), "
+          f"sd max {z_sd.max():.2f} ({names[z_sd.argmax()]})")  # shown with pytest -s
+    assert z_mean.max() < 4.5, ("mean", dict(zip(names, z_mean.round(2), strict=True)))
+    assert z_sd.max() < 4.5, ("sd", dict(zip(names, z_sd.round(2), strict=True)))
 
 
 def test_noncentered_nuts_sites_map_back_to_the_model():
@@ -485,14 +504,36 @@ FAST = ("eight_schools-eight_schools_noncentered", "eight_schools-eight_schools_
 
 @pytest.mark.parametrize("name", FAST)
 def test_nuts_agrees_with_the_reference(name):
-    """A short NUTS run's means are within 4.5 Monte Carlo standard errors of posteriordb's on
-    every parameter (a wrong prior, constraint or likelihood moves some mean by far more)."""
-    z = _nuts_mean_error(name, warmup=200, samples=300)
-    assert z.max() < 4.5, dict(zip(_posterior(name).reference.names, z.round(2), strict=True))
+    """A short NUTS run's means and sds are within 4.5 Monte Carlo standard errors of
+    posteriordb's on every parameter (a wrong prior, constraint or likelihood moves some mean
+    or sd by far more)."""
+    _assert_agrees(name, warmup=200, samples=300)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in FAST])
 def test_nuts_agrees_with_the_reference_slow(name):
-    z = _nuts_mean_error(name, warmup=400, samples=600)
-    assert z.max() < 4.5, dict(zip(_posterior(name).reference.names, z.round(2), strict=True))
+    _assert_agrees(name, warmup=400, samples=600)
+
+
+def test_the_sd_check_rejects_a_wrong_spread():
+    """The sd half of the check can fail: draws of the reference's own normal approximation
+    pass it, the same draws 30% too wide do not (|z| about 8), and a heavy-tailed
+    reference (Student-t, 3 degrees of freedom) gets a wider sd error than the normal-theory
+    sd / sqrt(2R) would give."""
+    rng = np.random.default_rng(0)
+    mean, sd = np.array([0.0, 5.0]), np.array([1.0, 0.2])
+    chain = (rng.normal(size=(1, 600, 2)) * sd + mean)
+    reference = rng.normal(size=(1000, 2)) * sd + mean
+
+    def z_sd(draws):
+        error = np.sqrt(metrics.mcse(draws, "sd") ** 2
+                        + metrics.reference_sd_error(sd, reference) ** 2)
+        return np.abs(draws[0].std(0, ddof=1) - sd) / error
+
+    assert z_sd(chain).max() < 4.5
+    assert z_sd((chain - mean) * 1.3 + mean).min() > 4.5
+    heavy = rng.standard_t(3, size=(1000, 1))
+    spread = heavy.std(ddof=1, keepdims=True)[0]
+    assert metrics.reference_sd_error(spread, heavy)[0] > 1.5 * metrics.reference_sd_error(
+        spread)[0]
