@@ -204,7 +204,8 @@ def vae(args) -> None:
                "--likelihood", "bernoulli", "--latent-dim", str(args.latent_dim), "--hidden",
                "400", "--epochs", str(args.epochs), "--batch-size", "128", "--lr", "1e-3",
                "--validation", "0",  # every training row, as the hand-written loop
-               "--iwae-samples", str(args.fit_iwae_samples), "--out", str(run), "--json"]
+               "--iwae-samples", str(args.fit_iwae_samples), "--iwae-rows", "all",
+               "--out", str(run), "--json"]
         wall, fitted = time_command(fit, env)
         hand = hand_written(train.to(device), test.to(device), args.epochs, args.latent_dim)
         record(args, {"figure": "vae-epoch", "epochs": args.epochs, "rows": len(train),
@@ -215,7 +216,7 @@ def vae(args) -> None:
                       "lvm_zoo_test_iwae": fitted.get("test_log_likelihood"),
                       "hand_written_test_iwae_100": hand[2]})
         evaluate = [*lvm_zoo_command(), "evaluate", str(run), "--device", args.device,
-                    "--iwae-samples", str(args.iwae_samples), "--json"]
+                    "--iwae-samples", str(args.iwae_samples), "--iwae-rows", "all", "--json"]
         wall, judged = time_command(evaluate, env)
         record(args, {"figure": "iwae-evaluate", "iwae_samples": args.iwae_samples,
                       "test_rows": judged.get("n_test"), "wall_seconds": wall,

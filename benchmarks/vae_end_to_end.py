@@ -108,8 +108,9 @@ def lvm_zoo(epochs: int, latent: int, data_root: str):
         command = [sys.executable, "-m", "inference", "fit", "dglvm", "--data", "mnist",
                    "--data-root", data_root, "--likelihood", "bernoulli", "--latent-dim",
                    str(latent), "--hidden", "400", "--epochs", str(epochs), "--batch-size",
-                   "128", "--lr", "1e-3", "--validation", "0", "--iwae-samples", "100", "--out",
-                   str(Path(folder) / "run"), "--json"]
+                   "128", "--lr", "1e-3", "--validation", "0", "--iwae-samples", "100",
+                   "--iwae-rows", "all",  # every test image, as the hand-written loop
+                   "--out", str(Path(folder) / "run"), "--json"]
         began = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -5,6 +5,12 @@ importance-sampled bound otherwise (IWAE-K with the fit's guide as proposal,
 log p(x) ≥ E[log (1/K) Σ_k p(x, z_k) / q(z_k | x)], tight as K → ∞). The ELBO is the average
 of the same log-weights. Both come from :func:`pointwise_log_weights`, which works for any model
 and guide with the zoo's signature.
+
+Every log-likelihood comes with its standard error over the rows judged (``*_se``: the rows'
+sample standard deviation / √n, which holds the Monte Carlo noise of each row's estimate too).
+The importance-sampled figures have a stated cost: at most :data:`IMPORTANCE_WEIGHTS` log-weights
+(rows × K) per split by default (:func:`importance_rows`), on a subsample of rows drawn by the
+seed, so the yardstick of a fit costs about the same whatever the number of rows.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import pyro
 import torch
 from pyro import poutine
 from torch.distributions import transform_to
+from tqdm.auto import tqdm
 
 from inference import diagnostics, distributed
 from inference.enumeration import enumerable_sites, site_log_prob, summed_out_log_weights
@@ -29,9 +36,40 @@ from inference.sampling import (
     particle_traces,
 )
 from inference.shards import return_large_buffers
+from zoo.errors import InputError
 from zoo.registry import DATA_PLATE, ModelSpec, Params
 
 MAX_TRAIN_ROWS = 5_000  # importance-sampled training figures on a seeded subsample beyond
+IMPORTANCE_WEIGHTS = 250_000  # log-weights (rows × K) per split of the default budget
+MIN_IMPORTANCE_ROWS = 100  # rows per split the default budget keeps whatever K
+
+
+def importance_rows(num_samples: int, iwae_rows: int | str | None = None) -> int | None:
+    """Rows per split judged by importance sampling with ``num_samples`` (K) particles:
+    ``iwae_rows`` when given (:func:`settle_iwae_rows`; ``"all"``: every row, returned as
+    ``None``), by default max(:data:`MIN_IMPORTANCE_ROWS`, :data:`IMPORTANCE_WEIGHTS` // K),
+    e.g. 250 rows at K = 1000. A split with more rows is judged on a subsample drawn by the
+    seed."""
+    iwae_rows = settle_iwae_rows(iwae_rows)
+    if iwae_rows is None:
+        return max(MIN_IMPORTANCE_ROWS, IMPORTANCE_WEIGHTS // max(1, num_samples))
+    return None if iwae_rows == "all" else iwae_rows
+
+
+def settle_iwae_rows(value: int | str | None) -> int | str | None:
+    """``--iwae-rows`` (``iwae_rows=``) checked: ``None`` (the budget), ``"all"`` or a number
+    of rows of at least 2, given as an integer or its text."""
+    if value is None or value == "all":
+        return value
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    if number is None or number < 2:
+        raise InputError(f"--iwae-rows {value} is not a number of rows of at least 2 (a "
+                         "standard error needs two); give e.g. 500, or 'all' for every row")
+    return number
 
 
 def load_params(values: Params) -> None:
@@ -72,7 +110,7 @@ def pointwise_log_weights(model, guide, x: torch.Tensor, num_samples: int, *,
                           indices: torch.Tensor | None = None,
                           max_elements: int = 2**22, grad: bool = False,
                           vectorize: bool | None = None,
-                          summed_out: bool = False) -> torch.Tensor:
+                          summed_out: bool = False, on_rows=None) -> torch.Tensor:
     """Log importance weights log p(x_n, z) − log q(z | x_n), shape ``(num_samples, N)``.
 
     ``z`` is drawn from ``guide``; particles are vectorized in a plate outside the data plate
@@ -84,7 +122,8 @@ def pointwise_log_weights(model, guide, x: torch.Tensor, num_samples: int, *,
     broadcast over them; ``None`` asks :func:`~inference.sampling.broadcasts_over_particles`.
     ``summed_out=True`` sums the model's discrete local sites out by enumeration
     (:func:`enumerable_sites`): log Σ_c p(x_n, c, z) − log q(z | x_n), the guide drawing only
-    the continuous sites (none: exact log p(x_n) in every particle).
+    the continuous sites (none: exact log p(x_n) in every particle). ``on_rows(n)`` is
+    called after each chunk of ``n`` rows (a progress bar's update).
     """
     if vectorize is None:
         vectorize = _broadcasts(model, guide, x)
@@ -104,6 +143,8 @@ def pointwise_log_weights(model, guide, x: torch.Tensor, num_samples: int, *,
             parts.append(_log_weights(model, guide, x, rows, k, grad, vectorize, summed_out))
             remaining -= k
         out.append(torch.cat(parts, dim=0))
+        if on_rows is not None:
+            on_rows(rows.numel())
     return torch.cat(out, dim=1)
 
 
@@ -178,8 +219,8 @@ def iwae(log_weights: torch.Tensor) -> torch.Tensor:
 def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tensor,
                  x_test: torch.Tensor | None = None, *, num_samples: int = 1000,
                  elbo_samples: int = 100, seed: int = 0,
-                 max_train_rows: int = MAX_TRAIN_ROWS, device: torch.device | None = None
-                 ) -> dict:
+                 max_train_rows: int = MAX_TRAIN_ROWS, device: torch.device | None = None,
+                 iwae_rows: int | str | None = None, progress: bool = False) -> dict:
     """The yardstick for one fit, every figure in mean nats per datapoint.
 
     Returns ``train_log_likelihood``, ``test_log_likelihood`` (``None`` without test rows),
@@ -193,6 +234,16 @@ def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tens
     taken on a seeded subsample of that many rows (``train_rows_evaluated`` says how many), so
     that judging a fit costs no more than the fit; exact figures use every row.
 
+    The cost of importance sampling is bounded per split: at most
+    :func:`importance_rows` ``(num_samples, iwae_rows)`` rows of each split are judged (by
+    default 250,000 log-weights' worth, at least 100 rows; ``iwae_rows="all"``: every row),
+    a subsample drawn by ``seed`` beyond (``train_rows_evaluated``, ``test_rows_evaluated``).
+    ``train_log_likelihood_se`` and ``test_log_likelihood_se`` are the standard errors of the
+    two means: the sample standard deviation of the per-row figures over √n (it includes each
+    row's Monte Carlo noise; not the bias of IWAE-K below log p(x)); ``None`` for the joint
+    estimate of a model with global latents. ``progress`` shows a bar (tqdm, on stderr) over
+    the rows being importance-sampled.
+
     Rows are judged in chunks of :data:`EVAL_ROWS` moved to ``device`` (default: the rows'
     own), so a memory-mapped training set is read, never held. Under a process group
     (:mod:`inference.distributed`) every rank judges its shard of the rows and the sums are
@@ -204,36 +255,65 @@ def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tens
         if x_train.shape[0] > max_train_rows:
             rows = torch.randperm(x_train.shape[0], device=x_train.device)[:max_train_rows]
         metrics = _evaluate_fit(spec, config, result, x_train, x_test, num_samples,
-                                elbo_samples, rows, group, device or x_train.device)
+                                elbo_samples, rows, group, device or x_train.device,
+                                importance_rows(num_samples, iwae_rows), progress)
+    for split in ("train", "test"):
+        metrics.setdefault(f"{split}_log_likelihood_se", None)
+    metrics.setdefault("test_rows_evaluated", None if x_test is None else x_test.shape[0])
+    if metrics.get("test_log_likelihood") is None:
+        metrics["test_rows_evaluated"] = None
     return metrics
 
 
 EVAL_ROWS = 2**16  # rows per chunk of the exact log-likelihood
 
 
+def _mine(count: int, group) -> slice:
+    """This rank's share of ``count`` rows (rank 0 takes them all when there are fewer rows
+    than ranks)."""
+    return distributed.shard(count, group) if count >= (group.world_size if group else 1) \
+        else slice(0, count if group is None or group.is_main else 0)
+
+
 def _row_mean(values_of, x: torch.Tensor, group, device, indices=None):
     """The mean over the rows ``x[indices]`` (default all) of ``values_of(rows) -> (..., n)``,
     this rank's shard of them chunk by chunk, summed in float64 over the ranks: a float, or a
     list of floats for several figures per row."""
+    return _row_stats(values_of, x, group, device, indices)[0]
+
+
+def _row_stats(values_of, x: torch.Tensor, group, device, indices=None):
+    """:func:`_row_mean` and the standard error of each mean: the rows' sample standard
+    deviation / √n (``None`` for fewer than two rows), from float64 sums of the values and of
+    their squares over the chunks and the ranks."""
     count = x.shape[0] if indices is None else indices.numel()
-    mine = distributed.shard(count, group) if count >= (group.world_size if group else 1) \
-        else slice(0, count if group is None or group.is_main else 0)
+    mine = _mine(count, group)
     total = None
     for start in range(mine.start, mine.stop, EVAL_ROWS):
         stop = min(start + EVAL_ROWS, mine.stop)
         chosen = slice(start, stop) if indices is None else indices[start:stop]
-        part = values_of(chosen).double().sum(-1).to(device)
+        values = values_of(chosen).detach().double()
+        part = torch.stack([values.sum(-1), values.square().sum(-1)]).to(device)
         total = part if total is None else total + part
     if total is None:  # a rank without rows: the shape of one figure or of several
         probe = values_of(slice(0, 1) if indices is None else indices[:1])
-        total = torch.zeros(probe.shape[:-1], dtype=torch.float64, device=device)
-    means = distributed.total(total, group) / count
-    return float(means) if means.dim() == 0 else means.tolist()
+        total = torch.zeros((2, *probe.shape[:-1]), dtype=torch.float64, device=device)
+    sums, squares = distributed.total(total, group)
+    means = sums / count
+    if count > 1:
+        variance = ((squares - sums * means) / (count - 1)).clamp(min=0.0)
+        errors = (variance / count).sqrt()
+    else:
+        errors = None
+    if means.dim() == 0:
+        return float(means), None if errors is None else float(errors)
+    return means.tolist(), [None] * means.numel() if errors is None else errors.tolist()
 
 
 def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_samples,
-                  rows=None, group=None, device=None) -> dict:
-    metrics: dict = {"log_likelihood_method": "exact", "train_rows_evaluated": x_train.shape[0]}
+                  rows=None, group=None, device=None, cap=None, progress=False) -> dict:
+    metrics: dict = {"log_likelihood_method": "exact", "train_rows_evaluated": x_train.shape[0],
+                     "test_rows_evaluated": None if x_test is None else x_test.shape[0]}
     guide = result.guide if result.guide in spec.guides else None
     if spec.log_marginal is None and spec.global_sites and guide is not None:
         return _evaluate_global(spec, config, result, guide, x_train, x_test, num_samples)
@@ -242,12 +322,13 @@ def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_sampl
         metrics["log_likelihood_method"] = "exact"
         params = _on(result.params, torch.empty(0, device=device))
         for split, x in splits.items():
-            metrics[f"{split}_log_likelihood"] = None if x is None or x.shape[0] == 0 else \
-                _row_mean(lambda chosen, x=x: spec.log_marginal(
-                    config, params, x[chosen].to(device)), x, group, device)
+            metrics[f"{split}_log_likelihood"], metrics[f"{split}_log_likelihood_se"] = (
+                (None, None) if x is None or x.shape[0] == 0 else
+                _row_stats(lambda chosen, x=x: spec.log_marginal(
+                    config, params, x[chosen].to(device)), x, group, device))
     else:
         return _importance_sampled(spec, config, result, guide, splits, num_samples,
-                                   elbo_samples, rows, group, metrics)
+                                   elbo_samples, rows, group, metrics, cap, progress)
     metrics.update(elbo=None, gap=None, **NO_PARETO_K,
                    pareto_k_note="log p(x) is exact: no importance sampling to diagnose")
     if guide is not None:
@@ -263,14 +344,13 @@ def _evaluate_fit(spec, config, result, x_train, x_test, num_samples, elbo_sampl
 
 
 def _importance_sampled(spec, config, result, guide, splits, num_samples, elbo_samples, rows,
-                        group, metrics) -> dict:
+                        group, metrics, cap=None, progress=False) -> dict:
     """IWAE-K per row with the fit's guide (one set of K log-weights gives IWAE-K and the
     ELBO, their mean); discrete local sites summed out where :func:`enumerable_sites` allows
     (exact when they are the only latents: ``exact-enumerated``, no guide needed); particles
-    one at a time when the model does not broadcast over them (``yardstick_note``)."""
+    one at a time when the model does not broadcast over them (``yardstick_note``). At most
+    ``cap`` rows of each split (``None``: all) are importance-sampled, drawn by the stream."""
     metrics["log_likelihood_method"] = f"iwae-{num_samples}"
-    if rows is not None:
-        metrics["train_rows_evaluated"] = int(rows.numel())
     metrics.update(elbo=None, gap=None, yardstick_note=None)
     x_train = splits["train"]
     vectorize, summed, continuous = _probed(spec, config, result, guide, x_train)
@@ -279,44 +359,67 @@ def _importance_sampled(spec, config, result, guide, splits, num_samples, elbo_s
     if summed:
         metrics["log_likelihood_method"] = (f"iwae-{num_samples}-enumerated" if continuous
                                             else "exact-enumerated")
-        if not continuous:
-            metrics["train_rows_evaluated"] = x_train.shape[0]
-    evaluated = x_train.shape[0] if rows is None else int(rows.numel())
-    kept = ParetoRows(evaluated) if guide is not None and (continuous or not summed) else None
+    sampled = continuous or not summed  # the figures are importance-sampled
+    usable = {split: guide is not None and (split == "train" or not _per_datapoint(spec, guide))
+              for split in splits}
+    judged = {split: x is not None and x.shape[0] > 0 and (usable[split] or not sampled)
+              for split, x in splits.items()}
+    subsets = {"train": rows if sampled else None, "test": None}
+    if sampled and cap is not None:  # the stated budget: a subsample drawn by the seed
+        for split, x in splits.items():
+            count = 0 if x is None else (x.shape[0] if subsets[split] is None
+                                         else subsets[split].numel())
+            if judged[split] and count > cap:
+                subsets[split] = (subsets[split] if subsets[split] is not None
+                                  else torch.randperm(x.shape[0], device=x.device))[:cap]
+    for split, x in splits.items():
+        if x is not None:
+            metrics[f"{split}_rows_evaluated"] = (x.shape[0] if subsets[split] is None
+                                                  else int(subsets[split].numel()))
+    evaluated = metrics["train_rows_evaluated"]
+    kept = ParetoRows(evaluated) if guide is not None and sampled else None
     def keep(split, log_weights):  # the train rows' log-weights give k̂ on the way
         return kept(log_weights) if kept is not None and split == "train" else log_weights
+    shares = [_mine(metrics[f"{split}_rows_evaluated"], group) for split in splits
+              if judged[split]]
+    total = sum(share.stop - share.start for share in shares)  # this rank's rows
+    bar = tqdm(total=total, desc=f"yardstick {metrics['log_likelihood_method']}", unit="row",
+               leave=False, disable=not progress or total == 0)
     for split, x in splits.items():
-        value = None
-        usable = guide is not None and (split == "train" or not _per_datapoint(spec, guide))
-        if x is not None and x.shape[0] and (usable or (summed and not continuous)):
-            with fitted(spec, config, result.params, x, guide=guide if usable else None,
-                        guide_params=result.guide_params if usable else None
+        value = error = None
+        if judged[split]:
+            with fitted(spec, config, result.params, x, guide=guide if usable[split] else None,
+                        guide_params=result.guide_params if usable[split] else None
                         ) as (model, guide_fn):
-                subset = rows if split == "train" and (continuous or not summed) else None
+                subset = subsets[split]
                 if summed:
                     draws = num_samples if continuous else 1
-                    value = _row_mean(
+                    value, error = _row_stats(
                         lambda chosen, x=x, m=model, g=guide_fn, k=draws, s=split: iwae(keep(
                             s, pointwise_log_weights(m, g if continuous else None, x, k,
                                                      indices=_positions(chosen, x),
-                                                     vectorize=vectorize, summed_out=True))),
+                                                     vectorize=vectorize, summed_out=True,
+                                                     on_rows=bar.update))),
                         x, group, x.device, subset)
-                    if split == "train" and usable:  # the guide's own ELBO beside it
+                    if split == "train" and usable[split]:  # the guide's own ELBO beside it
                         elbo = _row_mean(lambda chosen, x=x, m=model, g=guide_fn:
                                          pointwise_log_weights(
                                              m, g, x, elbo_samples, vectorize=vectorize,
                                              indices=_positions(chosen, x)).mean(0),
-                                         x, group, x.device, rows)
+                                         x, group, x.device, subset if sampled else rows)
                         metrics.update(elbo=elbo, gap=value - elbo)
                 else:
-                    value, elbo = _row_mean(lambda chosen, x=x, m=model, g=guide_fn, s=split:
-                                            _iwae_and_elbo(keep(s, pointwise_log_weights(
-                                                m, g, x, num_samples, vectorize=vectorize,
-                                                indices=_positions(chosen, x)))),
-                                            x, group, x.device, subset)
+                    (value, elbo), (error, _) = _row_stats(
+                        lambda chosen, x=x, m=model, g=guide_fn, s=split: _iwae_and_elbo(keep(
+                            s, pointwise_log_weights(m, g, x, num_samples, vectorize=vectorize,
+                                                     indices=_positions(chosen, x),
+                                                     on_rows=bar.update))),
+                        x, group, x.device, subset)
                     if split == "train":
                         metrics.update(elbo=elbo, gap=value - elbo)
         metrics[f"{split}_log_likelihood"] = value
+        metrics[f"{split}_log_likelihood_se"] = error
+    bar.close()
     metrics.update(kept.record() if kept is not None else NO_PARETO_K)
     if summed and not continuous:
         metrics["pareto_k_note"] = "log p(x) is exact (discrete latents summed out)"

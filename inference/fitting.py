@@ -17,6 +17,7 @@ The command line, the Python API, the comparison and ``check`` all plan through 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from inference import distributed
 from inference.data import DataRequest, LoadedData, load
 from inference.decomposition import exact_decomposition
-from inference.evaluate import evaluate_fit
+from inference.evaluate import evaluate_fit, settle_iwae_rows
 from inference.fit_posterior import (
     NutsCheck,
     check_nuts_reference,
@@ -69,6 +70,7 @@ class FitPlan:
     data: DataRequest
     seed: int = 0
     iwae_samples: int = DEFAULT_IWAE_SAMPLES
+    iwae_rows: int | str | None = None  # rows per split importance-sampled (None: budget)
     folder: RunFolder | None = None  # where the fit is saved (None: in memory)
     checkpoint: Path | None = None  # a fit without a folder may still checkpoint here
     resume: bool = False
@@ -135,7 +137,7 @@ class Fitted:
                 "data": {**self.data.request.to_dict(), "dataset": self.data.dataset.name,
                          "source": self.data.dataset.source},
                 "options": {k: v for k, v in vars(self.options).items() if v is not None},
-                "iwae_samples": self.iwae_samples}
+                "iwae_samples": self.iwae_samples, "iwae_rows": self.plan.iwae_rows}
 
 
 # the log-densities (mean nats per datapoint) of the yardstick, and their bits per dimension
@@ -144,13 +146,16 @@ BITS_PER_DIM = {"train_log_likelihood": "train_bits_per_dim",
 
 
 def judge(spec: ModelSpec, config, result: FitResult, loaded: LoadedData, *, seed: int,
-          num_samples: int) -> dict:
+          num_samples: int, iwae_rows: int | str | None = None, progress: bool = False) -> dict:
     """The yardstick's metrics (:func:`~inference.evaluate.evaluate_fit`) of a fit on
     ``loaded``, with ``bin_width`` and, on dequantized data, bits per dimension beside every
     log-density: −(log p + D log bin_width) / (D log 2), the bin probability's −log₂ per
-    value (Theis et al., 2016). :func:`run` and ``evaluate_run`` both judge here."""
+    value (Theis et al., 2016), and ``yardstick_seconds``, the wall time of the judging.
+    :func:`run` and ``evaluate_run`` both judge here."""
+    start = time.perf_counter()
     metrics = evaluate_fit(spec, config, result, loaded.train, loaded.test, seed=seed,
-                           num_samples=num_samples, device=loaded.device)
+                           num_samples=num_samples, device=loaded.device,
+                           iwae_rows=iwae_rows, progress=progress)
     metrics["elbo_method"] = None if metrics.get("elbo") is None else "monte-carlo"
     exact = exact_decomposition(spec, config, result, loaded.train)
     if exact is not None:  # the ELBO and gap in closed form (fit and compare say the same)
@@ -163,6 +168,7 @@ def judge(spec: ModelSpec, config, result: FitResult, loaded: LoadedData, *, see
         metrics.update({bits: None if metrics.get(nats) is None else
                         float(bits_per_dim(metrics[nats], dim, bin_width))
                         for nats, bits in BITS_PER_DIM.items()})
+    metrics["yardstick_seconds"] = time.perf_counter() - start
     return metrics
 
 
@@ -170,7 +176,8 @@ def judge(spec: ModelSpec, config, result: FitResult, loaded: LoadedData, *, see
 
 def plan(spec: ModelSpec | str, *, inference: str | None = None, guide: str | None = None,
          data: DataRequest | str | None = None, seed: int = 0, iwae_samples: int | None = None,
-         out: str | Path | None = None, save: bool = False, overwrite: bool = False,
+         iwae_rows: int | str | None = None, out: str | Path | None = None,
+         save: bool = False, overwrite: bool = False,
          resume: bool = False, resume_anyway: bool = False, reference: str | None = None,
          progress: bool = False, figures: bool = True, posterior: bool | None = None,
          checkpoint: str | Path | None = None, nuts_samples: int | None = None,
@@ -183,8 +190,10 @@ def plan(spec: ModelSpec | str, *, inference: str | None = None, guide: str | No
     dataset name. ``out`` (or ``save=True``: a new folder under
     ``runs/``) is the run folder: checked writable, an earlier run in it refused unless
     ``overwrite``, continued with ``resume`` (refused when the optimization options differ,
-    unless ``resume_anyway``). ``posterior`` (default: when saved) draws a Bayesian model's
-    global posterior; ``reference="nuts"`` adds NUTS beside it (``nuts_samples``,
+    unless ``resume_anyway``). ``iwae_samples`` (K) and ``iwae_rows`` (rows per split,
+    ``"all"``; default a budget of K × rows) size the importance-sampled yardstick
+    (:func:`~inference.evaluate.importance_rows`). ``posterior`` (default: when saved) draws
+    a Bayesian model's global posterior; ``reference="nuts"`` adds NUTS beside it (``nuts_samples``,
     ``nuts_warmup`` per chain, ``nuts_chains``)."""
     data_keywords = {k: options.pop(k) for k in list(options) if k in DATA_KEYWORDS}
     spec, strategy, chosen, model_options = prepare(spec, inference=inference, guide=guide,
@@ -193,6 +202,7 @@ def plan(spec: ModelSpec | str, *, inference: str | None = None, guide: str | No
         guide = spec.default_guide or next(iter(spec.guides), None)
     if iwae_samples is not None:  # a positive integer whose weights fit, even for one row
         check_importance_samples(iwae_samples, 1)
+    iwae_rows = settle_iwae_rows(iwae_rows)  # at least 2 rows, or "all"
     if reference not in (None, "nuts"):
         raise InputError(f"--reference {reference} is unknown; choose nuts")
     nuts_options = (nuts_samples, nuts_warmup, nuts_chains)
@@ -206,7 +216,7 @@ def plan(spec: ModelSpec | str, *, inference: str | None = None, guide: str | No
                          "reference; give them with --reference nuts")
     request = data_request(spec, data, seed, **data_keywords)
     settled = FitPlan(spec, strategy, guide, chosen, dict(model_options), request, seed,
-                      iwae_samples or DEFAULT_IWAE_SAMPLES, progress=progress,
+                      iwae_samples or DEFAULT_IWAE_SAMPLES, iwae_rows, progress=progress,
                       reference=reference, nuts_options=nuts_options, figures=figures,
                       posterior=(out is not None or save) if posterior is None else posterior)
     if out is None and not save:
@@ -252,6 +262,7 @@ def _fingerprint(plan: FitPlan, loaded: LoadedData) -> dict:
     options = {f"--{k.replace('_', '-')}": v for k, v in
                {**settings.pop("options"), **plan.model_options}.items()}
     return {**settings, **options, "--iwae-samples": plan.iwae_samples,
+            "--iwae-rows": plan.iwae_rows,
             "--reference": plan.reference, **distributed.data_fingerprint(loaded.train)}
 
 
@@ -312,7 +323,8 @@ def _judged(trained: Fitted, target: Target | None) -> dict:
     plan = trained.plan
     try:
         return judge(plan.spec, trained.config, trained.result, trained.data, seed=plan.seed,
-                     num_samples=plan.iwae_samples)
+                     num_samples=plan.iwae_samples, iwae_rows=plan.iwae_rows,
+                     progress=plan.progress)
     except Exception as error:  # noqa: BLE001 -- any failure of the yardstick, said once
         if not writes:
             raise

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from inference.data import DTYPES, DataRequest, load
+from inference.evaluate import settle_iwae_rows
 from inference.fitting import DEFAULT_IWAE_SAMPLES, judge
 from inference.results import FitResult
 from inference.run_loader import load as load_saved
@@ -20,14 +21,20 @@ from zoo.resources import check_importance_samples
 
 def evaluate_run(run_dir: str | Path, *, data: DataRequest | str | None = None,
                  model: str | None = None, device: str = "auto",
-                 iwae_samples: int | None = None) -> dict:
+                 iwae_samples: int | None = None, iwae_rows: int | str | None = None,
+                 progress: bool = False) -> dict:
     """Recompute a run's metrics from its files alone. Nothing in the folder is imported or
     unpickled: a run of a model from a user file needs that file named (``model=FILE.py``
     or ``FILE.py:NAME``). ``data`` evaluates on another dataset of the same dimension.
-    The folder is read and validated by :func:`inference.run_loader.load`."""
+    The folder is read and validated by :func:`inference.run_loader.load`. ``iwae_rows``
+    (default: the fit's, as run.json records it) bounds the rows importance-sampled per split
+    (``"all"``: every row); ``progress`` shows a bar over them."""
     if iwae_samples is not None:  # before the folder is read: -5, 0, 10**12 refused at once
         check_importance_samples(iwae_samples, 1)
+    iwae_rows = settle_iwae_rows(iwae_rows)
     saved = load_saved(run_dir, model)
+    if iwae_rows is None:
+        iwae_rows = settle_iwae_rows(saved.record.get("iwae_rows"))
     run, spec, config = saved.record, saved.spec, saved.config
     stored = saved.data(device)
     other = None if data is None else DataRequest.coerce(data)
@@ -54,7 +61,8 @@ def evaluate_run(run_dir: str | Path, *, data: DataRequest | str | None = None,
         params={k: v.to(loaded.device, dtype) for k, v in saved.params.items()},
         guide_params={k: v.to(loaded.device, dtype) for k, v in saved.guide_params.items()},
         seed=run["seed"], device=str(loaded.device))
-    metrics = judge(spec, config, result, loaded, seed=run["seed"], num_samples=samples)
+    metrics = judge(spec, config, result, loaded, seed=run["seed"], num_samples=samples,
+                    iwae_rows=iwae_rows, progress=progress)
     return {"model": spec.name, "guide": run["guide"], "inference": run["inference"],
             "data": loaded.dataset.name, "n_train": int(loaded.train.shape[0]),
             "n_test": int(loaded.test.shape[0]), **metrics,

@@ -95,6 +95,7 @@ RUN_SCHEMA = {  # run.json
     "seed": Field((int,), required=True, low=SEED_RANGE[0], high=SEED_RANGE[1]),
     "config": Field((dict,), required=True), "data": Field((dict,), required=True),
     "options": Field((dict,)), "info": Field((dict,)), "iwae_samples": Field((int,), low=1),
+    "iwae_rows": Field((int, str, _NONE)),  # rows per split importance-sampled, or "all"
 }
 DATA_SCHEMA = {  # run.json's "data": the DataRequest of the fit
     "name": Field((str, _NONE)), "root": Field((str, _NONE)), "download": Field((bool,)),

@@ -22,7 +22,8 @@ def main(args: argparse.Namespace) -> int:
     writes = group is None or group.is_main
     settled = fitting.plan(
         spec, inference=args.inference, guide=args.guide, data=request, seed=args.seed,
-        iwae_samples=args.iwae_samples, out=args.out, save=True, overwrite=args.overwrite,
+        iwae_samples=args.iwae_samples, iwae_rows=args.iwae_rows, out=args.out, save=True,
+        overwrite=args.overwrite,
         resume=args.resume, resume_anyway=args.resume_anyway, reference=args.reference,
         nuts_samples=args.nuts_samples, nuts_warmup=args.nuts_warmup,
         nuts_chains=args.nuts_chains,

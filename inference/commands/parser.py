@@ -126,6 +126,9 @@ def _run_commands(commands) -> None:
     evaluate.add_argument("--device", default="auto", choices=DEVICES)
     evaluate.add_argument("--iwae-samples", type=int, default=None,
                           help="importance samples for models without an exact log p(x)")
+    evaluate.add_argument("--iwae-rows", default=None,
+                          help="rows per split judged by importance sampling (default: the "
+                          "run's; 'all': every row)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
     sample = commands.add_parser("sample", help="draw rows from a run's fitted model")
@@ -295,6 +298,9 @@ def _fit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--iwae-samples", type=int, default=None,
                        help="importance samples K for models without an exact log p(x)")
+    group.add_argument("--iwae-rows", default=None,
+                       help="rows per split judged by importance sampling (default: "
+                       "250000 / K, at least 100, drawn by --seed; 'all': every row)")
     group.add_argument("--out", help="run directory (default: runs/<model>-<strategy>-...)")
     group.add_argument("--json", action="store_true", help="print JSON only (no progress bar)")
     seen: set[str] = set()

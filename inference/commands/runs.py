@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from inference import distributed
 from inference.commands.output import print_rows
@@ -28,7 +29,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     data = None if args.data is None and args.data_root is None else DataRequest(
         name=args.data, root=args.data_root)
     row = evaluate_run(args.run_dir, data=data, model=args.model, device=args.device,
-                       iwae_samples=args.iwae_samples)
+                       iwae_samples=args.iwae_samples, iwae_rows=args.iwae_rows,
+                       progress=not args.json and sys.stderr.isatty())
     print_rows([row], args.json, single=True)
     return 0
 

@@ -94,7 +94,8 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
             strategies: Sequence[str] | None = None, reference: str | None = None,
             gap_rows: int = GAP_ROWS, draws: int = export.DRAWS, report: bool = True,
             progress: bool = False, iwae_samples: int | None = None,
-            overwrite: bool = False, nuts_samples: int | None = None,
+            iwae_rows: int | str | None = None, overwrite: bool = False,
+            nuts_samples: int | None = None,
             nuts_warmup: int | None = None, nuts_chains: int | None = None,
             resume: bool = False, **options) -> Comparison:
     """Run every applicable strategy on one train/test split (drawn by ``seed``), ``seeds``
@@ -136,7 +137,8 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
                 "give fewer --seeds or --strategies (or split the seeds over several "
                 "comparisons with --seed)")
     plans = [(cell, plan(spec, inference=cell.strategy, guide=cell.guide, data=request, seed=s,
-                         iwae_samples=iwae_samples, progress=progress, posterior=False,
+                         iwae_samples=iwae_samples, iwae_rows=iwae_rows, progress=progress,
+                         posterior=False,
                          **model_options, **_cell_options(cell, fit_options)))
              for cell in cells for s in range(seed, seed + seeds)]  # all checked before work
     kept = fingerprint(seeds=seeds, seed=seed, cells=cells, reference=reference,

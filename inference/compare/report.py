@@ -241,15 +241,17 @@ def _html_table(cells: list[list[str]], *, table_id: str) -> str:
 RECORD_COLUMNS = (("strategy", "strategy", None), ("seed", "seed", None),
                   ("ELBO estimator", "elbo_estimator", None),
                   ("train log p(x)", "train_log_likelihood", 4),
-                  ("test log p(x)", "test_log_likelihood", 4), ("ELBO", "elbo", 4),
+                  ("train s.e.", "train_log_likelihood_se", 4),
+                  ("test log p(x)", "test_log_likelihood", 4),
+                  ("test s.e.", "test_log_likelihood_se", 4), ("ELBO", "elbo", 4),
                   ("ELBO method", "elbo_method", None), ("gap", "gap", 4),
                   ("approx. gap", "approximation_gap", 4),
                   ("amort. gap", "amortization_gap", 4), ("ARI", "ari", 3),
                   ("matched |Δθ|", "matched_param_error", 4),
                   ("dist. to NUTS", "reference_distance", 3), ("k̂", "pareto_k", 2),
                   ("share k̂ > 0.7", "pareto_k_share_above_0.7", 2),
-                  ("seconds", "seconds", 2), ("steps", "steps", None),
-                  ("converged", "converged", None),
+                  ("seconds", "seconds", 2), ("yardstick seconds", "yardstick_seconds", 2),
+                  ("steps", "steps", None), ("converged", "converged", None),
                   ("run folder", "run_dir", None))
 
 
