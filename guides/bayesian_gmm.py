@@ -30,13 +30,23 @@ class MeanFieldConjugateGuide:
     def __init__(self, model, config: bg.BayesianGMMConfig):
         self.model = model
         self.config = config
+        self.fitting = False  # set by setup(x): SVI is about to fit this guide
+
+    def setup(self, x: torch.Tensor) -> None:
+        """SVI is about to fit: q starts at CAVI's start (K-means labels on the rows of the
+        guide's first call, then the update of q(π) q(μ, Λ) they give), so SVI and CAVI start
+        alike and at the data's scale. The K-means runs at that first call, inside SVI's
+        first step, drawing from the process's stream as it always has. A guide built without
+        this step (the yardstick or the run loader rebuilding a fit only to load its
+        parameters) starts at a unit-scale q instead: no K-means on rows whose q is about to
+        be overwritten."""
+        self.fitting = True
 
     def _initial(self, x: torch.Tensor | None, like: torch.Tensor,
                  priors: bg.Priors) -> dict[str, torch.Tensor]:
-        """Where q starts: CAVI's own start on rows ``x`` (K-means labels, then the update of
-        q(π) q(μ, Λ) they give), so SVI and CAVI start alike and at the data's scale; without
-        rows, a unit-scale q at the origin."""
-        if x is not None:
+        """Where q starts: CAVI's own start on rows ``x`` when SVI fits (:meth:`setup`);
+        otherwise, or without rows, a unit-scale q at the origin."""
+        if x is not None and self.fitting:
             resp = bg.initial_responsibilities(self.config, x, None, bg.INIT_METHODS[0])
             return bg.update_globals(self.config, priors, x, resp)._asdict()
         k, d = self.config.components, self.config.dim

@@ -219,34 +219,52 @@ class Rows(NamedTuple):
 
     x: torch.Tensor  # (N, D)
     shift: torch.Tensor  # (D,) the rows' mean
-    centred: torch.Tensor  # (N, D) x - shift
-    pairs: torch.Tensor | None  # (N, D(D+1)/2) products y_d y_e, d <= e, of the centred rows
-    pair_index: torch.Tensor | None  # (2, D(D+1)/2) their (d, e)
+    centred: torch.Tensor  # (N, D) y = x - shift (a view of ``features`` where there are any)
+    features: torch.Tensor | None  # (N, D(D+1)/2 + D + 1): φ(y) = (y_d y_e for d <= e, y, 1)
+    pair_index: torch.Tensor | None  # (2, D(D+1)/2) the (d, e) of the products
 
 
-PAIRS_MAX_ELEMENTS = 2**27  # beyond this many products (1 GiB in float64) go without them
+FEATURES_MAX_ELEMENTS = 2**27  # beyond this many numbers (1 GiB in float64) go without them
+
+
+def _empty_large(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialized tensor of ``like``'s dtype and device. In CPU memory it comes from
+    NumPy's allocator, which asks Linux for transparent huge pages for large blocks: 2 MiB
+    pages fault in about 500 times for the 245 MB of φ at N = 200,000, D = 16, against about
+    60,000 4 KiB faults (~55 ms of a ~0.8 s fit) for PyTorch's own allocation."""
+    if like.device.type != "cpu":
+        return like.new_empty(shape)
+    import numpy as np
+
+    kind = torch.empty(0, dtype=like.dtype).numpy().dtype
+    return torch.from_numpy(np.empty(shape, dtype=kind))
 
 
 def prepare(config: BayesianGMMConfig, x: torch.Tensor) -> Rows:
-    """Centre the rows once; for full covariances in float64 also their pairwise products,
-    so that the weighted second moments and every row's E_q[(x - μ)ᵀ Λ (x - μ)] are one GEMM
-    each against D(D+1)/2 columns (half a batched GEMM's work, no (K, N, D) temporary). In
-    float32 the expanded quadratic form would lose digits, so it keeps the direct form."""
+    """Centre the rows once; for full covariances in float64 also their features
+    φ(y) = (y_d y_e for d <= e, y, 1): the weighted counts, sums and second moments are then
+    one GEMM (rᵀφ), and so is log ρ (φ W: E_q[log π_k + log N(x | μ_k, Λ_k⁻¹)] is linear in
+    φ), D(D+1)/2 + D + 1 columns, about half a batched GEMM's work and no (K, N, D)
+    temporary. φ is stored feature by feature (the transpose of an (F, N) block), so each
+    product is one contiguous write. In float32 the expanded quadratic form would lose digits,
+    so it keeps the direct form."""
     if isinstance(x, Rows):
         return x
     shift = x.mean(0)
-    centred = x - shift
-    d = x.shape[1]
-    pairs = index = None
-    if (config.covariance_type == "full" and x.dtype == torch.float64
-            and x.shape[0] * d * (d + 1) // 2 <= PAIRS_MAX_ELEMENTS):
-        index = torch.triu_indices(d, d, device=x.device)
-        pairs = centred.new_empty(x.shape[0], index.shape[1])
-        start = 0
-        for row in range(d):  # the products y_row y_e, e >= row: written once, no gathers
-            pairs[:, start:start + d - row] = centred[:, row:row + 1] * centred[:, row:]
-            start += d - row
-    return Rows(x, shift, centred, pairs, index)
+    n, d = x.shape
+    pairs = d * (d + 1) // 2
+    if not (config.covariance_type == "full" and x.dtype == torch.float64
+            and n * (pairs + d + 1) <= FEATURES_MAX_ELEMENTS):
+        return Rows(x, shift, x - shift, None, None)
+    index = torch.triu_indices(d, d, device=x.device)
+    by_feature = _empty_large(x, (pairs + d + 1, n))
+    centred = torch.sub(x.T, shift[:, None], out=by_feature[pairs:pairs + d])  # (D, N)
+    by_feature[-1] = 1.0
+    start = 0
+    for row in range(d):  # the products y_row y_e, e >= row
+        torch.mul(centred[row], centred[row:], out=by_feature[start:start + d - row])
+        start += d - row
+    return Rows(x, shift, centred.T, by_feature.T, index)
 
 
 class Statistics(NamedTuple):
@@ -262,13 +280,17 @@ def statistics(config: BayesianGMMConfig, x: torch.Tensor | Rows,
     rows = prepare(config, x)
     x, shift, centred = rows.x, rows.shift, rows.centred
     reg = config.reg_covar
-    counts = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps
-    sums = resp.T @ centred  # (K, D)
-    means_c = sums / counts[:, None]
     kind = config.covariance_type
+    d = x.shape[1]
+    if rows.features is not None:  # Σ r φ: products, rows and counts in one GEMM
+        moments = (rows.features.T @ resp).T  # (K, D(D+1)/2 + D + 1): φ is stored by feature
+        upper, sums, counts = moments[:, :-d - 1], moments[:, -d - 1:-1], moments[:, -1]
+    else:
+        counts, sums = resp.sum(0), resp.T @ centred  # (K,), (K, D)
+    counts = counts + 10 * torch.finfo(resp.dtype).eps
+    means_c = sums / counts[:, None]
     if kind == "full":
-        if rows.pairs is not None:
-            upper = resp.T @ rows.pairs  # (K, D(D+1)/2)
+        if rows.features is not None:
             second = upper.new_zeros(resp.shape[1], x.shape[1], x.shape[1])
             second[:, rows.pair_index[0], rows.pair_index[1]] = upper
             second[:, rows.pair_index[1], rows.pair_index[0]] = upper
@@ -414,17 +436,18 @@ def _multi_lgamma(half_nu: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.mvlgamma(half_nu, dim)
 
 
-def _mahalanobis_from_pairs(rows: Rows, post: Posterior) -> torch.Tensor:
-    """:func:`_mahalanobis` of full covariances from the rows' pairwise products:
-    yᵀPy - 2 yᵀP m̃ + m̃ᵀP m̃ with y, m̃ centred at the rows' mean, one GEMM."""
+def _log_rho_from_features(rows: Rows, post: Posterior, bias: torch.Tensor) -> torch.Tensor:
+    """``bias - ½ (y - m̃_k)ᵀ P_k (y - m̃_k)`` for full covariances (P_k = E_q[Λ_k], y and m̃_k
+    centred at the rows' mean) as one GEMM on the features φ(y) = (y_d y_e, y, 1): the
+    quadratic form is yᵀP y - 2 yᵀP m̃ + m̃ᵀP m̃."""
     u = post.precisions_cholesky
     precision = u @ u.transpose(-1, -2)  # (K, D, D)
     i, j = rows.pair_index
-    coefficients = precision[:, i, j] * torch.where(i == j, 1.0, 2.0).to(precision)
     offset = post.means - rows.shift  # (K, D)
     pulled = (precision @ offset[:, :, None])[:, :, 0]  # (K, D)
-    return (rows.pairs @ coefficients.T - 2.0 * rows.centred @ pulled.T
-            + (offset * pulled).sum(1))
+    weights = torch.cat([precision[:, i, j] * torch.where(i == j, -0.5, -1.0).to(precision),
+                         pulled, (bias - 0.5 * (offset * pulled).sum(1))[:, None]], 1)
+    return (weights @ rows.features.T).T  # (N, K), stored by component: (K, N) contiguous
 
 
 def expected_log_joint(config: BayesianGMMConfig, priors: Priors, post: Posterior,
@@ -438,13 +461,11 @@ def expected_log_joint(config: BayesianGMMConfig, priors: Priors, post: Posterio
     nu = post.degrees_of_freedom
     log_det_w = 2.0 * _log_det_precision_cholesky(post, kind, d) - d * nu.log()
     expected_log_det = _multi_digamma_sum(nu, d) + d * math.log(2.0) + log_det_w
-    if rows is not None and rows.pairs is not None and kind == "full":
-        quadratic = _mahalanobis_from_pairs(rows, post)
-    else:
-        quadratic = _mahalanobis(points, post, kind)  # ν (x - m)ᵀ W (x - m)
-    return (expected_log_weights(config, post)
-            + 0.5 * (expected_log_det - d * math.log(2 * math.pi) - d / post.mean_precision)
-            - 0.5 * quadratic)
+    bias = (expected_log_weights(config, post)
+            + 0.5 * (expected_log_det - d * math.log(2 * math.pi) - d / post.mean_precision))
+    if rows is not None and rows.features is not None and kind == "full":
+        return _log_rho_from_features(rows, post, bias)
+    return bias - 0.5 * _mahalanobis(points, post, kind)  # ν (x - m)ᵀ W (x - m)
 
 
 def responsibilities(log_rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -517,15 +538,27 @@ def _kl_components(config: BayesianGMMConfig, priors: Priors, post: Posterior) -
     return (kl_mean + kl_wishart).sum()
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ a b of two (N, K) tables as one BLAS dot, in the memory order of ``a`` (row by row,
+    or component by component for a table stored as (K, N)): no (N, K) temporary."""
+    if not a.is_contiguous() and a.T.is_contiguous():
+        a, b = a.T, b.T
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
 def elbo(config: BayesianGMMConfig, priors: Priors, post: Posterior, resp: torch.Tensor,
-         log_rho: torch.Tensor) -> torch.Tensor:
+         log_rho: torch.Tensor, entropy: torch.Tensor | None = None) -> torch.Tensor:
     """The whole ELBO in nats (a 0-d tensor), every constant kept, at q(z) = ``resp`` and
     q(π, μ, Λ) = ``post``; ``log_rho`` is :func:`expected_log_joint` at ``post``:
 
     Σ_nk r_nk (log ρ_nk - log r_nk) - KL(q(π) || p(π)) - Σ_k KL(q(μ_k, Λ_k) || p(μ_k, Λ_k)).
-    """
-    entropy = -torch.xlogy(resp, resp).sum()
-    return ((resp * log_rho).sum() + entropy - _kl_weights(config, priors, post)
+
+    ``entropy`` is -Σ r log r where the caller has it (the update of q(z) gives it for one
+    more pass); else it is computed here."""
+    if entropy is None:
+        entropy = -torch.xlogy(resp, resp).sum()
+    data = _dot(resp, log_rho)  # Σ r log ρ
+    return (data + entropy - _kl_weights(config, priors, post)
             - _kl_components(config, priors, post))
 
 
@@ -572,18 +605,23 @@ def sklearn_bound_offset(config: BayesianGMMConfig, priors: Priors, num_data: in
     return offset
 
 
-def update_penalty(config: BayesianGMMConfig, post: Posterior, resp: torch.Tensor
-                   ) -> torch.Tensor:
-    """R = ½ reg_covar Σ_k N_k tr E_q[Λ_k] with N_k from ``resp``: with ``reg_covar > 0`` the
-    update of q(π, μ, Λ) maximizes ELBO - R rather than the ELBO (scikit-learn's update), so
-    an iteration can lower the ELBO by at most R(before) - R(after) of that update."""
-    u = post.precisions_cholesky
-    k = post.means.shape[0]
-    trace = {"full": lambda: u.square().sum((-2, -1)),
-             "tied": lambda: u.square().sum().expand(k),
-             "diag": lambda: u.square().sum(-1),
-             "spherical": lambda: config.dim * u.square()}[config.covariance_type]()
-    return 0.5 * config.reg_covar * (resp.sum(0) * trace).sum()
+def update_penalty(config: BayesianGMMConfig, priors: Priors, before: Posterior,
+                   after: Posterior) -> torch.Tensor:
+    """R(before) - R(after), R = ½ reg_covar Σ_k N_k tr E_q[Λ_k] with the update's N_k (read
+    back from β_k = β₀ + N_k of ``after``): with ``reg_covar > 0`` the update of q(π, μ, Λ)
+    from ``before`` to ``after`` maximizes ELBO - R rather than the ELBO (scikit-learn's
+    update), so the iteration can lower the ELBO by at most this much."""
+    k = before.means.shape[0]
+
+    def trace(post):  # tr E_q[Λ_k], (K,)
+        u = post.precisions_cholesky
+        return {"full": lambda: u.square().sum((-2, -1)),
+                "tied": lambda: u.square().sum().expand(k),
+                "diag": lambda: u.square().sum(-1),
+                "spherical": lambda: config.dim * u.square()}[config.covariance_type]()
+
+    counts = after.mean_precision - priors.mean_precision
+    return 0.5 * config.reg_covar * (counts * (trace(before) - trace(after))).sum()
 
 
 def mixture_weights(config: BayesianGMMConfig, post: Posterior) -> torch.Tensor:
@@ -672,14 +710,16 @@ class CoordinateAscent:
     prepare: object  # (config, x) -> the rows as the updates take them, once per fit
     initial_local: object  # (config, x, generator, method) -> resp (N, K)
     update_globals: object  # (config, priors, x, resp) -> posterior
-    expected_log_joint: object  # (config, priors, posterior, x) -> log ρ (N, K)
-    elbo: object  # (config, priors, posterior, resp, log ρ) -> 0-d tensor, nats
+    expected_log_joint: object  # (config, priors, posterior, x) -> log ρ (N, K), a new
+    #   tensor (the loop shifts it in place), stored row by row or by component
+    elbo: object  # (config, priors, posterior, resp, log ρ, entropy of resp) -> 0-d, nats
     to_params: object  # (config, posterior) -> the guide's parameters (``guide_params``)
     guide: str  # the registered guide whose pyro.params ``to_params`` names
     init_methods: tuple[str, ...] = INIT_METHODS
     update_penalty: object = None
-    # ^ (config, posterior, q(local)) -> R where the global update maximizes ELBO - R rather
-    #   than the ELBO (a regularizer): an iteration may then lower the ELBO by R's fall
+    # ^ (config, priors, posterior before, posterior after) -> R's fall during the global
+    #   update, where it maximizes ELBO - R rather than the ELBO (a regularizer R): an
+    #   iteration may then lower the ELBO by that much
 
 
 COORDINATE_ASCENT = CoordinateAscent(

@@ -13,6 +13,7 @@ import dataclasses
 import warnings
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from sklearn import mixture as sk_mixture
@@ -227,3 +228,35 @@ def test_svi_with_the_mean_field_guide_reaches_cavis_elbo_at_its_defaults(kind):
     ours = float(bg.elbo(config, priors, q, bg.responsibilities(log_rho)[0], log_rho)) / len(x)
     optimum = exact.result.info["elbo_per_datapoint"]
     assert optimum - 3e-3 < ours <= optimum + 1e-9  # CAVI's fixed point is the optimum
+
+
+def test_the_mean_field_guide_runs_its_kmeans_start_only_when_svi_fits(monkeypatch):
+    """SVI's guide (built with its setup step) starts at CAVI's start, K-means drawn from the
+    process's stream at its first call; a guide rebuilt to load a fit's parameters (the
+    yardstick, the run loader) runs no K-means at all and holds the loaded q."""
+    from inference.evaluate import fitted
+    from inference.strategies.svi import build_guide
+
+    spec = get_model("bayesian-gmm")
+    x = torch.as_tensor(_blobs())
+    config = spec.make_config(dim=3, components=4)
+    priors = bg.resolve_priors(config, x)
+    model = spec.make_model(config)
+    torch.manual_seed(11)
+    expected = bg.update_globals(config, priors, x, bg.initial_responsibilities(config, x))
+    guide = build_guide(spec, "mean-field", model, config, x)
+    torch.manual_seed(11)
+    with pyro.get_param_store().scope():
+        guide(x)
+        for name in ("means", "covariances", "degrees_of_freedom", "mean_precision"):
+            torch.testing.assert_close(pyro.param(f"q_{name}").detach(),
+                                       getattr(expected, name))
+    result = strategies.fit(spec, config, x, inference="cavi", seed=0)
+
+    def no_kmeans(*args, **kwargs):
+        raise AssertionError("K-means ran for a guide that only loads parameters")
+
+    monkeypatch.setattr(bg, "initial_responsibilities", no_kmeans)
+    with fitted(spec, config, {}, x, guide="mean-field", guide_params=result.guide_params):
+        for name, value in result.guide_params.items():
+            torch.testing.assert_close(pyro.param(name).detach(), value)
