@@ -455,7 +455,8 @@ class GlobalGaussianGuide(MeanFieldGuide):
         joint = self.joint
         loc, covariance = start.joint(list(joint._unconstrained_shapes))
         if hasattr(joint, "start_at"):  # a family of its own (the bench's flow) starts itself
-            joint.start_at(loc, covariance)
+            for name, factors in joint.start_at(loc, covariance).items():  # and whitens these
+                self._whitening[joint, name] = factors
             return
         joint.loc.data.copy_(loc)
         self._whitening[joint, "loc"] = (loc, torch.linalg.cholesky(covariance))

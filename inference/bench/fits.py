@@ -204,13 +204,16 @@ class AutoFlow(AutoContinuous):
         self.flows = nn.ModuleList(flows).to(init)
         self.shift_scale = _ShiftScale(init, self.init_scale)
 
-    def start_at(self, loc: torch.Tensor, covariance: torch.Tensor) -> None:
+    def start_at(self, loc: torch.Tensor, covariance: torch.Tensor) -> dict:
         """Start at a Gaussian's mean with its marginal sds (the flow's layers stay at the
-        identity): the generic guides' Laplace start (:mod:`guides.laplace`)."""
+        identity): the generic guides' Laplace start (:mod:`guides.laplace`). Returns the
+        parameter SVI steps on in the Gaussian's whitened units (the shift) with its
+        ``(anchor, factor)``."""
         sd = covariance.diagonal().sqrt()
         self.shift_scale.loc.data.copy_(loc)
         wanted = (sd - 1e-6).clamp_min(1e-6)  # softplus(raw) + 1e-6 = sd, without overflow
         self.shift_scale.raw_scale.data.copy_(wanted + torch.log(-torch.expm1(-wanted)))
+        return {"shift_scale$$$loc": (loc.clone(), torch.linalg.cholesky(covariance))}
 
     def get_base_dist(self):
         zeros = self.shift_scale.loc.new_zeros(self.latent_dim).detach()
