@@ -35,6 +35,9 @@ NOT_RUN = {
         "test_distributed_*.py run torchrun on the CPU)",
     ("README.md", "lvm-zoo list                       # models, guides, inference strategies "
                   "(with their options), datasets"): "a synopsis of the commands, not a call",
+    ("docs/bench.md", "lvm-zoo bench --jobs 2 --out runs/bench"):
+        "the whole suite, ~28 minutes with 2 jobs (the page's first example runs two cells; "
+        "tests/inference/test_bench.py runs cells and the report)",
     ("docs/your-own-model.md", "declare(name, model=None, *, config=None, local_sites=(), "
                                "global_sites=(), guides=None,"): "a signature, not a call",
 }

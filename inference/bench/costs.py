@@ -2,8 +2,9 @@
 strategy) of the default suite at the default budget, and how a budget scales them.
 
 The seconds are the ``wall_seconds`` (fit and metrics) of the whole-suite run recorded in
-benchmarks/RESULTS.md (2026-12-06, ``lvm-zoo bench --jobs 2``, two one-thread workers on an
-otherwise idle 2-core CPU; gp_pois_regr's NUTS run alone after). They are used only to order
+benchmarks/RESULTS.md ("this stop", 2026-12-06, ``lvm-zoo bench --jobs 2``, two one-thread
+workers on a 2-core CPU, the generic guides' Laplace start; mesquite's NUTS with its dense
+mass matrix run alone after). They are used only to order
 the cells, so a slower or faster machine changes nothing but the scale.
 
 :func:`estimate` gives one cell's expected seconds from, in this order:
@@ -32,32 +33,32 @@ MEASURED_BUDGET = Budget()  # the defaults: 3000 SVI steps, NUTS 2 × (400 + 500
 
 # seconds per cell, columns in STRATEGIES order: auto-normal, auto-lowrank, auto-mvn, flow, nuts
 SECONDS: dict[str, tuple[int, int, int, int, int]] = {
-    "eight_schools-eight_schools_noncentered": (8, 11, 9, 21, 30),
-    "eight_schools-eight_schools_centered": (10, 13, 11, 13, 25),
-    "kidiq-kidscore_momhs": (11, 11, 10, 14, 29),
-    "kidiq-kidscore_momiq": (9, 11, 10, 7, 41),
-    "kidiq-kidscore_interaction": (9, 10, 9, 12, 74),
-    "kidiq_with_mom_work-kidscore_mom_work": (9, 13, 9, 17, 47),
-    "kidiq_with_mom_work-kidscore_interaction_z": (9, 13, 10, 15, 43),
-    "earnings-earn_height": (13, 15, 10, 11, 124),
-    "earnings-logearn_height_male": (13, 12, 13, 15, 187),
-    "earnings-logearn_interaction_z": (10, 11, 10, 12, 26),
-    "earnings-logearn_logheight_male": (13, 16, 15, 19, 53),
-    "mesquite-mesquite": (13, 16, 14, 13, 334),
-    "mesquite-logmesquite": (13, 17, 13, 19, 75),
-    "mesquite-logmesquite_logvas": (10, 16, 11, 18, 116),
-    "nes1972-nes": (12, 13, 14, 18, 99),
-    "kilpisjarvi_mod-kilpisjarvi": (11, 13, 13, 9, 21),
-    "sblrc-blr": (12, 13, 9, 13, 38),
-    "sblri-blr": (9, 11, 9, 11, 20),
-    "arK-arK": (10, 12, 10, 11, 76),
-    "arma-arma11": (16, 16, 15, 10, 26),
-    "garch-garch11": (16, 15, 15, 17, 66),
-    "hmm_example-hmm_example": (20, 21, 13, 15, 134),
-    "bball_drive_event_0-hmm_drive_0": (24, 19, 16, 27, 202),
-    "low_dim_gauss_mix-low_dim_gauss_mix": (12, 16, 13, 17, 38),
-    "gp_pois_regr-gp_pois_regr": (18, 14, 13, 18, 471),
-    "gp_pois_regr-gp_regr": (8, 8, 11, 11, 17),
+    "eight_schools-eight_schools_noncentered": (10, 11, 12, 10, 18),
+    "eight_schools-eight_schools_centered": (11, 12, 11, 15, 28),
+    "kidiq-kidscore_momhs": (5, 6, 5, 6, 27),
+    "kidiq-kidscore_momiq": (6, 6, 5, 7, 44),
+    "kidiq-kidscore_interaction": (5, 11, 6, 8, 77),
+    "kidiq_with_mom_work-kidscore_mom_work": (6, 6, 6, 7, 47),
+    "kidiq_with_mom_work-kidscore_interaction_z": (5, 6, 5, 7, 35),
+    "earnings-earn_height": (6, 7, 6, 8, 80),
+    "earnings-logearn_height_male": (6, 6, 6, 7, 152),
+    "earnings-logearn_interaction_z": (5, 7, 5, 6, 23),
+    "earnings-logearn_logheight_male": (6, 12, 6, 8, 37),
+    "mesquite-mesquite": (5, 6, 6, 10, 132),
+    "mesquite-logmesquite": (5, 6, 5, 8, 48),
+    "mesquite-logmesquite_logvas": (5, 7, 5, 13, 73),
+    "nes1972-nes": (5, 6, 5, 8, 80),
+    "kilpisjarvi_mod-kilpisjarvi": (5, 6, 5, 12, 18),
+    "sblrc-blr": (5, 5, 6, 8, 29),
+    "sblri-blr": (5, 6, 5, 7, 17),
+    "arK-arK": (6, 8, 6, 8, 67),
+    "arma-arma11": (16, 15, 12, 8, 20),
+    "garch-garch11": (11, 7, 6, 11, 46),
+    "hmm_example-hmm_example": (10, 10, 9, 11, 112),
+    "bball_drive_event_0-hmm_drive_0": (17, 13, 12, 15, 267),
+    "low_dim_gauss_mix-low_dim_gauss_mix": (8, 9, 8, 8, 28),
+    "gp_pois_regr-gp_pois_regr": (7, 12, 14, 9, 700),
+    "gp_pois_regr-gp_regr": (7, 7, 7, 8, 13),
 }
 TYPICAL = {strategy: statistics.median(row[k] for row in SECONDS.values())
            for k, strategy in enumerate(STRATEGIES)}
