@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import math
 import os
@@ -74,8 +75,13 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Save a dict of tensors, numbers and nested dicts atomically."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Save a dict of tensors, numbers and nested dicts atomically. The bytes are made in
+    memory first: torch's zip writer reports a failed write (a full disk) as whatever
+    RuntimeError its C++ side meets, a plain file write as the OSError it is."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
+    atomic_write(path, lambda f: f.write(data))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

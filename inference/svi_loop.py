@@ -225,6 +225,7 @@ class SVILoop:
             "step": taken, "seconds": self.seconds(), "history": history_tensor(self.history),
             # unconstrained values: the constraints are re-created by running model and guide
             "params": self.svi.values(), "optimizer": self.svi.optimizer.state_dict(),
+            "whitened": self.svi.whitened_values(),  # Adam's own coordinates, exactly
             **self.rows.state(), **self.best.state(), **self.refine.state(),
             **(self.held_out.state() if self.held_out is not None else {})},
             {**self.svi.streams(), **self.data.state()})

@@ -225,11 +225,21 @@ class SVIStep:
                 if name in self.whitened:
                     self.whitened[name].follow(values[name])
 
+    def whitened_values(self) -> dict[str, torch.Tensor]:
+        """A copy of the whitened coordinates Adam steps on (:class:`Whitened`), by name."""
+        return {n: w.white.detach().clone() for n, w in self.whitened.items()}
+
     def load(self, state: dict, streams: dict, path) -> None:
-        """A checkpoint's parameters, Adam state and random ``streams``; the learning rate
-        stays the one given now."""
+        """A checkpoint's parameters (and the whitened coordinates Adam stepped on, as they
+        were: recomputed from the parameters they would differ in the last bit), Adam state
+        and random ``streams``; the learning rate stays the one given now."""
         lr = self.lr
         self.assign(state["params"])
+        saved = state.get("whitened") or {}
+        with torch.no_grad():
+            for name, whitened in self.whitened.items():
+                if name in saved and saved[name].shape == whitened.white.shape:
+                    whitened.white.copy_(saved[name])
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as error:
