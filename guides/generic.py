@@ -10,7 +10,10 @@ set up their prototype) and reads the latent sites: local ones (inside ``pyro.pl
 one value per datapoint, shape per datapoint found from the trace), global ones (outside it),
 discrete ones (finite support). Global latents start where Pyro's autoguides start them, at
 the prior's median (``init_to_median``, falling back to ``init_to_feasible`` where the median
-is undefined), so heavy-tailed priors (HalfCauchy, half-Student-t) start finite. Then:
+is undefined), so heavy-tailed priors (HalfCauchy, half-Student-t) start finite; before SVI
+(``setup(x)``) the Gaussian guides below move that start to the Laplace approximation where it
+applies and is better (:mod:`guides.laplace`) and have SVI step on their locations in its
+whitened units (``preconditioners()``). Then:
 
 - ``auto-normal``: mean-field. Pyro's :class:`~pyro.infer.autoguide.AutoNormal` over every
   continuous latent (one Normal per datapoint for local sites, in unconstrained space), and a
