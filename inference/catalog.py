@@ -67,6 +67,9 @@ def guide_entry(spec: ModelSpec, guide: str) -> GuideEntry:
     return join(spec).guides[guide]
 
 
-def models() -> dict[str, ModelSpec]:
-    """Every registered model, with its guides, built-ins first."""
-    return {name: join(spec) for name, spec in registry.models().items()}
+def models(*, guides: bool = True) -> dict[str, ModelSpec]:
+    """Every registered model, with its guides, built-ins first. ``guides=False``: the specs as
+    registered, for what reads only a model's own capabilities (its EM steps): attaching a
+    declared model's generic guides traces the model once."""
+    specs = registry.models()
+    return {name: join(spec) for name, spec in specs.items()} if guides else specs

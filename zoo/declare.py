@@ -25,14 +25,17 @@ way. Without ``guides`` the model gets the generic guides of :mod:`guides.generi
 latent sites), which :mod:`inference.catalog` attaches from the sites recorded here: the zoo
 never imports the guides.
 
-The model is traced once from its prior at declaration (``x=None``, three rows, the config's
-defaults, with its own random stream and param store), only to find which latent sites are
-discrete; a model that cannot run that way is still declared, and ``lvm-zoo check`` says why.
+The model is traced once from its prior (``x=None``, three rows, the config's defaults, with
+its own random stream and param store), only to find which latent sites are discrete: when
+that is first asked (its guides are attached), not at declaration, so that a command pays for
+the models it uses only. A model that cannot run that way is still declared, and ``lvm-zoo
+check`` says why.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,11 +58,21 @@ PRIOR_ROWS = 3  # rows drawn from the prior when the model is traced at declarat
 @dataclass(frozen=True)
 class LatentSites:
     """Which latent sample sites of a model are local (one value per datapoint, inside
-    ``pyro.plate("data")``) and which global, and which of them are discrete."""
+    ``pyro.plate("data")``) and which global, and which of them are discrete.
+
+    ``find_discrete`` is the discrete sites' names, or a function that finds them; a declared
+    model's traces the model once from its prior, at the first use of :attr:`discrete`, not at
+    declaration: a first trace can pay torch's lazy imports (a multivariate normal's shape
+    check imports SymPy, 0.6 s), and every command would pay them for every model declared."""
 
     local: tuple[str, ...] = ()
     global_: tuple[str, ...] = ()
-    discrete: tuple[str, ...] = ()
+    find_discrete: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()
+
+    @functools.cached_property
+    def discrete(self) -> tuple[str, ...]:
+        found = self.find_discrete
+        return tuple(found() if callable(found) else found)
 
     @property
     def continuous_local(self) -> tuple[str, ...]:
@@ -186,7 +199,8 @@ def declare(
     _check_declaration(name, model, local_sites, global_sites, guides)
     config_class = _complete_config(config or DefaultConfig, name)
     declared = LatentSites(local=tuple(local_sites), global_=tuple(global_sites))
-    sites = dataclasses.replace(declared, discrete=_discrete_sites(model, config_class, declared))
+    sites = dataclasses.replace(declared, find_discrete=functools.partial(
+        _discrete_sites, model, config_class, declared))
 
     def make_model(config: Any, params: Params | None = None) -> DeclaredModel:
         return DeclaredModel(model, config, params, sites)

@@ -129,7 +129,7 @@ def latent_sites(posterior) -> LatentSites:
                          "not latent sample sites of its model")
     discrete = tuple(n for n in latent if trace.nodes[n]["fn"].support.is_discrete)
     return LatentSites(local=local, global_=tuple(n for n in latent if n not in local),
-                       discrete=discrete)
+                       find_discrete=discrete)
 
 
 def declared(posterior) -> ModelSpec:

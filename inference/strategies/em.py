@@ -12,7 +12,8 @@ from zoo.registry import EM_STEPS
 
 
 def _em_models() -> dict:
-    return {name: spec for name, spec in models().items() if spec.has(EM_STEPS)}
+    return {name: spec for name, spec in models(guides=False).items()
+            if spec.has(EM_STEPS)}
 
 
 def _init_help() -> str:
