@@ -52,8 +52,11 @@ def _seeded_split(
         )
     generator = torch.Generator().manual_seed(seed)
     permutation = torch.randperm(num_rows, generator=generator)
-    test_index = permutation[:num_test].sort().values
-    train_index = permutation[num_test:].sort().values
+    # each part's rows in source order: a mask, O(N) (sorting the parts took 0.4 s at 10^6)
+    held_out = torch.zeros(num_rows, dtype=torch.bool)
+    held_out[permutation[:num_test]] = True
+    test_index = held_out.nonzero()[:, 0]
+    train_index = (~held_out).nonzero()[:, 0]
 
     def pick(values: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
         return None if values is None else values[index]
