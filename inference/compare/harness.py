@@ -142,7 +142,8 @@ def compare(spec: ModelSpec | str, *, seeds: int = 1, out: str | Path | None = N
                          **model_options, **_cell_options(cell, fit_options)))
              for cell in cells for s in range(seed, seed + seeds)]  # all checked before work
     kept = fingerprint(seeds=seeds, seed=seed, cells=cells, reference=reference,
-                       gap_rows=gap_rows, draws=draws, iwae_samples=iwae_samples, nuts=nuts,
+                       gap_rows=gap_rows, draws=draws, iwae_samples=iwae_samples,
+                       iwae_rows=iwae_rows, nuts=nuts,
                        request=request, options={**model_options, **fit_options,
                                                  **grid_options}, config=config,
                        rows=(*loaded.train.shape, int(loaded.test.shape[0])))

@@ -45,7 +45,8 @@ def _plain(value):
 
 
 def fingerprint(*, seeds: int, seed: int, cells: list, reference, gap_rows: int, draws: int,
-                iwae_samples, nuts: dict, request, options: dict, config, rows: tuple) -> dict:
+                iwae_samples, iwae_rows, nuts: dict, request, options: dict, config,
+                rows: tuple) -> dict:
     """The options a resumed comparison must share, keyed by the flag's name: the grid
     (``strategies``: the cells' slugs), the seeds, the yardstick, the data request, the
     model's and strategies' options as given, the resolved config and the data's shape."""
@@ -53,7 +54,8 @@ def fingerprint(*, seeds: int, seed: int, cells: list, reference, gap_rows: int,
     data["data"] = data.pop("name", None)
     given = {"seeds": seeds, "seed": seed, "strategies": [c.slug for c in cells],
              "reference": reference, "gap_rows": gap_rows, "draws": draws,
-             "iwae_samples": iwae_samples, **{f"nuts_{k}": v for k, v in nuts.items()},
+             "iwae_samples": iwae_samples, "iwae_rows": iwae_rows,
+             **{f"nuts_{k}": v for k, v in nuts.items()},
              **data, **options}
     given = {k: v for k, v in given.items() if v is not None}
     return _plain({**given, "config": dataclasses.asdict(config), "data shape": list(rows)})

@@ -148,7 +148,8 @@ def test_resume_under_another_option_is_refused_naming_it(capsys, monkeypatch, t
     before = contents(out)
     changes = {"--steps 20, not 30": ["--steps", "30"], "--seeds 2, not 3": ["--seeds", "3"],
                "--strategies em,svi-exact, not em": ["--strategies", "em"],
-               "without --lr, not with --lr 0.1": ["--lr", "0.1"]}
+               "without --lr, not with --lr 0.1": ["--lr", "0.1"],
+               "without --iwae-rows, not with --iwae-rows 50": ["--iwae-rows", "50"]}
     for words, change in changes.items():
         argv = [*COMPARE, *change, "--out", out, "--resume"]
         line = one_line(run_main(capsys, argv), 2, "lvm-zoo: error: --resume")
