@@ -80,7 +80,7 @@ def main(args) -> int:
     from inference.estimators_sklearn import GaussianMixture
 
     torch.set_num_threads(args.threads)
-    x, _ = make_data(argparse.Namespace(**vars(args), covariance_type="full"),
+    x, _ = make_data(argparse.Namespace(**vars(args), covariance_type="full", spread=2.5),
                      torch.device("cpu"))
     X = x.numpy().astype(args.dtype)
     k, seed = args.components, args.random_state

@@ -51,8 +51,11 @@ class _EMData:
       chunks, combines their statistics, gathers every rank's and combines those in rank
       order; the log-likelihood is the row-weighted mean; the M-step sees only statistics.
 
-    A start from the data is computed once, on rank 0 (on every row when they are in memory,
-    on a seeded subsample of one chunk's size when they are streamed), and broadcast.
+    A start from the data is the model's ``init_rows`` hook on the shards where it has one
+    (the GMM's K-means start: every rank passes over its own rows, and the start equals the
+    one-process start); otherwise it is computed once, on rank 0 (on every row when they are
+    in memory, on a seeded subsample of one chunk's size when they are streamed), and
+    broadcast.
     """
 
     def __init__(self, spec: ModelSpec, config, rows: Rows):
@@ -90,6 +93,10 @@ class _EMData:
         rows = self.rows
         if self.x is not None and rows.group is None:
             return self.em.init(self.config, self.x, generator, method)
+        if self.em.init_rows is not None:
+            params = self.em.init_rows(self.config, rows, generator, method)
+            if params is not None:
+                return params
         params = None
         if rows.group is None or rows.group.is_main:
             if self.x is not None:

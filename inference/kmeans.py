@@ -19,8 +19,13 @@ from inference.convergence import warn_not_converged
 from inference.shards import Rows
 from zoo.errors import InputError
 from zoo.gmm_config import check_components
-from zoo.gmm_em import combine, mean_variance, weighted_moments
-from zoo.gmm_init import kmeans_plus_plus, lloyd, nearest_centers
+from zoo.gmm_init import (
+    kmeans_plus_plus,
+    kmeans_plus_plus_rows,
+    lloyd,
+    lloyd_rows,
+    lloyd_tolerance_rows,
+)
 
 INITS = ("k-means++", "random")
 
@@ -99,92 +104,54 @@ def kmeans_rows(rows: Rows, k: int, *, init: str = "k-means++", n_init: int = 1,
                 max_iter: int = 300, tol: float = 1e-4, seed: int = 0) -> KMeansResult:
     """:func:`kmeans` on rows seen in shards and chunks (:class:`inference.shards.Rows`).
 
-    Lloyd's iteration is data-parallel: every rank assigns its rows chunk by chunk, and the
-    per-cluster sums, counts and the inertia are summed over the ranks, so every rank moves
-    the centres identically. The seeds are computed once, on rank 0 (k-means++ on every row
-    when they are in memory, on a seeded subsample of one chunk's size when they are
-    streamed), and broadcast. The labels are not kept (``labels`` is empty): a streamed fit
-    never holds N of anything. An empty cluster takes the row farthest from its centre over
-    all ranks. Lloyd stops when the total squared centre shift is at most ``tol`` times the
-    mean per-feature variance (a shift of 0 once no label changes)."""
+    Lloyd's iteration is data-parallel (:func:`zoo.gmm_init.lloyd_rows`): every rank assigns
+    its rows chunk by chunk, and the per-cluster sums and counts, the changed labels and the
+    inertia are summed over the ranks, so every rank moves the centres identically, as
+    :func:`kmeans` alone. So are the k-means++ seeds of rows in memory
+    (:func:`zoo.gmm_init.kmeans_plus_plus_rows`); the other seeds are computed once, on rank 0
+    (on a seeded subsample of one chunk's size when the rows are streamed), and broadcast. The
+    labels are not kept (``labels`` is empty): a streamed fit never holds N of anything. An
+    empty cluster takes the row farthest from its centre over all ranks. Lloyd stops when
+    no label changes (rows in memory) or the total squared centre shift is at most ``tol``
+    times the mean per-feature variance."""
     start = time.perf_counter()
     check_components(k, rows.num_data)
     if init not in INITS:
         raise InputError(f"unknown K-means init {init!r}; choose one of: {', '.join(INITS)}")
-    spread = combine([part for part in rows.gather(combine(
-        [weighted_moments(c, c.new_ones(c.shape[0], 1), full=False) for c in rows.chunks()]))])
-    absolute_tol = tol * float(mean_variance(spread)) * (rows.num_data - 1) / rows.num_data
+    absolute_tol = lloyd_tolerance_rows(rows, tol)
     generator = torch.Generator(device=rows.device).manual_seed(seed)
     best, inertias = None, []
     for _ in range(n_init):
-        centers = None
-        if rows.group is None or rows.group.is_main:
-            source = (rows.sample(next(iter(rows._views)).shape[0], generator) if rows.streamed
-                      else rows.x.to(rows.device))
-            if init == "k-means++":
-                centers, _ = kmeans_plus_plus(source, k, generator=generator)
-            else:
-                chosen = torch.randperm(source.shape[0], generator=generator,
-                                        device=source.device)[:k]
-                centers = source[chosen].clone()
-        if rows.group is not None:
-            centers = rows.group.broadcast({"centers": centers} if centers is not None else
-                                           None, like=rows.probe(1))["centers"]
-        run = _lloyd_rows(rows, centers, max_iter, absolute_tol)
-        inertias.append(run[1])
-        if best is None or run[1] < best[1]:
+        if init == "k-means++" and not rows.streamed:
+            centers, _ = kmeans_plus_plus_rows(rows, k, generator=generator)
+        else:
+            centers = _seeds_once(rows, k, init, generator)
+        run = lloyd_rows(rows, centers, max_iter=max_iter, tol=absolute_tol)
+        inertias.append(run.inertia)
+        if best is None or run.inertia < best.inertia:
             best = run
-    centers, inertia, n_iter, converged = best
-    if not converged:
+    if not best.converged:
         warn_not_converged(f"K-means did not converge in max_iter={max_iter} Lloyd iterations; "
                            "raise max_iter, loosen tol, or standardize the data")
     empty = torch.zeros(0, dtype=torch.int64, device=rows.device)
-    return KMeansResult(centers, empty, inertia, n_iter, converged,
+    return KMeansResult(best.centers, empty, best.inertia, best.n_iter, best.converged,
                         time.perf_counter() - start, tuple(inertias))
 
 
-def _lloyd_rows(rows: Rows, centers: torch.Tensor, max_iter: int, tol: float):
-    k = centers.shape[0]
-    converged, n_iter = False, 0
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
-        sums = centers.new_zeros(centers.shape)
-        counts = centers.new_zeros(k)
-        for chunk in rows.chunks():
-            labels = nearest_centers(chunk, centers)
-            sums.index_add_(0, labels, chunk)
-            counts += torch.bincount(labels, minlength=k).to(counts.dtype)
-        sums, counts = rows.total(sums), rows.total(counts)
-        moved = sums / counts.clamp_min(1)[:, None]
-        if bool((counts == 0).any()):
-            moved = _refill_empty(rows, centers, moved, counts == 0)
-        shift = float((moved - centers).square().sum())
-        centers = moved
-        if shift <= tol:
-            converged = True
-            break
-    inertia = centers.new_zeros((), dtype=torch.float64)
-    for chunk in rows.chunks():
-        labels = nearest_centers(chunk, centers)
-        inertia += (chunk - centers[labels]).square().sum().double()
-    return centers, float(rows.total(inertia)), n_iter, converged
-
-
-def _refill_empty(rows: Rows, centers, moved, empty):
-    """Each empty cluster's centre becomes one of the rows farthest from their centres, over
-    every rank (scikit-learn's remedy)."""
-    wanted = int(empty.sum())
-    best = centers.new_full((wanted,), -1.0)
-    rows_far = centers.new_zeros(wanted, centers.shape[1])
-    for chunk in rows.chunks():
-        distance = (chunk - centers[nearest_centers(chunk, centers)]).square().sum(1)
-        top = distance.topk(min(wanted, chunk.shape[0]))
-        pool = torch.cat([best, top.values])
-        candidates = torch.cat([rows_far, chunk[top.indices]])
-        keep = pool.topk(wanted).indices
-        best, rows_far = pool[keep], candidates[keep]
-    gathered = rows.gather((best, rows_far))
-    pool = torch.cat([values for values, _ in gathered])
-    candidates = torch.cat([points for _, points in gathered])
-    moved = moved.clone()
-    moved[empty] = candidates[pool.topk(wanted).indices]
-    return moved
+def _seeds_once(rows: Rows, k: int, init: str, generator: torch.Generator) -> torch.Tensor:
+    """Seeds computed on rank 0 (every row, or a seeded subsample of one chunk's size when the
+    rows are streamed) and broadcast."""
+    centers = None
+    if rows.group is None or rows.group.is_main:
+        source = (rows.sample(next(iter(rows._views)).shape[0], generator) if rows.streamed
+                  else rows.x.to(rows.device))
+        if init == "k-means++":
+            centers, _ = kmeans_plus_plus(source, k, generator=generator)
+        else:
+            chosen = torch.randperm(source.shape[0], generator=generator,
+                                    device=source.device)[:k]
+            centers = source[chosen].clone()
+    if rows.group is not None:
+        centers = rows.group.broadcast({"centers": centers} if centers is not None else
+                                       None, like=rows.probe(1))["centers"]
+    return centers

@@ -6,8 +6,11 @@ takes one M-step from the hard labels of Lloyd's K-means run from k-means++ seed
 ``KMeans(n_init=1)`` with its tolerance), from the labels of the k-means++ seeds alone
 (``"kmeans++"``), or from uniform random responsibilities (``"random"``). The M-step from hard
 labels sorts the rows by cluster once (:func:`zoo.gmm_em.label_statistics`). Distances are one
-GEMM per assignment, vectorized, the same code on CPU and CUDA. Everything public here is
-re-exported by :mod:`zoo.gmm`.
+GEMM per assignment, vectorized, the same code on CPU and CUDA. The seeding, Lloyd's
+iterations and the M-step are written once, over the rows of a process group's shards
+(:class:`inference.shards.Rows`, of which they use ``chunks``, ``total`` and ``gather``):
+:func:`initialize_rows` passes over a rank's own rows and equals the one-process start, which
+is the same code on one tensor. Everything public here is re-exported by :mod:`zoo.gmm`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ import torch
 
 from zoo.errors import InputError
 from zoo.gmm_config import GMMConfig, _check_data, check_components
-from zoo.gmm_em import from_labels, m_step
+from zoo.gmm_em import (
+    combine,
+    from_labels,
+    label_statistics,
+    m_step,
+    maximize,
+    mean_variance,
+    weighted_moments,
+)
 from zoo.registry import Params
 
 INIT_METHODS = ("kmeans", "kmeans++", "random")  # the first is EM's default
@@ -35,6 +46,34 @@ def squared_distances(x: torch.Tensor, centers: torch.Tensor,
     return cross.add_(x_squared[:, None]).clamp_min_(0.0)
 
 
+class _Alone:
+    """One tensor as the rows of one process, in one chunk: the face of
+    :class:`inference.shards.Rows` that the data-parallel steps below use (``num_data``,
+    ``streamed``, ``group``, ``chunks``, ``total``, ``gather``), so that the one-tensor steps
+    are the same code."""
+
+    streamed = False
+    group = None
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.num_data = x, x.shape[0]
+
+    def chunks(self):
+        yield self.x
+
+    def total(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def gather(self, tree) -> list:
+        return [tree]
+
+
+def _local_rows(rows) -> torch.Tensor:
+    """This rank's rows as one tensor (rows in memory are one chunk a rank)."""
+    parts = list(rows.chunks())
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def kmeans_plus_plus(x: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
                      local_trials: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's variant).
@@ -43,22 +82,62 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, *, generator: torch.Generator | No
     ``2 + log k``) candidates drawn with probability proportional to the squared distance to
     the nearest centre so far. Returns ``(centers : (k, D), indices : (k,))``.
     """
-    num_data = x.shape[0]
+    return kmeans_plus_plus_rows(_Alone(x), k, generator=generator, local_trials=local_trials)
+
+
+def kmeans_plus_plus_rows(rows, k: int, *, generator: torch.Generator | None = None,
+                          local_trials: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`kmeans_plus_plus` data-parallel over the shards of a process group (``rows``:
+    :class:`inference.shards.Rows` in memory), equal to the one-process seeds.
+
+    Every rank draws the same uniforms; a candidate is drawn by inverse CDF, ``u`` times the
+    total weight located among the ranks' totals (in rank order) and then in its owner's
+    cumulative weights (float64: in float32 a row's weight is below the rounding of the sum
+    before it), and the owner supplies the row (a sum over the ranks, the others adding
+    zeros); each candidate's potential is summed over the ranks. So each rank passes over its
+    own rows only, and with one rank this is the plain inverse-CDF draw. The ranks' partial
+    sums round differently from one sum: in float32, candidates whose potentials tie to 1e-7
+    may be chosen differently.
+    """
+    num_data = rows.num_data
     check_components(k, num_data)
     trials = local_trials or 2 + int(math.log(k))
-    x_squared = x.square().sum(1)
-    first = torch.randint(num_data, (1,), generator=generator, device=x.device)
-    indices = [first]
-    closest = squared_distances(x, x[first], x_squared)[:, 0]
+    local = _local_rows(rows)
+    rank = 0 if rows.group is None else rows.group.rank
+    sizes = [int(n) for n in rows.gather(torch.tensor(local.shape[0]))]
+    first_row, count = sum(sizes[:rank]), local.shape[0]
+
+    def rows_at(indices):  # the rows of global indices, from their owners
+        mine = (indices >= first_row) & (indices < first_row + count)
+        picked = local.new_zeros(indices.shape[0], local.shape[1])
+        picked[mine] = local[indices[mine] - first_row]
+        return rows.total(picked)
+
+    x_squared = local.square().sum(1)
+    first = torch.randint(num_data, (1,), generator=generator, device=local.device)
+    centers, indices = [rows_at(first)], [first]
+    closest = squared_distances(local, centers[0], x_squared)[:, 0]
     for _ in range(1, k):
-        weights = closest if bool(closest.sum() > 0) else torch.ones_like(closest)
-        candidates = torch.multinomial(weights, trials, replacement=True, generator=generator)
-        trial = torch.minimum(closest[:, None], squared_distances(x, x[candidates], x_squared))
-        best = torch.argmin(trial.sum(0))
+        cumulative = closest.cumsum(0, dtype=torch.float64)
+        totals = torch.stack(rows.gather(cumulative[-1]))
+        if not bool(totals.sum() > 0):  # every row is a centre: draw uniformly
+            cumulative = torch.arange(1, count + 1, dtype=torch.float64, device=local.device)
+            totals = torch.stack(rows.gather(cumulative[-1]))
+        ends = totals.cumsum(0)
+        draws = torch.rand(trials, generator=generator, dtype=torch.float64,
+                           device=local.device) * ends[-1]
+        owner = torch.searchsorted(ends, draws, right=True).clamp_max(len(sizes) - 1)
+        offset = ends[rank - 1] if rank > 0 else ends.new_zeros(())
+        position = torch.searchsorted(cumulative, draws - offset, right=True)
+        candidates = rows.total(torch.where(
+            owner == rank, position.clamp_max(count - 1) + first_row, 0))
+        rows_drawn = rows_at(candidates)
+        trial = torch.minimum(closest[:, None], squared_distances(local, rows_drawn, x_squared))
+        best = torch.argmin(rows.total(trial.sum(0)))
         closest = trial[:, best]
+        centers.append(rows_drawn[best][None])
         indices.append(candidates[best].reshape(1))
-    indices = torch.cat(indices)
-    return x[indices].clone(), indices
+    return torch.cat(centers), torch.cat(indices)
 
 
 def nearest_centers(x: torch.Tensor, centers: torch.Tensor,
@@ -70,24 +149,9 @@ def nearest_centers(x: torch.Tensor, centers: torch.Tensor,
     return cross.argmin(1)
 
 
-def _cluster_means(x, labels, centers):
-    """The mean of each cluster's rows, one GEMM with the one-hot labels; an empty cluster
-    takes the row farthest from its centre (scikit-learn's remedy)."""
-    k = centers.shape[0]
-    counts = torch.bincount(labels, minlength=k)
-    if bool((counts == 0).any()):
-        empty = (counts == 0).nonzero()[:, 0]
-        far = (x - centers[labels]).square().sum(1).topk(empty.numel()).indices
-        labels = labels.clone()
-        labels[far] = empty
-        counts = torch.bincount(labels, minlength=k)
-    one_hot = x.new_zeros(x.shape[0], k).scatter_(1, labels[:, None], 1.0)
-    return (one_hot.T @ x) / counts[:, None].to(x.dtype)
-
-
 class LloydResult(NamedTuple):
     centers: torch.Tensor  # (K, D)
-    labels: torch.Tensor  # (N,) index of each row's centre
+    labels: torch.Tensor  # (N,) index of each row's centre (a rank's own rows; empty if streamed)
     inertia: float  # Σ_n |x_n - c_{label_n}|²
     n_iter: int  # Lloyd iterations run
     converged: bool  # labels stopped changing, or the centres moved less than tol
@@ -97,26 +161,106 @@ def lloyd(x: torch.Tensor, centers: torch.Tensor, *, max_iter: int = 300,
           tol: float = 0.0) -> LloydResult:
     """Lloyd's algorithm from ``centers : (K, D)``: assign every row to its nearest centre,
     move each centre to its rows' mean; stop when no label changes or the total squared centre
-    shift is at most ``tol`` (absolute, as scikit-learn's scaled tolerance)."""
+    shift is at most ``tol`` (absolute, as scikit-learn's scaled tolerance). An empty cluster
+    takes the row farthest from its centre (scikit-learn's remedy)."""
+    return lloyd_rows(_Alone(x), centers, max_iter=max_iter, tol=tol)
+
+
+def lloyd_rows(rows, centers: torch.Tensor, *, max_iter: int = 300,
+               tol: float = 0.0) -> LloydResult:
+    """:func:`lloyd` data-parallel over shards and chunks (``rows``:
+    :class:`inference.shards.Rows`), equal to the one-process run: every rank assigns its rows,
+    the per-cluster sums and counts and the number of changed labels are summed over the ranks
+    (one all-reduce an iteration), and every rank moves the centres identically. The labels
+    are kept (a rank's own) unless the rows are streamed; then Lloyd stops on the shift alone,
+    which unchanged labels make exactly 0."""
+    keep = not rows.streamed
     previous = None
     converged = strict = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
-        labels = nearest_centers(x, centers)
-        moved = _cluster_means(x, labels, centers)
+        labels = [nearest_centers(chunk, centers) for chunk in rows.chunks()] if keep else None
+        sums, counts, changed = _cluster_sums(rows, centers, labels, previous)
+        if bool((counts == 0).any()):
+            sums, counts = _refill_empty(rows, centers, labels, counts == 0)
+        moved = sums / counts[:, None].to(sums.dtype)
         shift = float((moved - centers).square().sum())
         centers = moved
-        if previous is not None and torch.equal(labels, previous):
+        if previous is not None and changed == 0:
             converged = strict = True
             break
         if shift <= tol:
             converged = True
             break
         previous = labels
-    if not strict:
-        labels = nearest_centers(x, centers)
-    inertia = float(centers[labels].sub_(x).square_().sum())
-    return LloydResult(centers, labels, inertia, n_iter, converged)
+    if keep and not strict:
+        labels = [nearest_centers(chunk, centers) for chunk in rows.chunks()]
+    inertia = centers.new_zeros((), dtype=torch.float64)
+    for i, chunk in enumerate(rows.chunks()):
+        assigned = labels[i] if keep else nearest_centers(chunk, centers)
+        inertia += centers[assigned].sub_(chunk).square_().sum().double()
+    if not keep:
+        labels = torch.zeros(0, dtype=torch.int64, device=centers.device)
+    elif len(labels) == 1:
+        labels = labels[0]
+    else:
+        labels = torch.cat(labels)
+    return LloydResult(centers, labels, float(rows.total(inertia)), n_iter, converged)
+
+
+def _cluster_sums(rows, centers, labels, previous, moves=None):
+    """Each cluster's sum of rows and count over every rank (one GEMM with the one-hot labels a
+    chunk; ``labels`` per chunk, or ``None``: the nearest centres), the labels that differ from
+    ``previous`` (0 without them), and ``moves``: ``{chunk: (rows, clusters)}`` relabelled."""
+    k, d = centers.shape
+    sums = centers.new_zeros(k, d)
+    counts = torch.zeros(k, dtype=torch.int64, device=centers.device)
+    changed = torch.zeros(1, dtype=torch.int64, device=centers.device)
+    for i, chunk in enumerate(rows.chunks()):
+        assigned = labels[i] if labels is not None else nearest_centers(chunk, centers)
+        if previous is not None:
+            changed += (assigned != previous[i]).sum()
+        if moves and i in moves:
+            assigned = assigned.clone()
+            assigned[moves[i][0]] = moves[i][1]
+        one_hot = chunk.new_zeros(chunk.shape[0], k).scatter_(1, assigned[:, None], 1.0)
+        sums += one_hot.T @ chunk
+        counts += torch.bincount(assigned, minlength=k)
+    packed = rows.total(torch.cat([sums.double().reshape(-1), counts.double(), changed.double()]))
+    return (packed[:k * d].reshape(k, d).to(sums.dtype), packed[k * d:-1].round().long(),
+            int(packed[-1]))
+
+
+def _refill_empty(rows, centers, labels, empty):
+    """The sums and counts after each empty cluster takes one of the rows farthest from their
+    centres over every rank, the farthest the first (scikit-learn's remedy, and
+    :func:`lloyd`'s alone): every rank offers its farthest rows, and their owners relabel the
+    chosen ones."""
+    clusters = empty.nonzero()[:, 0]
+    wanted = clusters.numel()
+    best = centers.new_full((wanted,), -1.0)
+    where = torch.full((wanted, 2), -1, dtype=torch.int64, device=centers.device)
+    for i, chunk in enumerate(rows.chunks()):
+        assigned = labels[i] if labels is not None else nearest_centers(chunk, centers)
+        top = (chunk - centers[assigned]).square().sum(1).topk(min(wanted, chunk.shape[0]))
+        spots = torch.stack([torch.full_like(top.indices, i), top.indices], 1)
+        pool, spots = torch.cat([best, top.values]), torch.cat([where, spots])
+        keep = pool.topk(wanted).indices
+        best, where = pool[keep], spots[keep]
+    gathered = rows.gather(best)
+    chosen = torch.cat(gathered).topk(wanted).indices
+    rank = 0 if rows.group is None else rows.group.rank
+    moves = {}
+    for slot, cluster in zip(chosen.tolist(), clusters.tolist(), strict=True):
+        if slot // wanted == rank:
+            chunk, row = where[slot % wanted].tolist()
+            moves.setdefault(chunk, ([], []))
+            moves[chunk][0].append(row)
+            moves[chunk][1].append(cluster)
+    moves = {i: (torch.tensor(r, device=centers.device), torch.tensor(c, device=centers.device))
+             for i, (r, c) in moves.items()}
+    sums, counts, _ = _cluster_sums(rows, centers, labels, None, moves)
+    return sums, counts
 
 
 def lloyd_tolerance(x: torch.Tensor, tol: float = LLOYD_TOL) -> float:
@@ -124,6 +268,14 @@ def lloyd_tolerance(x: torch.Tensor, tol: float = LLOYD_TOL) -> float:
     (one pass over the centred rows, squared in place: on a CPU every large temporary costs its
     page faults, and a column-wise ``var`` is slower still)."""
     return tol * float((x - x.mean(0)).square_().mean())
+
+
+def lloyd_tolerance_rows(rows, tol: float = LLOYD_TOL) -> float:
+    """:func:`lloyd_tolerance` of rows in shards and chunks: the chunks' moments combined, in
+    rank order (:func:`zoo.gmm_em.combine`), one pass over every rank's rows."""
+    spread = combine(rows.gather(combine(
+        [weighted_moments(c, c.new_ones(c.shape[0], 1), full=False) for c in rows.chunks()])))
+    return tol * float(mean_variance(spread)) * (rows.num_data - 1) / rows.num_data
 
 
 def initialize(config: GMMConfig, x: torch.Tensor, generator: torch.Generator | None = None,
@@ -150,6 +302,28 @@ def initialize(config: GMMConfig, x: torch.Tensor, generator: torch.Generator | 
     raise InputError(f"unknown init {method!r}; choose one of: " + ", ".join(INIT_METHODS))
 
 
+def initialize_rows(config: GMMConfig, rows, generator: torch.Generator | None = None,
+                    method: str = INIT_METHODS[0]) -> Params | None:
+    """:func:`initialize` data-parallel over the shards of a process group (``rows``:
+    :class:`inference.shards.Rows` in memory), equal to the one-process start: the k-means++
+    seeds (:func:`kmeans_plus_plus_rows`), Lloyd's iterations (:func:`lloyd_rows`, the
+    tolerance from every rank's moments) and the M-step from the labels (each rank's
+    :func:`zoo.gmm_em.label_statistics`, combined in rank order) each pass over a rank's own
+    rows. ``None`` for the ``"random"`` start and for streamed rows, which have no such form
+    here (a start computed once serves them)."""
+    if rows.streamed or method not in ("kmeans++", "kmeans"):
+        return None
+    config.validate(rows.num_data)
+    local = _local_rows(rows)
+    _check_data(config, local)
+    centers, _ = kmeans_plus_plus_rows(rows, config.components, generator=generator)
+    if method == "kmeans":
+        labels = lloyd_rows(rows, centers, tol=lloyd_tolerance_rows(rows)).labels
+    else:
+        labels = nearest_centers(local, centers)
+    return maximize(config, None, combine(rows.gather(label_statistics(config, local, labels))))
+
+
 def init_params(config: GMMConfig, x: torch.Tensor,
                 generator: torch.Generator | None = None) -> Params:
     """SVI's starting point: the k-means++ start, one of EM's (restarts vary the generator)."""
@@ -157,7 +331,16 @@ def init_params(config: GMMConfig, x: torch.Tensor,
 
 
 def _em_initialize(config: GMMConfig, x: torch.Tensor, generator, method) -> Params:
+    _refuse_prior(config)
+    return initialize(config, x, generator, method)
+
+
+def _em_initialize_rows(config: GMMConfig, rows, generator, method) -> Params | None:
+    _refuse_prior(config)
+    return initialize_rows(config, rows, generator, method)
+
+
+def _refuse_prior(config: GMMConfig) -> None:
     if config.prior:
         raise InputError("EM here maximizes the likelihood and ignores priors; for the MAP "
                          "estimate under --prior use --inference svi, or drop --prior")
-    return initialize(config, x, generator, method)

@@ -61,6 +61,16 @@ class Init(Protocol):
                  method: str) -> Params: ...
 
 
+class InitRows(Protocol):
+    """``init_rows(config, rows, generator, method) -> Params | None``: ``init``'s start
+    computed data-parallel over the shards of a process group (``rows``:
+    ``inference.shards.Rows``), equal to ``init`` on all the rows; ``None`` where ``method``
+    has no such form (the start is then computed once and broadcast)."""
+
+    def __call__(self, config: Any, rows: Any, generator: torch.Generator | None,
+                 method: str) -> Params | None: ...
+
+
 class EStep(Protocol):
     """``e_step(config, params, x) -> (statistics, mean_log_likelihood)``: posterior statistics
     of the latents under ``params``, and the mean log p(x) at ``params`` in nats per
@@ -114,7 +124,8 @@ class EMSteps:
 
     The optional hooks make EM run past one tensor: on the shards of a process group, on the
     chunks of a memory-mapped file, or stepwise on minibatches (``combine``, ``summarize`` /
-    ``combine_summaries``, ``label_statistics``).
+    ``combine_summaries``, ``label_statistics``), and their start from the data data-parallel
+    (``init_rows``).
     """
 
     init: Init
@@ -126,6 +137,7 @@ class EMSteps:
     summarize: Summarize | None = None
     combine_summaries: CombineSummaries | None = None
     label_statistics: LabelStatistics | None = None
+    init_rows: InitRows | None = None
 
 
 # What a strategy may ask a model for (``spec.has(...)``, ``spec.capability(...)``). The first

@@ -2,8 +2,10 @@
 
 - Two processes, each holding its shard of the rows, fit every EM model of the zoo (GMM with
   each covariance type, PPCA, FA, MPPCA, the Student-t mixture) to the single-process fit from
-  the same start within 1e-10 (float64), and from the default start too (computed once, on
-  rank 0, and broadcast); K-means and the yardstick (sharded and reduced) likewise.
+  the same start within 1e-10 (float64), and from the default start too (the GMM's computed
+  data-parallel, the others' once, on rank 0, and broadcast); K-means and the yardstick
+  (sharded and reduced) likewise. The GMM's data-parallel start (k-means++ seeds, Lloyd's
+  iterations through an empty cluster, the M-step from the labels) is the one-process start.
 - A fit streamed from a memory-mapped file ten times larger than its chunk equals the
   in-memory fit from the same start, and its peak anonymous memory is bounded by the chunk,
   not by the file (measured in a subprocess).
@@ -36,6 +38,15 @@ from inference.evaluate import evaluate_fit
 from inference.kmeans import kmeans, kmeans_rows
 from inference.shards import Rows
 from inference.strategies import fit as strategy_fit
+from zoo.gmm_init import (
+    initialize,
+    initialize_rows,
+    kmeans_plus_plus,
+    kmeans_plus_plus_rows,
+    lloyd,
+    lloyd_rows,
+    nearest_centers,
+)
 
 WORLD = 2
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,10 +122,37 @@ def _worker(rank: int, port: int, out: str) -> None:
                           for k in ("train_log_likelihood", "test_log_likelihood")}
     results["kmeans_strategy"] = strategy_fit(spec, config, x, inference="kmeans",
                                               seed=0).params
+    results["start"] = data_parallel_start(Rows(x, group=_group()))
     if rank == 0:
         torch.save(results, out)
     dist.barrier()
     dist.destroy_process_group()
+
+
+FAR_START = 6  # components of the start's case; its Lloyd run begins with one far centre
+
+
+def data_parallel_start(rows) -> dict:
+    """The GMM start's three steps on ``rows``: one tensor, or a rank's shard (:class:`Rows`)."""
+    alone = isinstance(rows, torch.Tensor)
+    x = rows if alone else rows.x
+    config = get_model("gmm").make_config(x.shape[1], components=FAR_START)
+    seeds = (kmeans_plus_plus if alone else kmeans_plus_plus_rows)(
+        rows, FAR_START, generator=torch.Generator().manual_seed(4))
+    run = (lloyd if alone else lloyd_rows)(rows, far_start(x), tol=0.0)
+    params = (initialize if alone else initialize_rows)(
+        config, rows, torch.Generator().manual_seed(5), "kmeans")
+    return {"seeds": seeds[0], "seed_rows": seeds[1], "lloyd": run.centers,
+            "n_iter": torch.tensor(run.n_iter), "inertia": torch.tensor(run.inertia),
+            **{f"start/{k}": v for k, v in params.items()}}
+
+
+def far_start(x: torch.Tensor) -> torch.Tensor:
+    """Centres that leave a cluster empty at once (one far off) and take Lloyd many
+    iterations (the others crowded into a corner of the data)."""
+    centers = x[x[:, 0].argsort()[:FAR_START]].clone()
+    centers[-1] = 1e3
+    return centers
 
 
 def _group():
@@ -173,6 +211,17 @@ def test_distributed_kmeans_and_yardstick_equal_one_process(two_processes):
     # K-means' M-step on labels, from statistics combined over the ranks
     params = strategy_fit(spec, config, Rows(x).tensor, inference="kmeans", seed=0).params
     assert _largest_difference(two_processes["kmeans_strategy"], params) < 1e-10
+
+
+def test_data_parallel_gmm_start_equals_one_process_start(two_processes):
+    x = case_data("gmm")
+    alone, shared = data_parallel_start(x), two_processes["start"]
+    assert int(nearest_centers(x, far_start(x)).bincount(minlength=FAR_START).min()) == 0
+    assert int(shared["n_iter"]) == int(alone["n_iter"]) > 10  # many Lloyd iterations
+    assert torch.equal(shared["seed_rows"], alone["seed_rows"])  # the same rows drawn
+    for key in alone:
+        difference = float((shared[key].double() - alone[key].double()).abs().max())
+        assert difference < 1e-10 * max(1.0, float(alone[key].double().abs().max())), key
 
 
 @pytest.mark.parametrize("name,options", [("gmm", {"components": 4}), ("ppca", {}),
