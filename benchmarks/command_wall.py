@@ -66,10 +66,13 @@ def environment(threads: int) -> dict:
                                                         os.environ.get("PYTHONPATH")]))}
 
 
-def write_mixture(path: Path, num_data: int, dim: int, components: int, seed: int) -> Path:
-    """``num_data`` float32 rows from a seeded ``components``-component spherical mixture."""
+def write_mixture(path: Path, num_data: int, dim: int, components: int, seed: int,
+                  spread: float = 3.0) -> Path:
+    """``num_data`` float32 rows from a seeded ``components``-component spherical mixture of
+    unit variances whose means have sd ``spread`` per coordinate (3: well separated; below 1
+    the components overlap, and EM takes many iterations)."""
     generator = np.random.default_rng(seed)
-    means = 3.0 * generator.standard_normal((components, dim))
+    means = spread * generator.standard_normal((components, dim))
     labels = generator.integers(components, size=num_data)
     rows = generator.standard_normal((num_data, dim), dtype=np.float32)
     rows += means[labels].astype(np.float32)

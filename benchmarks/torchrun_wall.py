@@ -9,8 +9,11 @@ yardstick, the run folder; figures too unless ``--no-figures``):
 - one process, ``--processes`` threads (what a user gets without torchrun);
 - ``torchrun --standalone --nproc-per-node P -m inference fit ...``, one thread each (gloo).
 
-EM runs exactly ``--iterations`` iterations (``--tol 1e-300``) so the three do the same work and
-must end at the same log-likelihood (float32 sums per shard differ in the last digits). The
+EM runs ``--iterations`` iterations (``--tol 1e-300``) so the three do the same work and must end
+at the same log-likelihood (float32 sums per shard differ in the last digits). The mixture's
+components overlap (means of sd ``--spread``, unit variances), so that EM does not reach a
+fixed point, where the log-likelihood stops changing at all, before then; the table says how
+many EM iterations each ran. The
 speed-up is wall(one process, one thread) / wall(torchrun); the issue's target is 1.6x with
 two processes. Times are the fastest of ``--repeats``.
 
@@ -40,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--components", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=10, help="EM iterations (--tol 1e-300)")
+    parser.add_argument("--spread", type=float, default=0.5,
+                        help="the means' sd per coordinate against unit variances")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--figures", action="store_true", help="draw the figures too")
@@ -64,7 +69,7 @@ def main(args) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         data = write_mixture(folder / "mixture.npy", args.num_data, args.dim, args.components,
-                             seed=0)
+                             seed=0, spread=args.spread)
         fit = ["fit", "gmm", "--inference", "em", "--data", str(data), "--components",
                str(args.components), "--max-iter", str(args.iterations), "--tol", "1e-300",
                *([] if args.figures else ["--no-figures"])]
@@ -83,6 +88,7 @@ def main(args) -> dict:
                 if best is None or wall < best["wall_seconds"]:
                     best = {"case": name, "wall_seconds": wall,
                             "fit_seconds": float(metrics["seconds"]),
+                            "em_iterations": int(metrics["steps"]),
                             "log_likelihood": metrics.get("train_log_likelihood"),
                             "command": f"OMP_NUM_THREADS={threads} " + (
                                 "lvm-zoo" if command[0] != torchrun[0] else
@@ -93,17 +99,19 @@ def main(args) -> dict:
     for row in rows:
         row["speed_up"] = base / row["wall_seconds"]
     report = {"num_data": args.num_data, "dim": args.dim, "components": args.components,
+              "spread": args.spread,
               "iterations": args.iterations, "figures": args.figures, "cases": rows}
     if args.json:
         print(json.dumps(report, indent=2))
         return report
-    print(f"lvm-zoo fit gmm --inference em on {args.num_data} x {args.dim} float32, K = "
-          f"{args.components}, {args.iterations} EM iterations (--tol 1e-300), "
+    print(f"lvm-zoo fit gmm --inference em on {args.num_data} x {args.dim} float32 (means' sd "
+          f"{args.spread:g}), K = {args.components}, --max-iter {args.iterations} --tol 1e-300, "
           f"{'with' if args.figures else 'without'} figures; fastest of {args.repeats}")
-    print(f"{'case':<32} {'wall s':>8} {'fit s':>8} {'speed-up':>9}  train log p(x)")
+    print(f"{'case':<32} {'wall s':>8} {'fit s':>8} {'EM its':>6} {'speed-up':>9}  "
+          "train log p(x)")
     for row in rows:
         print(f"{row['case']:<32} {row['wall_seconds']:>8.2f} {row['fit_seconds']:>8.2f} "
-              f"{row['speed_up']:>8.2f}x  {row['log_likelihood']}")
+              f"{row['em_iterations']:>6} {row['speed_up']:>8.2f}x  {row['log_likelihood']}")
     for row in rows:
         print(f"  {row['case']}: {row['command']}")
     return report
