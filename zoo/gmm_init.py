@@ -116,7 +116,7 @@ def kmeans_plus_plus_rows(rows, k: int, *, generator: torch.Generator | None = N
     x_squared = local.square().sum(1)
     first = torch.randint(num_data, (1,), generator=generator, device=local.device)
     centers, indices = [rows_at(first)], [first]
-    closest = squared_distances(local, centers[0], x_squared)[:, 0]
+    closest = _distances(local, x_squared, centers[0])[0]
     for _ in range(1, k):
         cumulative = closest.cumsum(0, dtype=torch.float64)
         totals = torch.stack(rows.gather(cumulative[-1]))
@@ -132,12 +132,19 @@ def kmeans_plus_plus_rows(rows, k: int, *, generator: torch.Generator | None = N
         candidates = rows.total(torch.where(
             owner == rank, position.clamp_max(count - 1) + first_row, 0))
         rows_drawn = rows_at(candidates)
-        trial = torch.minimum(closest[:, None], squared_distances(local, rows_drawn, x_squared))
-        best = torch.argmin(rows.total(trial.sum(0)))
-        closest = trial[:, best]
+        trial = torch.minimum(closest[None, :], _distances(local, x_squared, rows_drawn))
+        best = torch.argmin(rows.total(trial.sum(1)))
+        closest = trial[best]
         centers.append(rows_drawn[best][None])
         indices.append(candidates[best].reshape(1))
     return torch.cat(centers), torch.cat(indices)
+
+
+def _distances(x: torch.Tensor, x_squared: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """``|x_n - c_j|²``, centre-major ``(J, N)``: one GEMM of that shape is about three times
+    faster than ``(N, J)`` for a few centres, and a centre's row is contiguous."""
+    cross = torch.addmm(x_squared[None, :], centers, x.T, alpha=-2.0)
+    return cross.add_(centers.square().sum(1)[:, None]).clamp_min_(0.0)
 
 
 def nearest_centers(x: torch.Tensor, centers: torch.Tensor,
