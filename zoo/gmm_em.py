@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -141,8 +142,12 @@ def _normalize(joint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     responsibility and whitened rows away from subnormal numbers, whose arithmetic is a
     hundred times slower on a CPU.
     """
+    return _normalize_above(joint, 2 * math.log(torch.finfo(joint.dtype).eps))
+
+
+def _normalize_above(joint: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_normalize` with its floor given (TorchScript has no ``finfo``)."""
     peak = joint.amax(0)
-    floor = 2 * math.log(torch.finfo(joint.dtype).eps)
     weights = joint.sub_(peak).clamp_(min=floor).exp_()
     total = weights.sum(0)
     return peak + total.log(), weights.div_(total)
@@ -506,10 +511,10 @@ def _workers(count: int) -> ThreadPoolExecutor:
 
 
 def _in_threads(reduce, x: torch.Tensor, block: int):
-    """``reduce(begin, end) -> (sums, total)`` over all rows of ``x``; on a CPU with T > 1
-    intra-op threads, T threads each reduce one contiguous share of whole blocks with one
-    intra-op thread (the caller's thread takes the first share, a kept pool the others), and
-    the shares are added in order (deterministic for a given T).
+    """``reduce(begin, end, scripted) -> (sums, total)`` over all rows of ``x``; on a CPU with
+    T > 1 intra-op threads, T threads each reduce one contiguous share of whole blocks with one
+    intra-op thread and TorchScript's share (the caller's thread takes the first share, a kept
+    pool the others), and the shares are added in order (deterministic for a given T).
 
     Why: a block's GEMMs are small, and a GEMM that sums over a block's rows is ten times
     slower on 2 intra-op threads than on one on this busy machine (each one waits for every
@@ -525,7 +530,7 @@ def _in_threads(reduce, x: torch.Tensor, block: int):
 
     def share(bound):
         torch.set_num_threads(1)  # this thread's team: itself
-        return reduce(*bound)
+        return reduce(*bound, scripted=True)
 
     try:
         others = [_workers(len(bounds) - 1).submit(share, bound) for bound in bounds[1:]]
@@ -538,6 +543,77 @@ def _in_threads(reduce, x: torch.Tensor, block: int):
         sums = sums + more
         total = total + extra
     return sums, total
+
+
+def _feature_buffer(x: torch.Tensor, size: int, width: int, full: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor]]]:
+    """A feature-major ``(F, width)`` buffer with its trailing row of ones, and the views that
+    fill it: the centred rows, and ``(factor, factor, out)`` per product op, made once per
+    buffer so that a block costs a handful of calls however large D is."""
+    d = x.shape[1]
+    quadratic = size - d - 1
+    phi = torch.empty(size, width, dtype=x.dtype, device=x.device)
+    phi[-1] = 1.0
+    centred = phi[quadratic:-1]
+    products: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    if not full:
+        products.append((centred, centred, phi[:quadratic]))
+        return phi, centred, products
+    offset = 0
+    for i in range(d):  # row i times rows i..D-1: the pairs i <= j in triu_indices order
+        products.append((centred[i:], centred[i], phi[offset:offset + d - i]))
+        offset += d - i
+    return phi, centred, products
+
+
+def _quadratic_share(x: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, begin: int,
+                     end: int, block: int, full: bool, floor: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The quadratic E-step's K x F sums and float64 total of log p(x) over rows begin..end,
+    block by block (see :func:`_e_step_quadratic`). Written for TorchScript too
+    (:func:`_scripted_share`): a scripted share runs without the GIL."""
+    k, size = weights.shape[0], weights.shape[1]
+    width = min(block, end - begin)
+    phi, centred, products = _feature_buffer(x, size, width, full)
+    sums = torch.zeros(k, size, dtype=x.dtype, device=x.device)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    mean = center.unsqueeze(1)
+    for start in range(begin, end, block):
+        stop = min(start + block, end)
+        if stop - start != width:  # the last, shorter block
+            width = stop - start
+            phi, centred, products = _feature_buffer(x, size, width, full)
+        torch.sub(x[start:stop].t(), mean, out=centred)
+        for factors in products:
+            torch.mul(factors[0], factors[1], out=factors[2])
+        log_px, resp = _normalize_above(torch.mm(weights, phi), floor)  # (K, n)
+        total += log_px.sum(dtype=torch.float64)
+        sums.addmm_(resp, phi.t())
+    return sums, total
+
+
+_SCRIPTED: list = []  # [the scripted share], or [None] where TorchScript is not available
+
+
+def _scripted_share():
+    """:func:`_quadratic_share` compiled by TorchScript once per process, or the function itself
+    where TorchScript fails (it is deprecated, and may go).
+
+    Why: each of a block's ~30 small operations holds the GIL while Python dispatches it, so
+    Python threads running eager shares mostly wait for each other (two threads took as long
+    as one, 19 against 21 ms for N = 200,000, D = 16, K = 8 on 2 cores; two threads of 5 µs
+    ops in a loop took 3x as long as one); a scripted share calls its operations from C++
+    with the GIL released: 11 ms on 2 threads. It costs ~50 ms once per process (compiling
+    and the profiling executor's first runs), so it serves only the threaded path."""
+    if not _SCRIPTED:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation
+                _SCRIPTED.append(torch.jit.script(_quadratic_share))
+        except Exception:  # noqa: BLE001 - any failure to script leaves the eager share
+            _SCRIPTED.append(None)
+    return _SCRIPTED[0] or _quadratic_share
 
 
 def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
@@ -561,38 +637,12 @@ def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
     # the products run twice as fast as at an odd width (measured: 29 against 50 ns a row)
     block = min(x.shape[0], max(256, budget // size // 64 * 64))
 
-    def buffer(n: int):
-        """A feature-major ``(F, n)`` buffer with its trailing row of ones, and the views that
-        fill it: the centred rows, and ``(factor, factor, out)`` per product op, made once per
-        buffer so that a block costs a handful of calls however large D is."""
-        phi = x.new_empty(size, n)
-        phi[-1] = 1.0
-        centred = phi[quadratic:-1]
-        if not full:
-            return phi, centred, [(centred, centred, phi[:quadratic])]
-        products, offset = [], 0
-        for i in range(d):  # row i times rows i..D-1: the pairs i <= j in triu_indices order
-            products.append((centred[i:], centred[i], phi[offset:offset + d - i]))
-            offset += d - i
-        return phi, centred, products
+    floor = 2 * math.log(torch.finfo(x.dtype).eps)
 
-    def reduce(begin: int, end: int):
+    def reduce(begin: int, end: int, scripted: bool = False):
         """The K x F sums and the float64 total of log p(x) over rows begin..end."""
-        phi, centred, products = buffer(min(block, end - begin))
-        sums = x.new_zeros(k, size)
-        total = torch.zeros((), dtype=torch.float64, device=x.device)
-        mean = features.center[:, None]
-        for start in range(begin, end, block):
-            stop = min(start + block, end)
-            if stop - start != phi.shape[1]:  # the last, shorter block
-                phi, centred, products = buffer(stop - start)
-            torch.sub(x[start:stop].T, mean, out=centred)
-            for left_factor, right_factor, out in products:
-                torch.mul(left_factor, right_factor, out=out)
-            log_px, resp = _normalize(weights @ phi)  # (K, n), component-major
-            total += log_px.sum(dtype=torch.float64)
-            sums.addmm_(resp, phi.T)
-        return sums, total
+        share = _scripted_share() if scripted else _quadratic_share
+        return share(x, weights, features.center, begin, end, block, full, floor)
 
     sums, total = _in_threads(reduce, x, block)
     first, counts = sums[:, quadratic:-1], sums[:, -1]
