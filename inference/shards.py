@@ -98,18 +98,19 @@ class Rows:
 
 
 _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD = -3, -1  # glibc mallopt parameters
-_LARGE = 2**20
+_LARGE = 2**18
 
 
 def return_large_buffers() -> None:
-    """Have glibc give every buffer of 1 MiB or more back to the system when it is freed.
+    """Have glibc give every buffer of 256 KiB or more back to the system when it is freed.
 
     By default glibc raises its mmap threshold to the size of the largest buffer freed so far
     (up to 32 MiB), so a chunk's buffers, allocated and freed chunk after chunk, end up on
     the heap, where the small allocations between them keep the memory from being returned:
     a streamed fit then holds memory growing with the file (measured: 26 MiB for 24 chunks,
     47 MiB for 48) instead of a few chunks' worth (8 MiB). A fixed threshold keeps them
-    mmap'ed. The importance sampler calls it too: an IWAE-5000 pass over 10,000 rows of the
+    mmap'ed; at 1 MiB the E-step's block buffers (sized just under 1 MiB, to stay in cache)
+    still fell below it, and a streamed fit held 24-49 MiB in some runs; at 256 KiB, 1-5 MiB. The importance sampler calls it too: an IWAE-5000 pass over 10,000 rows of the
     VampPrior model grew by 5 MB/s to 23 GB without it, and held 1.2 GB with it. Elsewhere
     than glibc this does nothing."""
     if not sys.platform.startswith("linux"):
