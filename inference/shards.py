@@ -110,9 +110,10 @@ def return_large_buffers() -> None:
     a streamed fit then holds memory growing with the file (measured: 26 MiB for 24 chunks,
     47 MiB for 48) instead of a few chunks' worth (8 MiB). A fixed threshold keeps them
     mmap'ed; at 1 MiB the E-step's block buffers (sized just under 1 MiB, to stay in cache)
-    still fell below it, and a streamed fit held 24-49 MiB in some runs; at 256 KiB, 1-5 MiB. The importance sampler calls it too: an IWAE-5000 pass over 10,000 rows of the
-    VampPrior model grew by 5 MB/s to 23 GB without it, and held 1.2 GB with it. Elsewhere
-    than glibc this does nothing."""
+    still fell below it, and a streamed fit held 24-49 MiB in some runs; at 256 KiB, 1-5 MiB.
+    The importance sampler calls it too: an IWAE-5000 pass over 10,000 rows of the VampPrior
+    model grew by 5 MB/s to 23 GB without it, and held 1.2 GB with it. Elsewhere than glibc
+    this does nothing."""
     if not sys.platform.startswith("linux"):
         return
     try:
