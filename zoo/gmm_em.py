@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -514,10 +515,11 @@ def _workers(count: int) -> ThreadPoolExecutor:
 
 
 def _in_threads(reduce, x: torch.Tensor, block: int):
-    """``reduce(begin, end, scripted) -> (sums, total)`` over all rows of ``x``; on a CPU with
+    """``reduce(begin, end, scripted) -> (sums, ...)`` over all rows of ``x``; on a CPU with
     T > 1 intra-op threads, T threads each reduce one contiguous share of whole blocks with one
-    intra-op thread and TorchScript's share (the caller's thread takes the first share, a kept
-    pool the others), and the shares are added in order (deterministic for a given T).
+    intra-op thread and TorchScript's form of the reduction (:func:`_script`; the caller's
+    thread takes the first share, a kept pool the others), and the shares' sums are added in
+    order (deterministic for a given T).
 
     Why: a block's GEMMs are small, and a GEMM that sums over a block's rows is ten times
     slower on 2 intra-op threads than on one on this busy machine (each one waits for every
@@ -540,12 +542,7 @@ def _in_threads(reduce, x: torch.Tensor, block: int):
         parts = [share(bounds[0])] + [other.result() for other in others]
     finally:
         torch.set_num_threads(threads)
-    sums = parts[0][0]
-    total = parts[0][1]
-    for more, extra in parts[1:]:
-        sums = sums + more
-        total = total + extra
-    return sums, total
+    return tuple(sum(values[1:], values[0]) for values in zip(*parts, strict=True))
 
 
 def _feature_buffer(x: torch.Tensor, size: int, width: int, full: bool
@@ -575,7 +572,7 @@ def _quadratic_share(x: torch.Tensor, weights: torch.Tensor, center: torch.Tenso
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The quadratic E-step's K x F sums and float64 total of log p(x) over rows begin..end,
     block by block (see :func:`_e_step_quadratic`). Written for TorchScript too
-    (:func:`_scripted_share`): a scripted share runs without the GIL."""
+    (:func:`_script`): a scripted share runs without the GIL."""
     k, size = weights.shape[0], weights.shape[1]
     width = min(block, end - begin)
     phi, centred, products = _feature_buffer(x, size, width, full)
@@ -596,27 +593,30 @@ def _quadratic_share(x: torch.Tensor, weights: torch.Tensor, center: torch.Tenso
     return sums, total
 
 
-_SCRIPTED: list = []  # [the scripted share], or [None] where TorchScript is not available
+_SCRIPTED: dict = {}  # function -> its TorchScript form, or None where scripting failed
+_SCRIPTING = threading.Lock()
 
 
-def _scripted_share():
-    """:func:`_quadratic_share` compiled by TorchScript once per process, or the function itself
-    where TorchScript fails (it is deprecated, and may go).
+def _script(function):
+    """``function`` compiled by TorchScript once per process, or ``function`` itself where
+    TorchScript fails (it is deprecated, and may go).
 
-    Why: each of a block's ~30 small operations holds the GIL while Python dispatches it, so
-    Python threads running eager shares mostly wait for each other (two threads took as long
-    as one, 19 against 21 ms for N = 200,000, D = 16, K = 8 on 2 cores; two threads of 5 µs
-    ops in a loop took 3x as long as one); a scripted share calls its operations from C++
-    with the GIL released: 11 ms on 2 threads. It costs ~50 ms once per process (compiling
-    and the profiling executor's first runs), so it serves only the threaded path."""
-    if not _SCRIPTED:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation
-                _SCRIPTED.append(torch.jit.script(_quadratic_share))
-        except Exception:  # noqa: BLE001 - any failure to script leaves the eager share
-            _SCRIPTED.append(None)
-    return _SCRIPTED[0] or _quadratic_share
+    Why: each of a block's small operations holds the GIL while Python dispatches it, so
+    Python threads running an eager block loop mostly wait for each other (the E-step's two
+    threads took as long as one, 19 against 21 ms for N = 200,000, D = 16, K = 8 on 2 cores;
+    two threads of 5 µs ops in a loop took 3x as long as one); a scripted loop calls its
+    operations from C++ with the GIL released (the E-step: 11 ms on 2 threads). It costs
+    ~50 ms once per process (compiling and the profiling executor's first runs), so only the
+    threaded paths use it."""
+    with _SCRIPTING:  # the threads of the first threaded E-step ask at once
+        if function not in _SCRIPTED:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation
+                    _SCRIPTED[function] = torch.jit.script(function)
+            except Exception:  # noqa: BLE001 - any failure to script leaves the eager function
+                _SCRIPTED[function] = None
+    return _SCRIPTED[function] or function
 
 
 def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
@@ -644,7 +644,7 @@ def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
 
     def reduce(begin: int, end: int, scripted: bool = False):
         """The K x F sums and the float64 total of log p(x) over rows begin..end."""
-        share = _scripted_share() if scripted else _quadratic_share
+        share = _script(_quadratic_share) if scripted else _quadratic_share
         return share(x, weights, features.center, begin, end, block, full, floor)
 
     sums, total = _in_threads(reduce, x, block)

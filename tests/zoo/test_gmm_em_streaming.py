@@ -159,7 +159,7 @@ def test_the_threaded_share_is_scripted():
     """The threads' share of the E-step is TorchScript's, which runs without the GIL (eager
     shares in Python threads wait for each other); were TorchScript to fail on this torch, the
     E-step would fall back to the eager share, right but no faster on 2 threads than on 1."""
-    share = gmm_em._scripted_share()
+    share = gmm_em._script(gmm_em._quadratic_share)
     assert isinstance(share, torch.jit.ScriptFunction)
 
 
