@@ -35,6 +35,36 @@ def test_inertia_matches_sklearn_from_the_same_centres(name, seed):
     assert ours.converged
 
 
+@pytest.mark.parametrize("seed,tie", [(4, False), (5, False), (4, True)])
+def test_threaded_blocked_lloyd_matches_sklearn(seed, tie):
+    """With 2 intra-op threads and 64-row blocks, Lloyd's fused pass runs in shares of blocks
+    in threads (TorchScript's share, without the GIL) and ends where scikit-learn does from
+    the same centres: the same labels, iterations, centres and inertia. With two equal
+    centres every row is at a tie, which goes to the first (as argmin) and leaves the second
+    empty, to be refilled with the farthest row."""
+    from zoo import gmm_init
+
+    x, k = DATA["synthetic"]
+    start, _ = gmm.kmeans_plus_plus(x, k, generator=torch.Generator().manual_seed(seed))
+    if tie:
+        start[1] = start[0]
+    theirs = KMeans(k, init=start.numpy(), n_init=1, tol=0.0, algorithm="lloyd").fit(x.numpy())
+    saved_threads, saved_block = torch.get_num_threads(), dict(gmm_init.LLOYD_BLOCK_VALUES)
+    try:
+        gmm_init.LLOYD_BLOCK_VALUES["cpu"] = 64 * k  # 64-row blocks: 10 of 600 rows, 2 shares
+        torch.set_num_threads(2)
+        ours = kmeans(x, k, init=start, tol=0.0)
+        assert torch.get_num_threads() == 2  # restored after the shares
+    finally:
+        torch.set_num_threads(saved_threads)
+        gmm_init.LLOYD_BLOCK_VALUES.update(saved_block)
+    assert np.array_equal(ours.labels.numpy(), theirs.labels_)
+    assert ours.n_iter == theirs.n_iter_
+    np.testing.assert_allclose(ours.centers.numpy(), theirs.cluster_centers_, rtol=1e-10)
+    np.testing.assert_allclose(ours.inertia, theirs.inertia_, rtol=1e-10)
+    assert isinstance(gmm_init._script(gmm_init._lloyd_share), torch.jit.ScriptFunction)
+
+
 def test_labels_are_nearest_centres_and_inertia_is_their_squared_distance():
     x, k = DATA["synthetic"]
     result = kmeans(x, k, n_init=2)
