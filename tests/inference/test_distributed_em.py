@@ -250,8 +250,8 @@ MEMORY_PROBE = textwrap.dedent("""
     from inference.catalog import get_model
     from inference.em import fit_em
     from inference.shards import Rows
-    # two iterations end unconverged, and the warning imports scikit-learn then (tens of MiB of
-    # code, not data): imported before the measurement, which is of the E-steps' memory
+    # two iterations end unconverged, with scikit-learn's warning where it is imported (tens of
+    # MiB of code, not data): imported before the measurement, which is of the E-steps' memory
     import sklearn.exceptions
 
     def anonymous():  # resident anonymous memory (bytes): the process's own, not the file's
