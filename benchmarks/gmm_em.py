@@ -13,7 +13,7 @@ Then (unless --no-defaults) what a user gets: the time to a converged fit at eac
 defaults, the start included, on a fresh copy of the data (nothing cached): lvm-zoo's
 ``fit_em`` (k-means start, tol 1e-6, max_iter 500) against ``GaussianMixture(K,
 covariance_type=..., random_state=seed).fit`` (k-means start, tol 1e-3, max_iter 100). And the
-cost of each of lvm-zoo's starts next to one EM iteration.
+cost of each of lvm-zoo's starts next to one EM iteration, and Lloyd's iterations.
 
     python benchmarks/gmm_em.py                     # N=200000, D=16, K=8, full, 30 iterations
     python benchmarks/gmm_em.py --spread 0.3        # the same on overlapping clusters
@@ -74,6 +74,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from inference.em import fit_em  # noqa: E402
 from zoo.gmm import INIT_METHODS, SPEC, GMMConfig, initialize, sample  # noqa: E402
+from zoo.gmm_init import kmeans_plus_plus, lloyd, lloyd_tolerance  # noqa: E402
 
 
 def make_data(args, device) -> tuple[torch.Tensor, GMMConfig]:
@@ -288,7 +289,8 @@ def defaults(args, config, x64, dtypes) -> bool:
         print(f"{name:<8} {seconds:>10.3f} {result.steps:>6} {sk_seconds:>10.3f} "
               f"{sk_iterations:>6} {sk_seconds / seconds:>8.1f}x {final:>17.8f} "
               f"{sk_final:>17.8f}" + ("  BELOW" if below else ""))
-    print(f"\nlvm-zoo's starts (best of {args.repeats}) against one EM iteration")
+    print(f"\nlvm-zoo's starts (best of {args.repeats}) against one EM iteration, and Lloyd's "
+          "iterations from the k-means++ seeds (to scikit-learn's tolerance)")
     for dtype in dtypes:
         x = x64.to(dtype)
         times = {}
@@ -304,9 +306,19 @@ def defaults(args, config, x64, dtypes) -> bool:
             times[method] = best
         start = initialize(config, x, torch.Generator(device=x.device).manual_seed(args.seed))
         iteration = min(run_ours(config, x, start, 5)[0] for _ in range(args.repeats)) / 5
+        seeds, _ = kmeans_plus_plus(x, config.components,
+                                    generator=torch.Generator(device=x.device).manual_seed(0))
+        lloyd_best, lloyd_run = math.inf, None
+        for _ in range(args.repeats):
+            synchronize(x.device)
+            began = time.perf_counter()
+            lloyd_run = lloyd(x, seeds, tol=lloyd_tolerance(x))
+            synchronize(x.device)
+            lloyd_best = min(lloyd_best, time.perf_counter() - began)
         print(f"{str(dtype).removeprefix('torch.'):<8} " + "  ".join(
             f"{method} {1e3 * value:.1f} ms" for method, value in times.items())
-            + f"  |  EM iteration {1e3 * iteration:.1f} ms")
+            + f"  |  EM iteration {1e3 * iteration:.1f} ms  |  Lloyd {lloyd_run.n_iter} "
+            f"iterations {1e3 * lloyd_best / lloyd_run.n_iter:.2f} ms each")
     return worse
 
 
