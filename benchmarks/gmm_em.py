@@ -143,10 +143,9 @@ def time_our_start(config, x, seed):
     return time.perf_counter() - began
 
 
-def time_sklearn_start(config, x, seed, threads):
-    """Seconds of scikit-learn's default start: what ``GaussianMixture.fit`` runs before its
-    first iteration (``_initialize_parameters``: ``KMeans(n_init=1, random_state)`` and the
-    M-step from its labels)."""
+def sklearn_at_defaults(config, x, seed, threads, call):
+    """``call(model, data)`` on ``GaussianMixture(K, covariance_type, random_state=seed)`` (its
+    defaults) and ``x`` as numpy, within ``threads`` threads: ``(seconds, model, data)``."""
     from sklearn.mixture import GaussianMixture
 
     data = x.cpu().numpy()
@@ -155,8 +154,16 @@ def time_sklearn_start(config, x, seed, threads):
     with threadpool_limits(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         began = time.perf_counter()
-        model._initialize_parameters(data, np.random.RandomState(seed))
-        return time.perf_counter() - began
+        call(model, data)
+        return time.perf_counter() - began, model, data
+
+
+def time_sklearn_start(config, x, seed, threads):
+    """Seconds of scikit-learn's default start: what ``GaussianMixture.fit`` runs before its
+    first iteration (``_initialize_parameters``: ``KMeans(n_init=1, random_state)`` and the
+    M-step from its labels)."""
+    return sklearn_at_defaults(config, x, seed, threads, lambda model, data: (
+        model._initialize_parameters(data, np.random.RandomState(seed))))[0]
 
 
 def main(args) -> int:
@@ -243,17 +250,9 @@ def run_ours_at_defaults(config, x, seed):
 def run_sklearn_at_defaults(config, x, seed, threads):
     """``GaussianMixture(K, covariance_type, random_state=seed).fit`` (its defaults): seconds,
     iterations and mean log p(x)."""
-    from sklearn.mixture import GaussianMixture
-
-    data = x.cpu().numpy()
-    model = GaussianMixture(config.components, covariance_type=config.covariance_type,
-                            random_state=seed)
-    with threadpool_limits(threads), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        began = time.perf_counter()
-        model.fit(data)
-        seconds = time.perf_counter() - began
-        return seconds, model.n_iter_, float(model.score(data))
+    seconds, model, data = sklearn_at_defaults(config, x, seed, threads,
+                                               lambda model, data: model.fit(data))
+    return seconds, model.n_iter_, float(model.score(data))
 
 
 def defaults(args, config, x64, dtypes) -> bool:
