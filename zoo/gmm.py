@@ -65,6 +65,8 @@ from zoo.gmm_em import (
 )
 from zoo.gmm_init import (
     INIT_METHODS,
+    START_ROWS,
+    START_ROWS_PER_COMPONENT,
     LloydResult,
     _em_initialize,
     _em_initialize_rows,
@@ -74,6 +76,8 @@ from zoo.gmm_init import (
     lloyd,
     nearest_centers,
     squared_distances,
+    start_rows,
+    start_sample,
 )
 from zoo.registry import DATA_PLATE, EMSteps, ModelSpec, Params, register
 
@@ -323,6 +327,7 @@ __all__ = [
     "e_step", "label_statistics", "m_step", "maximize", "sufficient_statistics",
     "weighted_moments",
     # starts (zoo.gmm_init)
-    "INIT_METHODS", "LloydResult", "init_params", "initialize", "kmeans_plus_plus", "lloyd",
-    "nearest_centers", "squared_distances",
+    "INIT_METHODS", "START_ROWS", "START_ROWS_PER_COMPONENT", "LloydResult", "init_params",
+    "initialize", "kmeans_plus_plus", "lloyd", "nearest_centers", "squared_distances",
+    "start_rows", "start_sample",
 ]

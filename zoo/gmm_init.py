@@ -6,11 +6,21 @@ takes one M-step from the hard labels of Lloyd's K-means run from k-means++ seed
 ``KMeans(n_init=1)`` with its tolerance), from the labels of the k-means++ seeds alone
 (``"kmeans++"``), or from uniform random responsibilities (``"random"``). The M-step from hard
 labels sorts the rows by cluster once (:func:`zoo.gmm_em.label_statistics`). Distances are one
-GEMM per assignment, vectorized, the same code on CPU and CUDA. The seeding, Lloyd's
-iterations and the M-step are written once, over the rows of a process group's shards
-(:class:`inference.shards.Rows`, of which they use ``chunks``, ``total`` and ``gather``):
-:func:`initialize_rows` passes over a rank's own rows and equals the one-process start, which
-is the same code on one tensor. Everything public here is re-exported by :mod:`zoo.gmm`.
+GEMM per assignment, vectorized, the same code on CPU and CUDA.
+
+Past :func:`start_rows` rows (20,000, or 2,500 a component where that is more) the seeds and
+Lloyd's iterations run on a seeded sample of that many rows, and the M-step takes every row's
+nearest centre: a start that costs a few EM iterations, where Lloyd to scikit-learn's
+tolerance on every row cost 30 of them on overlapping clusters, and from which EM reaches the
+same optimum (``benchmarks/RESULTS.md``; the centres' sampling error, about 2% of a cluster's
+spread at 2,500 rows a component, is far below what EM moves them from k-means' fixed point).
+Up to that size the start is scikit-learn's, row for row.
+
+The seeding, Lloyd's iterations and the M-step are written once, over the rows of a process
+group's shards (:class:`inference.shards.Rows`, of which they use ``chunks``, ``total`` and
+``gather``): :func:`initialize_rows` passes over a rank's own rows and equals the one-process
+start, which is the same code on one tensor. Everything public here is re-exported by
+:mod:`zoo.gmm`.
 """
 
 from __future__ import annotations
@@ -37,6 +47,33 @@ from zoo.registry import Params
 
 INIT_METHODS = ("kmeans", "kmeans++", "random")  # the first is EM's default
 LLOYD_TOL = 1e-4  # scikit-learn's KMeans tol: relative to the mean per-feature variance
+START_ROWS = 20_000  # the k-means start's sample: at least this many rows,
+START_ROWS_PER_COMPONENT = 2_500  # and this many a component
+
+
+def start_rows(num_data: int, components: int, limit: int | None = None) -> int:
+    """How many rows the k-means start's seeds and Lloyd's iterations run on: all ``num_data``
+    up to ``limit`` (default ``max(START_ROWS, START_ROWS_PER_COMPONENT * components)``), a
+    seeded sample of about ``limit`` rows beyond."""
+    if limit is None:
+        limit = max(START_ROWS, START_ROWS_PER_COMPONENT * components)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < components:
+        raise InputError(f"the start's sample of {limit!r} rows must be an integer of at least "
+                         f"the {components} components")
+    return min(num_data, limit)
+
+
+def start_sample(num_data: int, components: int, generator: torch.Generator | None,
+                 device: torch.device, limit: int | None = None) -> torch.Tensor | None:
+    """The rows (sorted indices into all ``num_data``) the k-means start runs on, drawn from
+    ``generator``: ``None`` (every row, nothing drawn) up to :func:`start_rows`; beyond, the
+    distinct rows of that many uniform draws (no permutation of all ``N``)."""
+    size = start_rows(num_data, components, limit)
+    if size >= num_data:
+        return None
+    where = generator.device if generator is not None else device
+    drawn = torch.randint(num_data, (size,), generator=generator, device=where)
+    return torch.unique(drawn).to(device)
 
 
 def squared_distances(x: torch.Tensor, centers: torch.Tensor,
@@ -379,20 +416,21 @@ def lloyd_tolerance_rows(rows, tol: float = LLOYD_TOL) -> float:
 
 
 def initialize(config: GMMConfig, x: torch.Tensor, generator: torch.Generator | None = None,
-               method: str = INIT_METHODS[0]) -> Params:
+               method: str = INIT_METHODS[0], *, sample_rows: int | None = None) -> Params:
     """Starting parameters from the data: one M-step from the hard labels of Lloyd's K-means
     from k-means++ seeds (``"kmeans"``, scikit-learn's default start: 300 Lloyd iterations at
     most, its relative tolerance 1e-4), from the nearest-seed labels of the k-means++ seeds
     (``"kmeans++"``), or from uniform random responsibilities (``"random"``, as
-    scikit-learn)."""
+    scikit-learn). Past :func:`start_rows` rows (``sample_rows`` sets the limit) the seeds and
+    Lloyd's iterations run on a seeded sample (:func:`start_sample`) and every row takes its
+    nearest centre."""
     config.validate(x.shape[0])
     _check_data(config, x)
     k = config.components
     if method in ("kmeans++", "kmeans"):
-        centers, _ = kmeans_plus_plus(x, k, generator=generator)
-        if method == "kmeans":
-            labels = lloyd(x, centers, tol=lloyd_tolerance(x)).labels
-        else:
+        chosen = start_sample(x.shape[0], k, generator, x.device, sample_rows)
+        centers, labels = _kmeans(x if chosen is None else x[chosen], k, generator, method)
+        if labels is None or chosen is not None:  # the seeds', or a sample's: every row's
             labels = nearest_centers(x, centers)
         return from_labels(config, x, labels)
     if method == "random":
@@ -402,24 +440,48 @@ def initialize(config: GMMConfig, x: torch.Tensor, generator: torch.Generator | 
     raise InputError(f"unknown init {method!r}; choose one of: " + ", ".join(INIT_METHODS))
 
 
+def _kmeans(sample: torch.Tensor, k: int, generator,
+            method: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The start's centres on ``sample``: its k-means++ seeds (``"kmeans++"``, no labels), or
+    Lloyd's run from them to scikit-learn's tolerance (``"kmeans"``) with its rows' labels."""
+    centers, _ = kmeans_plus_plus(sample, k, generator=generator)
+    if method != "kmeans":
+        return centers, None
+    run = lloyd(sample, centers, tol=lloyd_tolerance(sample))
+    return run.centers, run.labels
+
+
 def initialize_rows(config: GMMConfig, rows, generator: torch.Generator | None = None,
-                    method: str = INIT_METHODS[0]) -> Params | None:
+                    method: str = INIT_METHODS[0], *,
+                    sample_rows: int | None = None) -> Params | None:
     """:func:`initialize` data-parallel over the shards of a process group (``rows``:
-    :class:`inference.shards.Rows` in memory), equal to the one-process start: the k-means++
-    seeds (:func:`kmeans_plus_plus_rows`), Lloyd's iterations (:func:`lloyd_rows`, the
-    tolerance from every rank's moments) and the M-step from the labels (each rank's
-    :func:`zoo.gmm_em.label_statistics`, combined in rank order) each pass over a rank's own
-    rows. ``None`` for the ``"random"`` start and for streamed rows, which have no such form
-    here (a start computed once serves them)."""
+    :class:`inference.shards.Rows` in memory), equal to the one-process start. Up to
+    :func:`start_rows` rows the k-means++ seeds (:func:`kmeans_plus_plus_rows`), Lloyd's
+    iterations (:func:`lloyd_rows`, the tolerance from every rank's moments) and the M-step
+    from the labels (each rank's :func:`zoo.gmm_em.label_statistics`, combined in rank order)
+    each pass over a rank's own rows. Beyond, every rank draws the same sample and runs the same
+    k-means on it (rank 0's centres are broadcast, so that every rank holds the same bits),
+    then labels its own rows. ``None`` for the ``"random"`` start and for streamed rows, which
+    have no such form here (a start computed once serves them)."""
     if rows.streamed or method not in ("kmeans++", "kmeans"):
         return None
     config.validate(rows.num_data)
     local = _local_rows(rows)
     _check_data(config, local)
-    centers, _ = kmeans_plus_plus_rows(rows, config.components, generator=generator)
-    if method == "kmeans":
-        labels = lloyd_rows(rows, centers, tol=lloyd_tolerance_rows(rows)).labels
-    else:
+    k = config.components
+    chosen = start_sample(rows.num_data, k, generator, local.device, sample_rows)
+    if chosen is None:
+        centers, _ = kmeans_plus_plus_rows(rows, k, generator=generator)
+        if method == "kmeans":
+            labels = lloyd_rows(rows, centers, tol=lloyd_tolerance_rows(rows)).labels
+        else:
+            labels = nearest_centers(local, centers)
+    else:  # every rank holds every row (rows.x): the same sample, the same k-means
+        sample = rows.x[chosen.to(rows.x.device)].to(local.device)
+        centers, _ = _kmeans(sample, k, generator, method)
+        if rows.group is not None:
+            centers = rows.group.broadcast({"centers": centers} if rows.group.is_main else None,
+                                           like=centers)["centers"]
         labels = nearest_centers(local, centers)
     return maximize(config, None, combine(rows.gather(label_statistics(config, local, labels))))
 

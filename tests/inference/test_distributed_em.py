@@ -130,6 +130,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 FAR_START = 6  # components of the start's case; its Lloyd run begins with one far centre
+SAMPLE_ROWS = 400  # the sampled start's limit, below the case's 3000 rows
 
 
 def data_parallel_start(rows) -> dict:
@@ -142,9 +143,14 @@ def data_parallel_start(rows) -> dict:
     run = (lloyd if alone else lloyd_rows)(rows, far_start(x), tol=0.0)
     params = (initialize if alone else initialize_rows)(
         config, rows, torch.Generator().manual_seed(5), "kmeans")
+    # past its limit the start's k-means runs on a sample (every rank the same), and every
+    # rank labels its own rows
+    sampled = (initialize if alone else initialize_rows)(
+        config, rows, torch.Generator().manual_seed(6), "kmeans", sample_rows=SAMPLE_ROWS)
     return {"seeds": seeds[0], "seed_rows": seeds[1], "lloyd": run.centers,
             "n_iter": torch.tensor(run.n_iter), "inertia": torch.tensor(run.inertia),
-            **{f"start/{k}": v for k, v in params.items()}}
+            **{f"start/{k}": v for k, v in params.items()},
+            **{f"sampled/{k}": v for k, v in sampled.items()}}
 
 
 def far_start(x: torch.Tensor) -> torch.Tensor:
