@@ -52,3 +52,15 @@ def test_command_wall_times_the_command_and_reads_the_fit_seconds(tmp_path):
     assert case["ratio"] == pytest.approx(case["wall_seconds"] / case["target_seconds"])
     assert {"gmm_contours.png", "gmm_curves.png"} <= set(case["figures"])
     assert case["steps"] <= 5
+
+
+def test_gmm_start_counts_how_often_each_start_reaches_the_optimum(tmp_path):
+    """On clusters far apart every start finds the one optimum, the sampled start too."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gmm_start.py"),
+                           "--num-data", "1500", "--sample-rows", "400", "--spread", "5",
+                           "--seeds", "2", "--best-of", "2", "--json"],
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["reached"] == {"sampled start": 2, "every row": 2, "scikit-learn": 2}
+    assert all(seconds > 0 for seconds in report["start_seconds"].values())

@@ -21,7 +21,9 @@ def _init_help() -> str:
                        for name, spec in _em_models().items())
     return ("EM start, one of the model's; its first is the default (" + starts + "). gmm: "
             "kmeans is Lloyd's K-means from k-means++ seeds, then one M-step from its labels "
-            "(scikit-learn's init_params='kmeans'), kmeans++ the same from the seeds alone, "
+            "(scikit-learn's init_params='kmeans'; past 20,000 rows, or 2,500 a component, "
+            "seeds and Lloyd run on a seeded sample and every row takes its nearest centre), "
+            "kmeans++ the same from the seeds alone, "
             "random one M-step from random responsibilities; ppca, fa: random is a random W; "
             "mppca, student-t-mixture: k-means++ seeds and a few K-means passes")
 
