@@ -142,8 +142,10 @@ def test_threaded_shares_give_the_single_thread_statistics(covariance_type):
     params = _params(config, generator)
     x, _ = gmm.sample(config, params, 20_000, generator)
     saved_threads, saved_block = torch.get_num_threads(), dict(gmm_em.BLOCK_VALUES)
+    saved_script = gmm_em.SCRIPT_BLOCKS
     try:
         gmm_em.BLOCK_VALUES["cpu"] = 1  # 256-row blocks: 79 of them, 2 shares
+        gmm_em.SCRIPT_BLOCKS = 10**9  # the one-thread pass eager: the reference
         torch.set_num_threads(1)
         single, single_ll = gmm.e_step(config, params, x)
         torch.set_num_threads(2)
@@ -152,7 +154,38 @@ def test_threaded_shares_give_the_single_thread_statistics(covariance_type):
     finally:
         torch.set_num_threads(saved_threads)
         gmm_em.BLOCK_VALUES.update(saved_block)
+        gmm_em.SCRIPT_BLOCKS = saved_script
     _assert_same_statistics(shared, shared_ll, single, single_ll)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "spherical"])
+def test_one_thread_runs_the_scripted_loop_on_long_passes(covariance_type, monkeypatch):
+    """On one thread a pass of ``SCRIPT_BLOCKS`` blocks or more runs TorchScript's share (it is
+    called, and compiled), and its statistics equal the eager pass to float64 rounding."""
+    config = gmm.GMMConfig(dim=5, components=4, covariance_type=covariance_type)
+    generator = torch.Generator().manual_seed(11)
+    params = _params(config, generator)
+    x, _ = gmm.sample(config, params, 20_000, generator)
+    scripted = gmm_em._script(gmm_em._quadratic_share)
+    calls = []
+
+    def counted(function):
+        calls.append(function)
+        return scripted if function is gmm_em._quadratic_share else gmm_em._script(function)
+
+    monkeypatch.setitem(gmm_em.BLOCK_VALUES, "cpu", 1)  # 256-row blocks: 79 of them
+    saved_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(gmm_em, "SCRIPT_BLOCKS", 10**9)
+        eager, eager_ll = gmm.e_step(config, params, x)
+        monkeypatch.setattr(gmm_em, "_script", counted)
+        monkeypatch.setattr(gmm_em, "SCRIPT_BLOCKS", 64)
+        one, one_ll = gmm.e_step(config, params, x)
+    finally:
+        torch.set_num_threads(saved_threads)
+    assert calls == [gmm_em._quadratic_share]  # the scripted share ran, on one thread
+    _assert_same_statistics(one, one_ll, eager, eager_ll)
 
 
 def test_the_threaded_share_is_scripted():
