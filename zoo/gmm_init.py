@@ -336,7 +336,7 @@ def lloyd_rows(rows, centers: torch.Tensor, *, max_iter: int = 300,
     inertia = centers.new_zeros((), dtype=torch.float64)
     for i, chunk in enumerate(rows.chunks()):
         assigned = labels[i] if keep else nearest_centers(chunk, centers)
-        inertia += centers[assigned].sub_(chunk).square_().sum().double()
+        inertia += torch.index_select(centers, 0, assigned).sub_(chunk).square_().sum().double()
     if not keep:
         labels = torch.zeros(0, dtype=torch.int64, device=centers.device)
     elif len(labels) == 1:
@@ -430,7 +430,8 @@ def initialize(config: GMMConfig, x: torch.Tensor, generator: torch.Generator | 
     k = config.components
     if method in ("kmeans++", "kmeans"):
         chosen = start_sample(x.shape[0], k, generator, x.device, sample_rows)
-        centers, labels = _kmeans(x if chosen is None else x[chosen], k, generator, method)
+        sample = x if chosen is None else torch.index_select(x, 0, chosen)  # whole rows
+        centers, labels = _kmeans(sample, k, generator, method)
         if labels is None or chosen is not None:  # the seeds', or a sample's: every row's
             labels = nearest_centers(x, centers)
         return from_labels(config, x, labels)
@@ -478,7 +479,7 @@ def initialize_rows(config: GMMConfig, rows, generator: torch.Generator | None =
         else:
             labels = nearest_centers(local, centers)
     else:  # every rank holds every row (rows.x): the same sample, the same k-means
-        sample = rows.x[chosen.to(rows.x.device)].to(local.device)
+        sample = torch.index_select(rows.x, 0, chosen.to(rows.x.device)).to(local.device)
         centers, _ = _kmeans(sample, k, generator, method)
         if rows.group is not None:
             centers = rows.group.broadcast({"centers": centers} if rows.group.is_main else None,
