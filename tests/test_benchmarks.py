@@ -64,3 +64,18 @@ def test_gmm_start_counts_how_often_each_start_reaches_the_optimum(tmp_path):
     report = json.loads(done.stdout)
     assert report["reached"] == {"sampled start": 2, "every row": 2, "scikit-learn": 2}
     assert all(seconds > 0 for seconds in report["start_seconds"].values())
+    for name, most in report["most_em_iterations"].items():
+        assert 1 <= report["em_iterations"][name] <= most
+
+
+def test_gmm_start_on_one_dataset_varies_only_the_starts(tmp_path):
+    """--one-dataset: the same data for every seed, so that well-separated clusters give every
+    start the same optimum, reached each time."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gmm_start.py"),
+                           "--num-data", "1500", "--sample-rows", "400", "--spread", "5",
+                           "--seeds", "3", "--best-of", "2", "--one-dataset", "--json"],
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["one_dataset"] is True
+    assert report["reached"] == {"sampled start": 3, "every row": 3, "scikit-learn": 3}
