@@ -22,7 +22,7 @@ seeds vary: how often, and after how many EM iterations, each start reaches the 
 dataset, at the default sample size for instance:
 
     python benchmarks/gmm_start.py --one-dataset --num-data 200000 --dim 16 --components 8 \
-        --spread 0.3 --sample-rows 20000 --tol 1e-6 --seeds 32
+        --spread 0.6 --sample-rows 20000 --tol 1e-6 --seeds 24
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from zoo.errors import InputError
 from zoo.gmm_config import GMMConfig, _check_data, check_components
 from zoo.gmm_em import (
     _in_threads,
+    _one_intra_op_thread,
     _script,
     combine,
     from_labels,
@@ -254,7 +255,8 @@ def _lloyd_share(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor,
 LLOYD_BLOCK_VALUES = {"cpu": 2**16, "cuda": 2**27}  # a block's K x rows distances
 
 
-def _assign_and_sum(rows, centers: torch.Tensor, labels: list | None, previous: list | None):
+def _assign_and_sum(rows, centers: torch.Tensor, labels: list | None, previous: list | None,
+                    threads: int | None = None):
     """One fused Lloyd pass (:func:`_lloyd_share`) over every chunk of every rank: the
     clusters' sums and counts and the number of changed labels summed over the ranks (one
     all-reduce), each chunk's labels written into ``labels`` (scratch where ``None``). On a CPU
@@ -277,7 +279,7 @@ def _assign_and_sum(rows, centers: torch.Tensor, labels: list | None, previous: 
             return share(chunk, centers, out, before, begin, end, block,
                          previous is not None)
 
-        part = _in_threads(reduce, chunk, block)
+        part = _in_threads(reduce, chunk, block, threads)
         sums, counts, changed = sums + part[0], counts + part[1], changed + part[2]
     packed = rows.total(torch.cat([sums.reshape(-1), counts.double(), changed.double()[None]]))
     return (packed[:k * d].reshape(k, d).to(centers.dtype), packed[k * d:-1].round().long(),
@@ -316,21 +318,24 @@ def lloyd_rows(rows, centers: torch.Tensor, *, max_iter: int = 300,
     labels = previous = None
     converged = strict = False
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
-        labels = buffers[n_iter % 2] if keep else None
-        sums, counts, changed = _assign_and_sum(rows, centers, labels, previous)
-        if bool((counts == 0).any()):
-            sums, counts = _refill_empty(rows, centers, labels, counts == 0)
-        moved = sums / counts[:, None].to(sums.dtype)
-        shift = float((moved - centers).square().sum())
-        centers = moved
-        if previous is not None and changed == 0:
-            converged = strict = True
-            break
-        if shift <= tol:
-            converged = True
-            break
-        previous = labels
+    # the centre updates on one intra-op thread, the passes in the threads they had (why:
+    # zoo.gmm_em._one_intra_op_thread)
+    with _one_intra_op_thread(centers.device) as threads:
+        for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
+            labels = buffers[n_iter % 2] if keep else None
+            sums, counts, changed = _assign_and_sum(rows, centers, labels, previous, threads)
+            if bool((counts == 0).any()):
+                sums, counts = _refill_empty(rows, centers, labels, counts == 0)
+            moved = sums / counts[:, None].to(sums.dtype)
+            shift = float((moved - centers).square().sum())
+            centers = moved
+            if previous is not None and changed == 0:
+                converged = strict = True
+                break
+            if shift <= tol:
+                converged = True
+                break
+            previous = labels
     if keep and not strict:
         labels = [nearest_centers(chunk, centers) for chunk in rows.chunks()]
     inertia = centers.new_zeros((), dtype=torch.float64)

@@ -188,6 +188,47 @@ def test_one_thread_runs_the_scripted_loop_on_long_passes(covariance_type, monke
     _assert_same_statistics(one, one_ll, eager, eager_ll)
 
 
+def test_em_small_work_runs_on_one_thread_and_the_shares_on_all(monkeypatch):
+    """With 2 intra-op threads, the E-step's weights and the M-step run on one (their OpenMP
+    regions would leave spinning workers on the cores the shares need), the E-step still
+    splits its rows into 2 shares, and 2 threads are restored after each, even when the
+    M-step raises."""
+    config = gmm.GMMConfig(dim=5, components=4, covariance_type="full")
+    generator = torch.Generator().manual_seed(13)
+    params = _params(config, generator)
+    x, _ = gmm.sample(config, params, 20_000, generator)
+    seen = {"weights": [], "maximize": [], "shares": []}
+
+    def spy(name, function):
+        def wrapped(*args, **kwargs):
+            seen[name].append(torch.get_num_threads())
+            return function(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(gmm_em, "_quadratic_weights",
+                        spy("weights", gmm_em._quadratic_weights))
+    monkeypatch.setattr(gmm_em, "_maximize", spy("maximize", gmm_em._maximize))
+    share = gmm_em._script(gmm_em._quadratic_share)
+    monkeypatch.setattr(gmm_em, "_script", lambda function: spy("shares", share))
+    monkeypatch.setitem(gmm_em.BLOCK_VALUES, "cpu", 1)  # 256-row blocks: 79 of them
+    saved_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        statistics, _ = gmm.e_step(config, params, x)
+        assert torch.get_num_threads() == 2
+        gmm_em.maximize(config, x, statistics)
+        assert torch.get_num_threads() == 2
+        singular = gmm_em.MixtureStatistics(
+            torch.ones(4, dtype=torch.float64), torch.zeros(4, 5, dtype=torch.float64),
+            torch.zeros(4, 5, 5, dtype=torch.float64), torch.zeros(4, 5, dtype=torch.float64), 4)
+        with pytest.raises(gmm_em.SingularCovarianceError):
+            gmm_em.maximize(gmm.GMMConfig(dim=5, components=4, reg_covar=0.0), None, singular)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved_threads)
+    assert seen == {"weights": [1], "maximize": [1, 1], "shares": [1, 1]}
+
+
 def test_the_threaded_share_is_scripted():
     """The threads' share of the E-step is TorchScript's, which runs without the GIL (eager
     shares in Python threads wait for each other); were TorchScript to fail on this torch, the
