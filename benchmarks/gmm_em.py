@@ -43,10 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "each one's fastest (a fair ratio on a machine shared with others)")
     parser.add_argument("--no-sklearn", action="store_true",
                         help="skip scikit-learn (for sizes where it takes minutes)")
-    parser.add_argument("--omp-wait-policy", default="passive", choices=("passive", "active"),
+    parser.add_argument("--omp-wait-policy", default="passive",
+                        choices=("passive", "active", "unset"),
                         help="OMP_WAIT_POLICY for both: passive (default) parks idle OpenMP "
                              "workers instead of spinning, which on a machine shared with other "
-                             "jobs keeps them from stealing the cores the busy threads need")
+                             "jobs keeps them from stealing the cores the busy threads need; "
+                             "unset leaves it as a user's shell has it (GNU OpenMP then spins "
+                             "a while)")
     parser.add_argument("--no-defaults", action="store_true",
                         help="skip the time to a converged fit at each one's defaults")
     parser.add_argument("--spread", type=float, default=2.5,
@@ -61,7 +64,10 @@ ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:  # thread pools read these when numpy and torch load
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = str(ARGS.threads)
-    os.environ["OMP_WAIT_POLICY"] = ARGS.omp_wait_policy.upper()
+    if ARGS.omp_wait_policy == "unset":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = ARGS.omp_wait_policy.upper()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import math  # noqa: E402
