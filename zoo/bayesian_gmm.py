@@ -160,6 +160,21 @@ def _check_data(config: BayesianGMMConfig, x: torch.Tensor, *, fitting: bool = T
     config.validate(x.shape[0] if fitting else None)
 
 
+def proper_covariance(covariance: torch.Tensor, reg_covar: float) -> torch.Tensor:
+    """A default prior scale from the data's covariance ``(D, D)``, made proper: where it is
+    singular (N <= D rows, or a constant column) ``reg_covar`` is added to its diagonal, as
+    the M-step adds it to the covariances. Why: a singular scale makes the Wishart prior
+    improper and the ELBO -inf (or, by rounding, finite nonsense that varies by machine);
+    scikit-learn's bound leaves the prior's normalizer out, so it fits with the singular
+    scale."""
+    d = covariance.shape[-1]
+    floor = d * torch.finfo(covariance.dtype).eps * covariance.diagonal().abs().max()
+    if bool(torch.linalg.eigvalsh(covariance).min() > floor):
+        return covariance
+    return covariance + reg_covar * torch.eye(d, dtype=covariance.dtype,
+                                              device=covariance.device)
+
+
 def resolve_priors(config: BayesianGMMConfig, x: torch.Tensor | None) -> Priors:
     """The prior with scikit-learn's defaults filled in from ``x`` (1/K, 1, mean(x), D, and
     the covariance of x, its diagonal or the mean of its diagonal, with ddof=1). Without data
@@ -196,7 +211,8 @@ def resolve_priors(config: BayesianGMMConfig, x: torch.Tensor | None) -> Priors:
                              "needs at least 2 rows; give covariance_prior or more rows")
         centred = x - x.mean(0)
         if kind in ("full", "tied"):
-            covariance = centred.T @ centred / (x.shape[0] - 1)
+            covariance = proper_covariance(centred.T @ centred / (x.shape[0] - 1),
+                                           config.reg_covar)
         else:
             variance = centred.square().sum(0) / (x.shape[0] - 1)
             covariance = variance if kind == "diag" else variance.mean()

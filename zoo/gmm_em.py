@@ -403,8 +403,8 @@ def e_step(config: GMMConfig, params: Params,
     components (:func:`_e_step_whitened`), which is float32-safe at any offset or conditioning.
     """
     _check_data(config, x)
+    features = _quadratic_features(config, x)  # a pass over x, once per data tensor
     with _one_intra_op_thread(x.device) as threads:
-        features = _quadratic_features(config, x)
         if features is not None:
             weights, bound = _quadratic_weights(config, params, features)
             if bound <= QUADRATIC_ERROR:

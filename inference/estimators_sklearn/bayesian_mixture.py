@@ -157,9 +157,14 @@ class BayesianGaussianMixture(DensityMixin, BaseEstimator):
         def tensor(value):
             return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=x.dtype,
                                    device=x.device)
+        covariance = tensor(self.covariance_prior_)
+        if self.covariance_prior is None and self.covariance_type in ("full", "tied"):
+            # the data's covariance, singular from N <= D rows: made proper for the ELBO
+            # (covariance_prior_ stays scikit-learn's)
+            covariance = bg.proper_covariance(covariance, float(self.reg_covar))
         return bg.Priors(tensor(self.weight_concentration_prior_),
                          tensor(self.mean_precision_prior_), tensor(self.mean_prior_),
-                         tensor(self.degrees_of_freedom_prior_), tensor(self.covariance_prior_))
+                         tensor(self.degrees_of_freedom_prior_), covariance)
 
     # --- starts ------------------------------------------------------------------------------
 

@@ -125,7 +125,10 @@ def test_fit_reference_nuts_checks_the_global_latents(capsys, tmp_path, data_fil
 
     chains = export.load_inference_data(out / "posterior-nuts.nc").posterior
     assert chains["mu"].shape == (3, 300)  # the chains kept apart: R-hat recomputes
-    assert float(az.rhat(chains)["mu"]) == pytest.approx(nuts["r_hat_max"], rel=1e-9)
+    # the draws as the record's R-hat took them (float64): ArviZ ranks float32 draws with
+    # ties that rounding decides, and R-hat moved by 1e-5 between machines
+    assert float(az.rhat(chains.astype("float64"))["mu"]) == pytest.approx(nuts["r_hat_max"],
+                                                                          rel=1e-9)
     # a model whose latents are all discrete: refused before any training
     assert main(["fit", "gmm", "--reference", "nuts", "--out", str(tmp_path / "gmm")]) == 2
     assert "no continuous latent" in capsys.readouterr().err

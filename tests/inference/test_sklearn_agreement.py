@@ -143,7 +143,9 @@ def test_factor_analysis_takes_what_sklearn_takes(n_components, rows):
     theirs = sk_decomposition.FactorAnalysis(n_components, svd_method="lapack").fit(X)
     assert ours.components_.shape == theirs.components_.shape
     assert ours.n_iter_ == theirs.n_iter_
-    np.testing.assert_allclose(ours.loglike_, theirs.loglike_, rtol=1e-9)
+    # with 3 rows the log-likelihood climbs without bound as psi falls to its floor, and the
+    # two SVDs' rounding (MKL's and OpenBLAS's) grows with it: 3.6e-5 apart on an AVX-512 CPU
+    np.testing.assert_allclose(ours.loglike_, theirs.loglike_, rtol=1e-9 if rows > 3 else 1e-4)
     if rows > 3:  # with 3 rows psi sits at its 1e-12 floor: C is singular
         assert ours.score(X) == pytest.approx(theirs.score(X), rel=1e-8)
     np.testing.assert_allclose(ours.noise_variance_, theirs.noise_variance_, rtol=1e-6,

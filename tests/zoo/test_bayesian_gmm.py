@@ -236,3 +236,25 @@ def test_bad_inputs_are_input_errors_that_name_the_fix():
     with pytest.raises(InputError, match="dim=2"):
         bg.BayesianGaussianMixtureModel(config)(torch.zeros(5, 3))
     pyro.clear_param_store()
+
+
+@pytest.mark.parametrize("kind", ["full", "tied"])
+def test_the_default_prior_scale_from_too_few_rows_is_made_proper(kind):
+    """From N <= D rows the data's covariance is singular, an improper Wishart scale that makes
+    the ELBO -inf: the default adds reg_covar to its diagonal (as the M-step does), and CAVI's
+    ELBO is finite; from enough rows the default is the data's covariance, untouched."""
+    generator = torch.Generator().manual_seed(5)
+    few = torch.randn(2, 3, generator=generator, dtype=torch.float64)
+    config = bg.BayesianGMMConfig(dim=3, components=1, covariance_type=kind, reg_covar=1e-6)
+    priors = bg.resolve_priors(config, few)
+    centred = few - few.mean(0)
+    singular = centred.T @ centred  # ddof = 1 with 2 rows
+    assert torch.allclose(priors.covariance, singular + 1e-6 * torch.eye(3, dtype=torch.float64))
+    assert float(torch.linalg.eigvalsh(priors.covariance).min()) > 0.5e-6
+    run = run_cavi(bg.COORDINATE_ASCENT, config, priors, few,
+                   torch.ones(2, 1, dtype=torch.float64), max_iter=20, tol=1e-8)
+    assert all(math.isfinite(value) for value in run.history)
+    many = torch.randn(50, 3, generator=generator, dtype=torch.float64)
+    centred = many - many.mean(0)
+    assert torch.allclose(bg.resolve_priors(config, many).covariance,
+                          centred.T @ centred / 49, rtol=0, atol=0)
