@@ -177,8 +177,9 @@ def proper_covariance(covariance: torch.Tensor, reg_covar: float) -> torch.Tenso
 
 def resolve_priors(config: BayesianGMMConfig, x: torch.Tensor | None) -> Priors:
     """The prior with scikit-learn's defaults filled in from ``x`` (1/K, 1, mean(x), D, and
-    the covariance of x, its diagonal or the mean of its diagonal, with ddof=1). Without data
-    the defaults are m₀ = 0 and C₀ = I."""
+    the covariance of x, its diagonal or the mean of its diagonal, with ddof=1; a singular
+    full covariance made proper by :func:`proper_covariance`). Without data the defaults are
+    m₀ = 0 and C₀ = I."""
     like = x if x is not None else torch.zeros(1, config.dim)
     d = config.dim
     kind = config.covariance_type
