@@ -45,11 +45,20 @@ def sample_rows(x: torch.Tensor, max_rows: int = MAX_ROWS, *, seed: int = 0) -> 
     return x[index.to(x.device)].detach().to("cpu", torch.float64)
 
 
-def figures_for(model_name: str):
-    """Decorator: register ``fn(dataset, config, result, out_dir) -> list[Path]``."""
+def figures_for(model_name: str, *, curves: bool = False):
+    """Decorator: register ``fn(dataset, config, result, out_dir) -> list[Path]``. ``curves``:
+    ``fn`` draws the fit's training curve itself, so the run folder leaves out the generic
+    ``curves.png`` (:func:`draws_curves`)."""
     def register(fn):
+        fn.draws_curves = curves
         return MODEL_FIGURES.register(model_name, fn, origin=fn.__module__)
     return register
+
+
+def draws_curves(model_name: str) -> bool:
+    """Whether the figures registered for ``model_name`` include its training curve."""
+    return model_name in MODEL_FIGURES and bool(
+        getattr(MODEL_FIGURES[model_name], "draws_curves", False))
 
 
 def load_model_figures() -> None:

@@ -24,7 +24,7 @@ from zoo.dglvm import DGLVMConfig, Encoder, decode, load_module, sample
 from zoo.registry import Params
 
 
-@figures_for("dglvm")
+@figures_for("dglvm", curves=True)
 def dglvm_figures(dataset, config: DGLVMConfig, result, out_dir: str | Path) -> list[Path]:
     """Every figure that applies to this fit, written to ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)

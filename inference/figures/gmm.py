@@ -208,7 +208,7 @@ def _curve_label(result: FitResult, key: str) -> str:
     return f"{result.inference.upper()} {what}" + (f" ({result.guide})" if result.guide else "")
 
 
-@figures_for("gmm")
+@figures_for("gmm", curves=True)
 def gmm_figures(dataset, config: GMMConfig, result: FitResult, out_dir: str | Path) -> list[Path]:
     """Contours of the fit (at the EM iterations the fit kept, for EM) and its training curve;
     reads at most :data:`inference.figures.MAX_ROWS` rows of ``dataset.train``."""
