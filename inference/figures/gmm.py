@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.collections import LineCollection
+from matplotlib.ticker import LogFormatter
 
 from inference import strategies
 from inference.figures import MAX_ROWS, figures_for, sample_rows, save_figure
@@ -170,9 +172,10 @@ def plot_em_contours(x: torch.Tensor, snapshots: Mapping[int | str, Params], pat
         axes[0][0].set_ylabel(feature_names[1], fontsize=8)
     notes = _notes(dim, len(points), num_rows, log_likelihoods)
     if notes:
-        fig.suptitle("; ".join(notes), fontsize=8, y=0.995)
-    fig.tight_layout()
-    return save_figure(fig, path)
+        # wrapped to the figure's width (about 13 characters of 8-point text an inch)
+        fig.suptitle(textwrap.fill("; ".join(notes), width=int(13 * 3.6 * panels)),
+                     fontsize=8, y=0.995)
+    return save_figure(fig, path, crop=False)  # laid out tight as it is drawn
 
 
 def plot_training_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *,
@@ -191,15 +194,22 @@ def plot_training_curves(curves: Mapping[str, Sequence[float]], path: str | Path
     finite = [v for v in tails if math.isfinite(v)]
     if finite:
         low, high = min(finite), max(finite)
-        pad = 0.08 * (high - low + 1e-9)
+        # at least a thousandth of a nat shown: a fit that converged at once has no
+        # finer detail worth an axis of 1e-6 steps
+        pad = max(0.08 * (high - low), 5e-4)
         ax.set_ylim(low - pad, high + pad)
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_xscale("log")
+    # plain numbers on the log axis ("20", not mathtext's 2×10¹: parsing TeX costs a command
+    # about 0.2 s); minor ticks are labelled only where the axis spans under a decade or so
+    ax.xaxis.set_major_formatter(LogFormatter())
+    ax.xaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1, 0.4)))
     ax.set_xlabel("EM iteration / SVI step (+1)")
     ax.set_ylabel("nats per datapoint")
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return save_figure(fig, path, crop=False)
 
 
 def _curve_label(result: FitResult, key: str) -> str:
