@@ -1,5 +1,5 @@
 """``python -m inference`` is the ``lvm-zoo`` command."""
 
-from inference.cli import run
+from inference.launch import run
 
 run()

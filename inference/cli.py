@@ -40,6 +40,14 @@ COMMANDS = {"list": "listing", "fit": "fit", "compare": "compare", "evaluate": "
             "calibrate": "calibrate", "bench": "bench"}
 
 
+def import_command(argv: Sequence[str]):
+    """The module of :mod:`inference.commands` that runs ``argv``'s command (``None`` when
+    ``argv`` names none), imported."""
+    words = [word for word in argv if not word.startswith("-")]
+    name = COMMANDS.get(words[0]) if words else None
+    return importlib.import_module(f"inference.commands.{name}") if name else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = None

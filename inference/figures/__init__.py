@@ -16,6 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # headless machines fall back to Agg by themselves
 import numpy as np
 import torch
+from matplotlib.font_manager import FontProperties
 
 from inference.runs import atomic_write
 from zoo.plugins import Registry
@@ -72,17 +73,39 @@ def save_figure(fig, path: str | Path, dpi: int = 120, *, crop: bool = True) -> 
 
     ``crop``: the image is the box around everything drawn (``bbox_inches="tight"``), so a
     legend beside the axes, outside the canvas, is kept; it measures every artist once more
-    before the draw. ``crop=False``, for a figure whose content stays on its canvas: a figure
-    without a layout engine gets matplotlib's tight layout, done within the one draw. zlib at
-    level 1 encodes the PNG several times faster than the default, for a file a few % larger."""
-    if not crop and fig.get_layout_engine() is None:
-        fig.set_layout_engine("tight")
+    before the draw. ``crop=False`` saves the canvas as it is, for a figure its maker placed
+    (:func:`fixed_layout`). zlib at level 1 encodes the PNG several times faster than the
+    default, for a file a few % larger."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 1},
                 **({"bbox_inches": "tight"} if crop else {}))
     plt.close(fig)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
     return Path(path)
+
+
+def fixed_layout(fig, *, top: float, bottom: float, label: float = 0.0, right: float = 0.2,
+                 gap: float = 0.15) -> None:
+    """Place the figure's one row of axes by margins in inches: ``top``, ``bottom``,
+    ``right``, ``gap`` between panels, and on the left the first axes' y tick labels (their
+    characters at the tick font size, from the axis's own formatter) plus ``label`` inches for
+    a y label. A fixed layout costs nothing; matplotlib's tight layout measures every text of
+    the figure once more before the draw (about 0.1 s a figure)."""
+    first, last = fig.axes[0], fig.axes[-1]
+    left = 0.2 + _widest(first.yaxis, "ytick.labelsize") + label
+    right = max(right, 0.1 + _widest(last.xaxis, "xtick.labelsize") / 2)  # the last, centred
+    width, height = fig.get_size_inches()
+    panels = len(fig.axes)
+    panel_width = (width - left - right - gap * (panels - 1)) / panels
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=gap / panel_width)
+
+
+def _widest(axis, size_key: str) -> float:
+    """Inches of the axis's widest major tick label, about (0.7 em a character)."""
+    size = FontProperties(size=plt.rcParams[size_key]).get_size_in_points()
+    labels = axis.get_major_formatter().format_ticks(axis.get_majorticklocs())
+    return max(map(len, labels), default=0) * 0.7 * size / 72
 
 
 def present(path: str | Path) -> Path:
@@ -120,4 +143,5 @@ def plot_curves(curves: dict[str, list[float]], path: str | Path, *, optimum: fl
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    fixed_layout(fig, top=0.35 if title else 0.15, bottom=0.55, label=0.3)
     return save_figure(fig, path, crop=False)

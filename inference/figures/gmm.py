@@ -23,7 +23,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.ticker import LogFormatter
 
 from inference import strategies
-from inference.figures import MAX_ROWS, figures_for, sample_rows, save_figure
+from inference.figures import MAX_ROWS, figures_for, fixed_layout, sample_rows, save_figure
 from inference.results import FitResult
 from zoo.gmm import GMMConfig, log_marginal, responsibilities
 from zoo.registry import Params
@@ -171,11 +171,15 @@ def plot_em_contours(x: torch.Tensor, snapshots: Mapping[int | str, Params], pat
     if feature_names and len(feature_names) > 1:
         axes[0][0].set_ylabel(feature_names[1], fontsize=8)
     notes = _notes(dim, len(points), num_rows, log_likelihoods)
+    lines = 0
     if notes:
         # wrapped to the figure's width (about 13 characters of 8-point text an inch)
-        fig.suptitle(textwrap.fill("; ".join(notes), width=int(13 * 3.6 * panels)),
-                     fontsize=8, y=0.995)
-    return save_figure(fig, path, crop=False)  # laid out tight as it is drawn
+        text = textwrap.fill("; ".join(notes), width=int(13 * 3.6 * panels))
+        lines = text.count("\n") + 1
+        fig.suptitle(text, fontsize=8, y=0.995)
+    fixed_layout(fig, top=0.45 + 0.16 * lines, bottom=0.5 if feature_names else 0.35,
+                 label=0.22 if feature_names and len(feature_names) > 1 else 0.0)
+    return save_figure(fig, path, crop=False)
 
 
 def plot_training_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *,
@@ -209,6 +213,7 @@ def plot_training_curves(curves: Mapping[str, Sequence[float]], path: str | Path
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    fixed_layout(fig, top=0.35 if title else 0.15, bottom=0.55, label=0.3)
     return save_figure(fig, path, crop=False)
 
 

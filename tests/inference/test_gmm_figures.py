@@ -119,3 +119,36 @@ def test_figures_of_a_million_rows_read_at_most_max_rows(tmp_path):
     assert data_reads and all(name == "__getitem__" and rows <= MAX_ROWS
                               for name, rows in data_reads), data_reads
     assert imread(paths[0]).std() > 0
+
+
+@pytest.mark.parametrize("shift, dim, panels", [(0.0, 2, 4), (-1e5, 5, 1), (123.456, 3, 2)])
+def test_every_text_of_a_fixed_layout_lies_on_the_canvas(tmp_path, monkeypatch, shift, dim,
+                                                        panels):
+    """The contours and the curves are placed by fixed margins, not measured: every text the
+    figure draws (tick labels of six-digit values, titles, the wrapped notes) still ends up on
+    the saved canvas, and the panels do not overlap."""
+    import inference.figures.gmm as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure",
+                        lambda fig, path, crop=True: drawn.append((fig, crop)) or path)
+    g = torch.Generator().manual_seed(0)
+    x = shift + torch.randn(3000, dim, generator=g, dtype=torch.float64) * (1 + abs(shift) / 50)
+    config = gmm.GMMConfig(dim=dim, components=3)
+    params = gmm.SPEC.init_params(config, x, torch.Generator().manual_seed(1))
+    snapshots = {i: params for i in range(panels)}
+    figures.plot_em_contours(x, snapshots, tmp_path / "c.png", feature_names=["a", "b"],
+                             num_rows=10 ** 6)
+    figures.plot_training_curves({"EM log-likelihood": [shift - 2.0, shift - 1.0, shift]},
+                                 tmp_path / "t.png", optimum=shift, title="a title")
+    for fig, crop in drawn:
+        assert crop is False
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        # everything drawn (the box bbox_inches="tight" would crop to) lies on the canvas
+        drawn_box = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)
+        assert (drawn_box.x0 >= -0.5 and drawn_box.y0 >= -0.5
+                and drawn_box.x1 <= fig.bbox.x1 + 0.5 and drawn_box.y1 <= fig.bbox.y1 + 0.5), \
+            f"drawn {drawn_box} beyond the canvas {fig.bbox}"
+        boxes = [ax.get_window_extent(renderer) for ax in fig.axes]
+        assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False))
