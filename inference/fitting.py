@@ -406,7 +406,7 @@ def global_posterior(fitted: Fitted, num_draws: int = 200):
 
 
 def _figures(fitted: Fitted, run_dir: Path) -> None:
-    from inference.launch import paused_gc
+    from inference.gc_pause import paused_gc
 
     with paused_gc():  # matplotlib's import: about 0.1 s less without collections amid it
         from inference.figures import MODEL_FIGURES, draws_curves, load_model_figures, plot_curves

@@ -14,24 +14,11 @@ Nothing here imports torch; :mod:`inference.cli` does, within :func:`run`.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import sys
-from collections.abc import Iterator
 from typing import NoReturn
 
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """The cyclic collector off within (imports that build many long-lived objects), on
-    again after if it was on; anything that became garbage meanwhile is collected later."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+from inference.gc_pause import paused_gc
 
 
 def run() -> NoReturn:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from inference.launch import paused_gc
+from inference.gc_pause import paused_gc
 
 
 def test_paused_gc_restores_the_collector_as_it_was_even_on_an_error():
