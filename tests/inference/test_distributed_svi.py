@@ -17,6 +17,7 @@ import faulthandler
 import os
 import signal
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -134,7 +135,7 @@ JOBS = {"gmm": job_gmm, "resume": job_resume, "refuse": job_refuse}
 
 def worker(rank: int, world: int, port: int, out: str, job: str, options: dict) -> None:
     """One rank: join the gloo group, run ``JOBS[job]``, save what it returns (whole, by a
-    rename), then leave the group. A fatal signal prints every thread's Python stack."""
+    rename), leave the group and end. A fatal signal prints every thread's Python stack."""
     faulthandler.enable()
     torch.set_num_threads(1)
     pyro.enable_validation(True)
@@ -147,6 +148,11 @@ def worker(rank: int, world: int, port: int, out: str, job: str, options: dict) 
         os.replace(partial, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    # done: end as `lvm-zoo` does (inference.cli.run), without the interpreter's teardown of
+    # torch's modules and threads, where the one abort CI saw most likely came from
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port() -> int:
