@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from inference import distributed
+from tests.worker_end import end_worker
 from zoo.errors import InputError
 
 
@@ -31,6 +32,7 @@ def _worker(rank: int, port: int, fingerprints: list, out) -> None:
         out.put((rank, str(error)))
     finally:
         dist.destroy_process_group()
+    end_worker()
 
 
 def _run(fingerprints: list) -> dict:

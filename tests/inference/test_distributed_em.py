@@ -38,6 +38,7 @@ from inference.evaluate import evaluate_fit
 from inference.kmeans import kmeans, kmeans_rows
 from inference.shards import Rows
 from inference.strategies import fit as strategy_fit
+from tests.worker_end import end_worker
 from zoo.gmm_init import (
     initialize,
     initialize_rows,
@@ -127,6 +128,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.save(results, out)
     dist.barrier()
     dist.destroy_process_group()
+    end_worker()
 
 
 FAR_START = 6  # components of the start's case; its Lloyd run begins with one far centre

@@ -17,7 +17,6 @@ import faulthandler
 import os
 import signal
 import socket
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ from inference.catalog import get_model
 from inference.runs import load_checkpoint
 from inference.strategies.svi import build_guide
 from inference.svi import fit_svi
+from tests.worker_end import end_worker
 from zoo.errors import InputError
 from zoo.gmm import synthetic
 
@@ -148,11 +148,7 @@ def worker(rank: int, world: int, port: int, out: str, job: str, options: dict) 
         os.replace(partial, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-    # done: end as `lvm-zoo` does (inference.cli.run), without the interpreter's teardown of
-    # torch's modules and threads, where the one abort CI saw most likely came from
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_worker()
 
 
 def free_port() -> int:
