@@ -7,7 +7,8 @@ collector paused during the imports, then the imported objects moved out of its 
 (:func:`gc.freeze`), ``import torch`` and the command's own imports took 1.50-1.69 s against
 1.97-2.40 s (six runs each, interleaved, ``python benchmarks/command_wall.py`` measures the
 whole command). The fit itself runs with the collector on, as always: Pyro's traces make
-reference cycles that must be collected.
+reference cycles that must be collected. What the imports left as cyclic garbage is frozen
+with the rest and never freed: 7,365 objects of 305,893 after ``lvm-zoo fit``'s imports.
 
 Nothing here imports torch; :mod:`inference.cli` does, within :func:`run`.
 """
