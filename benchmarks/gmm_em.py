@@ -17,6 +17,8 @@ cost of each of lvm-zoo's starts next to one EM iteration, and Lloyd's iteration
 
     python benchmarks/gmm_em.py                     # N=200000, D=16, K=8, full, 30 iterations
     python benchmarks/gmm_em.py --spread 0.3        # the same on overlapping clusters
+    python benchmarks/gmm_em.py --dtype float32 --no-defaults --over-seeds 8   # the converged
+                                                    # fits from 8 seeds of each one's start
     python benchmarks/gmm_em.py --device cuda --num-data 1000000 --dim 64 --components 16 \
         --dtype float32 --no-sklearn                # the GPU target: ms per iteration
 """
@@ -57,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "2.5 (default) gives well-separated clusters that EM fits in a few "
                              "iterations, 0.3 overlapping ones that take tens")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--over-seeds", type=int, default=0, metavar="S",
+                        help="also the converged fits at defaults from S seeds of each one's "
+                             "start (seed, seed + 1, ...), one run each: the medians (a start "
+                             "that happens to be slow or fast does not decide the ratio)")
     return parser.parse_args(argv)
 
 
@@ -252,6 +258,8 @@ def main(args) -> int:
                   f"{theirs_total:>10.3f} {theirs_total / ours_total:>8.1f}x")
     if not args.no_defaults:
         failed |= defaults(args, config, x64, dtypes)
+    if args.over_seeds:
+        over_seeds(args, config, x64, dtypes)
     return 1 if failed else 0
 
 
@@ -362,6 +370,40 @@ def defaults(args, config, x64, dtypes) -> bool:
             + f"  |  EM iteration {1e3 * iteration:.1f} ms  |  Lloyd {lloyd_run.n_iter} "
             f"iterations {1e3 * lloyd_best / lloyd_run.n_iter:.2f} ms each")
     return worse
+
+
+def over_seeds(args, config, x64, dtypes) -> None:
+    """The converged fit at defaults from ``--over-seeds`` seeds of each one's start (the same
+    data), one run each: each one's median seconds and EM iterations, their range, and the
+    ratio of the medians; scikit-learn also at lvm-zoo's stopping rule."""
+    seeds = range(args.seed, args.seed + args.over_seeds)
+    print(f"\nConverged fit at defaults over {len(seeds)} seeds of each one's start "
+          f"({seeds.start}..{seeds.stop - 1}), one run each: median (range)")
+    header = (f"{'dtype':<8} {'lvm-zoo s':>20} {'iters':>12} {'sklearn s':>20} {'iters':>12} "
+              f"{'ratio of medians':>17}")
+    for dtype in dtypes:
+        x = x64.to(dtype)
+        ours = [run_ours_at_defaults(config, x, seed) for seed in seeds]
+        columns = [[seconds for seconds, _ in ours], [result.steps for _, result in ours]]
+        rows = [("sklearn, its defaults", {}), ("sklearn, lvm-zoo's rule",
+                                               {"tol": TOL, "max_iter": MAX_ITER})]
+        print(header)
+        print("-" * len(header))
+        for label, options in ([] if args.no_sklearn else rows):
+            theirs = [run_sklearn_at_defaults(config, x, seed, args.threads, **options)
+                      for seed in seeds]
+            seconds = [run[0] for run in theirs]
+            iterations = [run[1] for run in theirs]
+            ratio = float(np.median(seconds)) / float(np.median(columns[0]))
+            print(f"{str(dtype).removeprefix('torch.'):<8} {_spread(columns[0], 3):>20} "
+                  f"{_spread(columns[1], 0):>12} {_spread(seconds, 3):>20} "
+                  f"{_spread(iterations, 0):>12} {ratio:>16.1f}x  {label}")
+
+
+def _spread(values, digits: int) -> str:
+    """``median (low-high)`` of ``values``."""
+    return (f"{float(np.median(values)):.{digits}f} ({min(values):.{digits}f}-"
+            f"{max(values):.{digits}f})")
 
 
 if __name__ == "__main__":

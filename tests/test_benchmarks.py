@@ -79,3 +79,24 @@ def test_gmm_start_on_one_dataset_varies_only_the_starts(tmp_path):
     report = json.loads(done.stdout)
     assert report["one_dataset"] is True
     assert report["reached"] == {"sampled start": 3, "every row": 3, "scikit-learn": 3}
+
+
+def test_gmm_em_over_seeds_prints_each_ones_medians(tmp_path):
+    """--over-seeds: the converged fits at defaults from several seeds of each one's start,
+    scikit-learn at its defaults and at lvm-zoo's rule, medians within their ranges."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gmm_em.py"),
+                           "--num-data", "3000", "--dim", "3", "--components", "3",
+                           "--iterations", "2", "--dtype", "float64", "--threads", "1",
+                           "--no-defaults", "--over-seeds", "3"],
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines()
+            if line.endswith(("sklearn, its defaults", "sklearn, lvm-zoo's rule"))]
+    assert len(rows) == 2
+    for row in rows:
+        # float64  median (low-high)  iters (low-high)  median (low-high)  iters (...)  ratio x
+        for median, spread in ((row[1], row[2]), (row[3], row[4]), (row[5], row[6]),
+                               (row[7], row[8])):
+            low, high = (float(v) for v in spread.strip("()").split("-"))
+            assert 0 < low <= float(median) <= high
+        assert float(row[9].rstrip("x")) > 0
