@@ -86,6 +86,19 @@ class _EMData:
         statistics = self.em.combine([part for part, _ in gathered])
         return statistics, sum(value for _, value in gathered) / self.rows.num_data
 
+    def log_likelihood(self, params: Params) -> torch.Tensor:
+        """The E-step's mean log p(x) alone: the model's ``log_likelihood`` hook where it has
+        one (no statistics), the E-step's otherwise."""
+        hook = self.em.log_likelihood
+        if hook is None:
+            return self.e_step(params)[1]
+        if self.x is not None:
+            return hook(self.config, params, self.x)
+        total = sum(hook(self.config, params, chunk).double() * chunk.shape[0]
+                    for chunk in self.rows.chunks())
+        gathered = self.rows.gather(torch.as_tensor(total, dtype=torch.float64))
+        return sum(gathered) / self.rows.num_data
+
     def m_step(self, statistics) -> Params:
         return self.em.m_step(self.config, self.x, statistics)
 
@@ -151,7 +164,8 @@ def _em_run(data: _EMData, params, tol, max_iter, bar, previous: float | None = 
         if before is not None and abs(history[-1] - before) < tol:
             converged = True
             break
-    _, final = _evaluate(data, params, len(history) + 1)
+    final = finite(data.log_likelihood(params), f"EM on {data.spec.name}",
+                   f"iteration {len(history) + 1}")
     history.append(final)
     _keep(snapshots, history, params)
     return _Run(params, history, converged, len(history) - 1, len(history),

@@ -60,6 +60,7 @@ from zoo.gmm_em import (
     label_statistics,
     m_step,
     maximize,
+    mean_log_likelihood,
     sufficient_statistics,
     weighted_moments,
 )
@@ -306,7 +307,7 @@ SPEC = register(ModelSpec(
     sample=sample,
     em=EMSteps(init=_em_initialize, e_step=e_step, m_step=maximize, init_methods=INIT_METHODS,
                combine=combine, label_statistics=label_statistics,
-               init_rows=_em_initialize_rows),
+               init_rows=_em_initialize_rows, log_likelihood=mean_log_likelihood),
     from_assignments=from_assignments,
     synthetic=synthetic,
     local_sites=("z",),
@@ -324,7 +325,8 @@ __all__ = [
     # EM's numerics (zoo.gmm_em)
     "BLOCK_VALUES", "FEATURE_VALUES", "QUADRATIC_ERROR", "MixtureStatistics",
     "SingularCovarianceError", "combine",
-    "e_step", "label_statistics", "m_step", "maximize", "sufficient_statistics",
+    "e_step", "label_statistics", "m_step", "maximize", "mean_log_likelihood",
+    "sufficient_statistics",
     "weighted_moments",
     # starts (zoo.gmm_init)
     "INIT_METHODS", "START_ROWS", "START_ROWS_PER_COMPONENT", "LloydResult", "init_params",

@@ -412,6 +412,21 @@ def e_step(config: GMMConfig, params: Params,
     return _e_step_whitened(config, params, x)
 
 
+def mean_log_likelihood(config: GMMConfig, params: Params, x: torch.Tensor) -> torch.Tensor:
+    """:func:`e_step`'s mean ``log p(x)`` alone, by the same route and the same rounding: on
+    the quadratic route each block skips the statistics' GEMM and the responsibilities (EM's
+    last evaluation, about a third of a pass less)."""
+    _check_data(config, x)
+    features = _quadratic_features(config, x)
+    with _one_intra_op_thread(x.device) as threads:
+        if features is not None:
+            weights, bound = _quadratic_weights(config, params, features)
+            if bound <= QUADRATIC_ERROR:
+                return _e_step_quadratic(config, params, x, features, weights, threads,
+                                         statistics=False)
+    return _e_step_whitened(config, params, x)[1]
+
+
 @contextmanager
 def _one_intra_op_thread(device: torch.device):
     """Run the block on one intra-op thread (on a CPU), and yield how many there were.
@@ -618,11 +633,12 @@ def _feature_buffer(x: torch.Tensor, size: int, width: int, full: bool
 
 
 def _quadratic_share(x: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, begin: int,
-                     end: int, block: int, full: bool, floor: float
+                     end: int, block: int, full: bool, floor: float, statistics: bool = True
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The quadratic E-step's K x F sums and float64 total of log p(x) over rows begin..end,
-    block by block (see :func:`_e_step_quadratic`). Written for TorchScript too
-    (:func:`_script`): a scripted share runs without the GIL."""
+    block by block (see :func:`_e_step_quadratic`); without ``statistics`` the sums stay zero
+    and a block costs one GEMM. Written for TorchScript too (:func:`_script`): a scripted
+    share runs without the GIL."""
     k, size = weights.shape[0], weights.shape[1]
     width = min(block, end - begin)
     phi, centred, products = _feature_buffer(x, size, width, full)
@@ -637,9 +653,14 @@ def _quadratic_share(x: torch.Tensor, weights: torch.Tensor, center: torch.Tenso
         torch.sub(x[start:stop].t(), mean, out=centred)
         for factors in products:
             torch.mul(factors[0], factors[1], out=factors[2])
-        log_px, resp = _normalize_above(torch.mm(weights, phi), floor)  # (K, n)
+        joint = torch.mm(weights, phi)  # (K, n)
+        if statistics:
+            log_px, resp = _normalize_above(joint, floor)
+            sums.addmm_(resp, phi.t())
+        else:
+            peak = joint.amax(0)
+            log_px = peak + joint.sub_(peak).clamp_(min=floor).exp_().sum(0).log_()
         total += log_px.sum(dtype=torch.float64)
-        sums.addmm_(resp, phi.t())
     return sums, total
 
 
@@ -674,12 +695,14 @@ def _script(function):
 
 
 def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
-                      features: _Features, weights: torch.Tensor, threads: int | None = None):
+                      features: _Features, weights: torch.Tensor, threads: int | None = None,
+                      statistics: bool = True):
     """One pass over ``x`` in cache-sized row blocks, fused: per block its features ``φ`` are
     built in one reused buffer, one GEMM ``W φᵀ`` gives every log joint (K x rows), a
     logsumexp normalizes, and one GEMM ``R φ`` adds every responsibility-weighted sum of
     ``c_i c_j``, ``c`` and 1, i.e. all statistics about ``m``. Nothing of size N is kept:
-    the memory is a block's features and joint, and the K x F sums."""
+    the memory is a block's features and joint, and the K x F sums. Without ``statistics``,
+    the mean log p(x) alone (the second GEMM skipped)."""
     k, d = config.components, config.dim
     size, full = features.size, config.full_matrices
     quadratic = size - d - 1
@@ -699,9 +722,12 @@ def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
     def reduce(begin: int, end: int, scripted: bool = False):
         """The K x F sums and the float64 total of log p(x) over rows begin..end."""
         share = _script(_quadratic_share) if scripted else _quadratic_share
-        return share(x, weights, features.center, begin, end, block, full, floor)
+        return share(x, weights, features.center, begin, end, block, full, floor, statistics)
 
     sums, total = _in_threads(reduce, x, block, threads)
+    mean = (total / x.shape[0] + shift).to(x.dtype)
+    if not statistics:
+        return mean
     first, counts = sums[:, quadratic:-1], sums[:, -1]
     if full:
         second = sums.new_zeros(k, d, d)
@@ -710,8 +736,7 @@ def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
     else:
         second = sums[:, :quadratic]
     center = features.center.expand(k, d)
-    return (MixtureStatistics(counts, first, second, center, x.shape[0]),
-            (total / x.shape[0] + shift).to(x.dtype))
+    return MixtureStatistics(counts, first, second, center, x.shape[0]), mean
 
 
 # ---------------------------------------------------------------------------------------------

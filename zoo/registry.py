@@ -79,6 +79,14 @@ class EStep(Protocol):
     def __call__(self, config: Any, params: Params, x: Any) -> tuple[Any, torch.Tensor]: ...
 
 
+class MeanLogLikelihood(Protocol):
+    """``log_likelihood(config, params, x) -> mean_log_likelihood``: the E-step's mean log p(x)
+    alone (nats per datapoint, a 0-dim tensor), where the model computes it for less than the
+    E-step's statistics cost: EM's last evaluation needs nothing else."""
+
+    def __call__(self, config: Any, params: Params, x: Any) -> torch.Tensor: ...
+
+
 class MStep(Protocol):
     """``m_step(config, x, statistics) -> Params``: the parameters that maximize the expected
     complete-data log-likelihood (``x`` is ``None`` where EM ran on shards or chunks: the
@@ -125,7 +133,7 @@ class EMSteps:
     The optional hooks make EM run past one tensor: on the shards of a process group, on the
     chunks of a memory-mapped file, or stepwise on minibatches (``combine``, ``summarize`` /
     ``combine_summaries``, ``label_statistics``), and their start from the data data-parallel
-    (``init_rows``).
+    (``init_rows``). ``log_likelihood`` spares the fit's last E-step its statistics.
     """
 
     init: Init
@@ -138,6 +146,7 @@ class EMSteps:
     combine_summaries: CombineSummaries | None = None
     label_statistics: LabelStatistics | None = None
     init_rows: InitRows | None = None
+    log_likelihood: MeanLogLikelihood | None = None
 
 
 # What a strategy may ask a model for (``spec.has(...)``, ``spec.capability(...)``). The first

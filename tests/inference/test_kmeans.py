@@ -65,6 +65,40 @@ def test_threaded_blocked_lloyd_matches_sklearn(seed, tie):
     assert isinstance(gmm_init._script(gmm_init._lloyd_share), torch.jit.ScriptFunction)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_nearest_centres_by_blocks_are_sklearns_argmin(threads):
+    """:func:`zoo.gmm_init.nearest_centers` in 64-row blocks (shares of them in threads on 2):
+    scikit-learn's ``pairwise_distances_argmin`` labels, also where two centres are equal
+    (every row at a tie takes the first, as argmin) and in a last, shorter block; no
+    operation returns a tensor of N x K values."""
+    from sklearn.metrics import pairwise_distances_argmin
+
+    from tests.zoo.test_gmm_em_streaming import _LargestOutput
+    from zoo import gmm_init
+
+    x, _ = DATA["synthetic"]
+    x = x[:590]  # nine 64-row blocks and a last one of 14 rows
+    generator = torch.Generator().manual_seed(8)
+    centers = x[torch.randperm(590, generator=generator)[:5]].clone()
+    tied = torch.cat([centers[:2], centers[:2], centers[2:3]])
+    saved_threads, saved_block = torch.get_num_threads(), dict(gmm_init.NEAREST_BLOCK_VALUES)
+    try:
+        gmm_init.NEAREST_BLOCK_VALUES["cpu"] = 64 * 5
+        torch.set_num_threads(threads)
+        with _LargestOutput() as mode:
+            labels = gmm_init.nearest_centers(x, centers)
+        ties = gmm_init.nearest_centers(x, tied)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(saved_threads)
+        gmm_init.NEAREST_BLOCK_VALUES.update(saved_block)
+    assert labels.dtype == torch.int64
+    assert np.array_equal(labels.numpy(), pairwise_distances_argmin(x.numpy(), centers.numpy()))
+    assert np.array_equal(ties.numpy(), pairwise_distances_argmin(x.numpy(), tied.numpy()))
+    assert set(ties.tolist()) <= {0, 1, 4}  # equal centres: the first of each pair
+    assert mode.largest < x.shape[0] * 5
+
+
 def test_labels_are_nearest_centres_and_inertia_is_their_squared_distance():
     x, k = DATA["synthetic"]
     result = kmeans(x, k, n_init=2)

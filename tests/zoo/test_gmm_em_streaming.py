@@ -253,3 +253,36 @@ def test_memory_benchmark_runs_at_a_smoke_size():
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "quadratic features" in done.stdout and done.stdout.rstrip().endswith("OK")
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("route", ["quadratic", "whitened"])
+@pytest.mark.filterwarnings("ignore:EM on gmm did not converge")  # three iterations, tol 0
+def test_the_log_likelihood_alone_is_the_e_steps(covariance_type, threads, route, monkeypatch):
+    """EM's last evaluation (:func:`gmm_em.mean_log_likelihood`, no statistics) gives the
+    E-step's mean log p(x) to the bit, on one thread and in two scripted shares, by either
+    route; it is scipy's within float32 rounding; and a fit's last history entry is it."""
+    from inference.em import fit_em
+
+    config = gmm.GMMConfig(dim=5, components=4, covariance_type=covariance_type)
+    generator = torch.Generator().manual_seed(17)
+    params = _params(config, generator, torch.float32)
+    x, _ = gmm.sample(config, _params(config, generator), 20_000, generator)
+    x = x.float()
+    monkeypatch.setitem(gmm_em.BLOCK_VALUES, "cpu", 1)  # 256-row blocks: 79 of them
+    if route == "whitened":
+        monkeypatch.setattr(gmm_em, "QUADRATIC_ERROR", -1.0)  # no bound is below it
+    saved_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        _, expected = gmm.e_step(config, params, x)
+        alone = gmm.mean_log_likelihood(config, params, x)
+        fitted = fit_em(gmm.SPEC, config, x, max_iter=3, tol=0.0)
+        _, last = gmm.e_step(config, fitted.params, x)
+    finally:
+        torch.set_num_threads(saved_threads)
+    assert alone.dtype == torch.float32 and alone.shape == ()
+    assert float(alone) == float(expected)
+    assert abs(float(alone) - _scipy_log_likelihood(config, params, x)) < 1e-5
+    assert fitted.history["log_likelihood"][-1] == float(last)
