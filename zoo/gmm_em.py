@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import torch
 
+from zoo import em_native
 from zoo.errors import InputError
 from zoo.gmm_config import SCALE_NAME, GMMConfig, _check_data, _check_params
 from zoo.registry import Params
@@ -694,6 +695,13 @@ def _script(function):
     return _SCRIPTED[function] or function
 
 
+def _native(x: torch.Tensor) -> bool:
+    """Whether the E-step runs the compiled kernel (:mod:`zoo.em_native`): float32 rows,
+    contiguous, on a CPU where a fast build of it runs."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+            and em_native.kernel() is not None)
+
+
 def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
                       features: _Features, weights: torch.Tensor, threads: int | None = None,
                       statistics: bool = True):
@@ -718,13 +726,23 @@ def _e_step_quadratic(config: GMMConfig, params: Params, x: torch.Tensor,
     block = min(x.shape[0], max(256, budget // size // 64 * 64))
 
     floor = 2 * math.log(torch.finfo(x.dtype).eps)
+    native = _native(x)
+    if native:  # the features' pairs, in the order of the weights' quadratic columns
+        if full:
+            pairs = (left, right)
+        else:
+            pairs = (torch.arange(d), torch.arange(d))
 
     def reduce(begin: int, end: int, scripted: bool = False):
         """The K x F sums and the float64 total of log p(x) over rows begin..end."""
+        if native:
+            return em_native.share(x, weights, features.center, *pairs, begin, end, floor,
+                                   statistics)
         share = _script(_quadratic_share) if scripted else _quadratic_share
         return share(x, weights, features.center, begin, end, block, full, floor, statistics)
 
     sums, total = _in_threads(reduce, x, block, threads)
+    sums = sums.to(x.dtype)
     mean = (total / x.shape[0] + shift).to(x.dtype)
     if not statistics:
         return mean

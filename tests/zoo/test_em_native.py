@@ -1,0 +1,205 @@
+"""The compiled E-step kernel (zoo/em_kernel.c through zoo/em_native.py).
+
+Each build the CPU runs (AVX-512, AVX2, baseline) is checked against the float64 E-step
+computed from its definition; the E-step and a whole EM fit with the kernel against the torch
+form; and the fallbacks (no compiler, a failed build, ``LVM_ZOO_NATIVE=0``) against the
+torch form too.
+"""
+
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from inference.em import fit_em
+from zoo import em_native, gmm, gmm_em
+
+FLOOR = 2 * math.log(torch.finfo(torch.float32).eps)
+
+
+def _problem(dim, components, num_data, full, seed):
+    """float32 rows offset from the origin, weights of a mixture at random parameters (through
+    the E-step's own weights, so the constant shift and pairs are the E-step's), and the
+    features' pairs."""
+    config = gmm.GMMConfig(dim=dim, components=components,
+                           covariance_type="full" if full else "diag")
+    generator = torch.Generator().manual_seed(seed)
+    means = 1.5 * torch.randn(components, dim, generator=generator, dtype=torch.float64) + 2.0
+    if full:
+        factor = torch.randn(components, dim, dim, generator=generator, dtype=torch.float64)
+        scale = {"scale_tril": torch.linalg.cholesky(
+            factor @ factor.mT / dim + 0.5 * torch.eye(dim, dtype=torch.float64))}
+    else:
+        scale = {"scale": 0.5 + torch.rand(components, dim, generator=generator,
+                                           dtype=torch.float64)}
+    weights = torch.rand(components, generator=generator, dtype=torch.float64) + 0.2
+    params = {"weights": weights / weights.sum(), "means": means, **scale}
+    x, _ = gmm.sample(config, params, num_data, generator)
+    x = x.float()
+    params32 = {name: value.float() for name, value in params.items()}
+    features = gmm_em._quadratic_features(config, x)
+    table, _ = gmm_em._quadratic_weights(config, params32, features)
+    table = table.float()
+    if full:
+        first, second = torch.triu_indices(dim, dim)
+    else:
+        first = second = torch.arange(dim)
+    return x, table, features.center, first, second
+
+
+def _float64_reference(x, table, center, first, second):
+    """The E-step's sums ``Σ r_k φ`` and total log p(x) in float64, from the definition."""
+    c = x.double() - center.double()
+    phi = torch.cat([c[:, first] * c[:, second], c, torch.ones(c.shape[0], 1,
+                                                                dtype=torch.float64)], 1)
+    joint = phi @ table.double().t()
+    return torch.softmax(joint, 1).t() @ phi, float(torch.logsumexp(joint, 1).sum())
+
+
+def test_the_kernel_is_built_where_a_compiler_is():
+    """Where a C compiler is on PATH and the CPU has AVX2 or AVX-512 (this project's CI), the
+    E-step uses the kernel; :func:`status` names the build."""
+    if os.environ.get("LVM_ZOO_NATIVE") == "0":
+        pytest.skip("LVM_ZOO_NATIVE=0 turns the kernel off for this run")
+    if em_native._compiler() is None:
+        assert em_native.kernel() is None and "no C compiler" in em_native.status()["reason"]
+        return
+    assert 0 in em_native.variants()  # the baseline build runs on every CPU
+    flags = open("/proc/cpuinfo").read() if sys.platform.startswith("linux") else ""
+    if " avx2" in flags or " avx512f" in flags:
+        assert em_native.status() == {"used": True, "variant": em_native.status()["variant"],
+                                      "reason": "used"}
+        assert em_native.status()["variant"] in ("AVX-512", "AVX2")
+
+
+@pytest.mark.parametrize("dim,components,num_data,full", [
+    (16, 8, 5000, True),    # the benchmark's shape, a last partial tile
+    (5, 12, 777, True),     # K past one register group of 8, padded to 16
+    (3, 3, 256, True),      # K below 8, one exact block
+    (1, 2, 100, True),      # one column, fewer rows than a tile
+    (7, 5, 2049, False),    # diagonal features: squares only
+])
+def test_each_build_gives_the_float64_e_step(dim, components, num_data, full):
+    """Every build this CPU runs gives the sums ``Σ_n r_nk φ_n`` within float32 rounding of
+    the float64 E-step and the total log p(x) within 1e-5 nats a row; without statistics,
+    the same total and no sums."""
+    builds = em_native.variants()
+    if not builds:
+        assert em_native._compiler() is None or os.environ.get("LVM_ZOO_NATIVE") == "0"
+        pytest.skip("the kernel is not built here: " + em_native.status()["reason"])
+    x, table, center, first, second = _problem(dim, components, num_data, full, seed=dim)
+    expected, expected_total = _float64_reference(x, table, center, first, second)
+    for build in builds:
+        sums, total = em_native.share(x, table, center, first, second, 0, num_data, FLOOR,
+                                      True, variant=build)
+        assert sums.shape == (components, table.shape[1]) and sums.dtype == torch.float64
+        np.testing.assert_allclose(sums.numpy(), expected.numpy(), rtol=2e-4,
+                                   atol=2e-4 * float(expected.abs().max()) / num_data + 1e-6)
+        assert abs(float(total) - expected_total) / num_data < 1e-5
+        alone, alone_total = em_native.share(x, table, center, first, second, 0, num_data,
+                                             FLOOR, False, variant=build)
+        assert float(alone.abs().max()) == 0.0 and float(alone_total) == float(total)
+        # a share of the rows: rows 37.. only
+        part, part_total = em_native.share(x, table, center, first, second, 37, num_data,
+                                           FLOOR, True, variant=build)
+        tail, tail_total = _float64_reference(x[37:], table, center, first, second)
+        np.testing.assert_allclose(part.numpy(), tail.numpy(), rtol=2e-4,
+                                   atol=2e-4 * float(tail.abs().max()) / num_data + 1e-6)
+        assert abs(float(part_total) - tail_total) / num_data < 1e-5
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+@pytest.mark.filterwarnings("ignore:EM on gmm did not converge")  # twenty iterations, tol 0
+def test_em_with_the_kernel_is_em_in_torch(threads, covariance_type, monkeypatch):
+    """The E-step and a whole EM fit with the kernel and in torch's form: the same statistics
+    to float32 rounding, the same log-likelihood history within 1e-5 nats a row, on one
+    thread and in two shares."""
+    if em_native.kernel() is None:
+        pytest.skip("the kernel is not used here: " + em_native.status()["reason"])
+    config = gmm.GMMConfig(dim=6, components=5, covariance_type=covariance_type)
+    generator = torch.Generator().manual_seed(21)
+    truth = {"weights": torch.full((5,), 0.2, dtype=torch.float64),
+             "means": 3 * torch.randn(5, 6, generator=generator, dtype=torch.float64),
+             "scale_tril": torch.eye(6, dtype=torch.float64).expand(5, 6, 6).clone()}
+    x, _ = gmm.sample(gmm.GMMConfig(dim=6, components=5), truth, 30_000, generator)
+    x = x.float()
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        start = gmm.initialize(config, x, torch.Generator().manual_seed(0))
+        native_stats, native_ll = gmm.e_step(config, start, x)
+        native_fit = fit_em(gmm.SPEC, config, x, init=start, max_iter=20, tol=0.0)
+        monkeypatch.setattr(gmm_em, "_native", lambda x: False)
+        torch_stats, torch_ll = gmm.e_step(config, start, x)
+        torch_fit = fit_em(gmm.SPEC, config, x, init=start, max_iter=20, tol=0.0)
+    finally:
+        torch.set_num_threads(saved)
+    assert abs(float(native_ll) - float(torch_ll)) < 1e-5
+    for a, b in zip(native_stats, torch_stats, strict=True):
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == b.dtype == torch.float32
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
+                                       atol=1e-4 * float(b.abs().max()))
+    np.testing.assert_allclose(native_fit.history["log_likelihood"],
+                               torch_fit.history["log_likelihood"], atol=1e-5)
+
+
+def _rebuilt(monkeypatch, tmp_path, **environment):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LVM_ZOO_CACHE", str(tmp_path))
+    em_native.forget()
+    return em_native.status()
+
+
+@pytest.mark.parametrize("environment,reason", [
+    ({"LVM_ZOO_NATIVE": "0"}, "LVM_ZOO_NATIVE=0"),
+    ({"CC": "no-such-compiler-here"}, "no C compiler"),
+    ({"CC": "false"}, "the C compiler failed"),
+])
+def test_without_the_kernel_the_e_step_runs_in_torch(environment, reason, monkeypatch,
+                                                     tmp_path):
+    """Turned off, without a compiler, or where the build fails, the kernel is not used, the
+    status says why, nothing is left in the cache, and the E-step (in torch's form) gives the
+    float64 log-likelihood."""
+    if "false" in environment.values() and shutil.which("false") is None:
+        pytest.skip("no `false` program to stand in for a failing compiler")
+    config = gmm.GMMConfig(dim=4, components=3)
+    x, _, _, _, _ = _problem(4, 3, 2000, True, seed=5)
+    try:
+        status = _rebuilt(monkeypatch, tmp_path, **environment)
+        assert status["used"] is False and status["reason"].startswith(reason)
+        assert em_native.kernel() is None and not gmm_em._native(torch.zeros(4, 2))
+        start = gmm.initialize(config, x, torch.Generator().manual_seed(5))
+        _, log_likelihood = gmm.e_step(config, start, x)
+        assert not list(tmp_path.iterdir())  # nothing built, nothing half-built
+    finally:
+        monkeypatch.undo()
+        em_native.forget()
+    params64 = {name: value.double() for name, value in start.items()}
+    expected = float(gmm.log_marginal(config, params64, x.double()).mean())
+    assert abs(float(log_likelihood) - expected) < 1e-5
+
+
+def test_the_build_is_cached_whole(monkeypatch, tmp_path):
+    """A build lands in the cache under its hash, whole (by one rename: no scratch left), and
+    the next process (here, the next load) finds it there without compiling again."""
+    if em_native._compiler() is None or os.environ.get("LVM_ZOO_NATIVE") == "0":
+        pytest.skip("the kernel is not built here: " + em_native.status()["reason"])
+    try:
+        assert _rebuilt(monkeypatch, tmp_path)["used"] == (em_native.kernel() is not None)
+        libraries = list(tmp_path.iterdir())
+        assert len(libraries) == 1 and libraries[0].name.startswith("em_kernel-")
+        stamp = libraries[0].stat().st_mtime_ns
+        em_native.forget()
+        assert em_native.variants()  # loaded again
+        assert list(tmp_path.iterdir()) == libraries
+        assert libraries[0].stat().st_mtime_ns == stamp
+    finally:
+        monkeypatch.undo()
+        em_native.forget()

@@ -1,0 +1,192 @@
+/* The GMM's fused E-step on quadratic features, one share of rows, for float32 on a CPU
+ * (zoo/em_native.py compiles it on first use and calls it through ctypes; zoo/gmm_em.py falls
+ * back to its torch form without a compiler). Vectorized across a tile of V rows; K log joints
+ * or responsibilities at a time in registers; the features phi(c) = [c_a c_b (pairs), c, 1] of
+ * the centred rows c = x - m are made on the fly and never stored.
+ *
+ * Per 256-row block: the rows centred and transposed (D x 256, in L1/L2), the log joints
+ * W phi (K x 256), their normalization (exp by Cephes' polynomial), and the sums
+ * Σ_rows r_k phi_j, accumulated in float over the block and in double across blocks.
+ *
+ * Three builds of one body: AVX-512 (16 lanes), AVX2 with FMA (8 lanes), and the compiler's
+ * baseline (4 lanes); em_variant() says which one the CPU runs. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TILES 16
+#define KG 8 /* components held in registers at once; W and the sums are padded to it */
+
+#define BODY(NAME, V, ATTR)                                                                   \
+typedef float NAME##_vf __attribute__((vector_size((V) * sizeof(float))));                   \
+typedef int NAME##_vi __attribute__((vector_size((V) * sizeof(int))));                       \
+ATTR static inline NAME##_vf NAME##_exp(NAME##_vf x)                                         \
+{                                                                                            \
+    const NAME##_vf magic = (NAME##_vf){0} + 12582912.0f; /* 1.5 * 2^23: round to integer */ \
+    NAME##_vf n = (x * 1.44269504088896341f + magic) - magic;                                \
+    NAME##_vf r = x - n * 0.693359375f + n * 2.12194440e-4f;                                 \
+    NAME##_vf p = (NAME##_vf){0} + 1.9875691500e-4f;                                         \
+    p = p * r + 1.3981999507e-3f;                                                            \
+    p = p * r + 8.3334519073e-3f;                                                            \
+    p = p * r + 4.1665795894e-2f;                                                            \
+    p = p * r + 1.6666665459e-1f;                                                            \
+    p = p * r + 5.0000001201e-1f;                                                            \
+    p = p * (r * r) + r + 1.0f;                                                              \
+    NAME##_vi e = (__builtin_convertvector(n, NAME##_vi) + 127) << 23;                       \
+    NAME##_vf scale;                                                                         \
+    memcpy(&scale, &e, sizeof scale);                                                        \
+    return p * scale;                                                                        \
+}                                                                                            \
+ATTR static inline NAME##_vf NAME##_max(NAME##_vf a, NAME##_vf b)                            \
+{                                                                                            \
+    NAME##_vi take = a > b;                                                                  \
+    return (NAME##_vf)(((NAME##_vi)a & take) | ((NAME##_vi)b & ~take));                      \
+}                                                                                            \
+ATTR static int NAME(const float *x, long n, int D, const float *m, const float *Wt, int K, \
+                     int Kp, int F, const int *pa, const int *pb, int Fq, float floor_,      \
+                     int statistics, double *sums, double *total)                            \
+{                                                                                            \
+    typedef NAME##_vf vf;                                                                    \
+    const int T = (V) * TILES;                                                               \
+    vf *c = aligned_alloc(64, sizeof(vf) * (size_t)D * TILES);                               \
+    vf *lg = aligned_alloc(64, sizeof(vf) * (size_t)Kp * TILES);                             \
+    float *blocksums = malloc(sizeof(float) * (size_t)Kp * F);                               \
+    if (!c || !lg || !blocksums) {                                                           \
+        free(c); free(lg); free(blocksums);                                                  \
+        return 1;                                                                            \
+    }                                                                                        \
+    vf peak[TILES], s[TILES];                                                                \
+    double tot = 0.0;                                                                        \
+    for (long n0 = 0; n0 < n; n0 += T) {                                                     \
+        const int w = (n - n0) < T ? (int)(n - n0) : T;                                      \
+        float *cf = (float *)c;                                                              \
+        for (int t = 0; t < T; t++) {                                                        \
+            const float *row = x + (n0 + (t < w ? t : 0)) * D;                               \
+            for (int d = 0; d < D; d++)                                                      \
+                cf[(size_t)d * T + t] = t < w ? row[d] - m[d] : 0.0f;                        \
+        }                                                                                    \
+        for (int g = 0; g < Kp; g += KG) {                                                   \
+            for (int tile = 0; tile < TILES; tile++) {                                       \
+                vf acc[KG];                                                                  \
+                for (int kk = 0; kk < KG; kk++)                                              \
+                    acc[kk] = (vf){0} + Wt[(size_t)(F - 1) * Kp + g + kk];                   \
+                for (int j = 0; j < Fq; j++) {                                               \
+                    const vf phi = c[(size_t)pa[j] * TILES + tile]                           \
+                                   * c[(size_t)pb[j] * TILES + tile];                        \
+                    const float *wj = Wt + (size_t)j * Kp + g;                               \
+                    for (int kk = 0; kk < KG; kk++) acc[kk] += wj[kk] * phi;                 \
+                }                                                                            \
+                for (int d = 0; d < D; d++) {                                                \
+                    const vf cd = c[(size_t)d * TILES + tile];                               \
+                    const float *wj = Wt + (size_t)(Fq + d) * Kp + g;                        \
+                    for (int kk = 0; kk < KG; kk++) acc[kk] += wj[kk] * cd;                  \
+                }                                                                            \
+                for (int kk = 0; kk < KG; kk++) lg[(size_t)(g + kk) * TILES + tile] = acc[kk]; \
+            }                                                                                \
+        }                                                                                    \
+        for (int tile = 0; tile < TILES; tile++) {                                           \
+            vf p = lg[tile];                                                                 \
+            for (int k = 1; k < K; k++) p = NAME##_max(lg[(size_t)k * TILES + tile], p);     \
+            vf sum = (vf){0};                                                                \
+            const vf low = (vf){0} + floor_;                                                 \
+            for (int k = 0; k < K; k++) {                                                    \
+                vf v = NAME##_exp(NAME##_max(lg[(size_t)k * TILES + tile] - p, low));        \
+                lg[(size_t)k * TILES + tile] = v;                                            \
+                sum += v;                                                                    \
+            }                                                                                \
+            for (int k = K; k < Kp; k++) lg[(size_t)k * TILES + tile] = (vf){0};             \
+            peak[tile] = p;                                                                  \
+            s[tile] = sum;                                                                   \
+        }                                                                                    \
+        for (int tile = 0; tile * (V) < w; tile++) { /* Σ log s as the log of products */    \
+            double product = 1.0;                                                            \
+            for (int lane = 0; lane < (V) && tile * (V) + lane < w; lane++) {                \
+                product *= (double)s[tile][lane];                                            \
+                tot += (double)peak[tile][lane];                                             \
+            }                                                                                \
+            tot += log(product);                                                             \
+        }                                                                                    \
+        if (!statistics) continue;                                                           \
+        for (int tile = 0; tile < TILES; tile++) {                                           \
+            vf inv = 1.0f / s[tile];                                                         \
+            for (int lane = 0; lane < (V); lane++)                                           \
+                if (tile * (V) + lane >= w) inv[lane] = 0.0f;                                \
+            for (int k = 0; k < K; k++) lg[(size_t)k * TILES + tile] *= inv;                 \
+        }                                                                                    \
+        for (int g = 0; g < Kp; g += KG) {                                                   \
+            for (int j = 0; j < F; j++) {                                                    \
+                vf acc[KG];                                                                  \
+                for (int kk = 0; kk < KG; kk++) acc[kk] = (vf){0};                           \
+                for (int tile = 0; tile < TILES; tile++) {                                   \
+                    vf phi;                                                                  \
+                    if (j < Fq)                                                              \
+                        phi = c[(size_t)pa[j] * TILES + tile] * c[(size_t)pb[j] * TILES + tile]; \
+                    else if (j < F - 1)                                                      \
+                        phi = c[(size_t)(j - Fq) * TILES + tile];                            \
+                    else                                                                     \
+                        phi = (vf){0} + 1.0f;                                                \
+                    for (int kk = 0; kk < KG; kk++)                                          \
+                        acc[kk] += lg[(size_t)(g + kk) * TILES + tile] * phi;                \
+                }                                                                            \
+                for (int kk = 0; kk < KG; kk++) {                                            \
+                    float h = 0.0f;                                                          \
+                    for (int lane = 0; lane < (V); lane++) h += acc[kk][lane];               \
+                    blocksums[(size_t)(g + kk) * F + j] = h;                                 \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        for (size_t i = 0; i < (size_t)Kp * F; i++) sums[i] += blocksums[i];                 \
+    }                                                                                        \
+    *total += tot;                                                                           \
+    free(c); free(lg); free(blocksums);                                                      \
+    return 0;                                                                                \
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+BODY(em_avx512, 16, __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))))
+BODY(em_avx2, 8, __attribute__((target("avx2,fma"))))
+#endif
+BODY(em_base, 4, )
+
+typedef int (*em_fn)(const float *, long, int, const float *, const float *, int, int, int,
+                     const int *, const int *, int, float, int, double *, double *);
+
+static em_fn chosen(int variant)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if ((variant < 0 || variant == 2) && __builtin_cpu_supports("avx512f")
+        && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512bw"))
+        return em_avx512;
+    if ((variant < 0 || variant == 1) && __builtin_cpu_supports("avx2")
+        && __builtin_cpu_supports("fma"))
+        return em_avx2;
+#endif
+    return variant <= 0 ? em_base : 0;
+}
+
+/* 2: AVX-512, 1: AVX2, 0: baseline: the best the CPU runs (variant < 0), or -1 where the one
+   asked for does not run here. */
+int em_variant(int variant)
+{
+    em_fn f = chosen(variant);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (f == em_avx512) return 2;
+    if (f == em_avx2) return 1;
+#endif
+    return f ? 0 : -1;
+}
+
+/* Rows [0, n) of x (row-major, n x D float32), centred at m; Wt (F x Kp: the F feature
+   weights of each of K components, padded with zero columns to Kp, a multiple of 8); pa, pb the
+   Fq quadratic features' pairs. Adds Σ log p(x) to *total and, with statistics, Σ r_k phi_j to
+   sums (Kp x F, double). Returns 0, or 1 where memory ran out. */
+int em_share(int variant, const float *x, long n, int D, const float *m, const float *Wt,
+             int K, int Kp, int F, const int *pa, const int *pb, int Fq, float floor_,
+             int statistics, double *sums, double *total)
+{
+    em_fn f = chosen(variant);
+    if (!f || Kp % KG || K > Kp) return 2;
+    return f(x, n, D, m, Wt, K, Kp, F, pa, pb, Fq, floor_, statistics, sums, total);
+}
