@@ -85,6 +85,7 @@ import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from inference.em import MAX_ITER, TOL, fit_em  # noqa: E402
+from zoo import em_native  # noqa: E402
 from zoo.gmm import INIT_METHODS, SPEC, GMMConfig, initialize, sample  # noqa: E402
 from zoo.gmm_init import kmeans_plus_plus, lloyd, lloyd_tolerance  # noqa: E402
 
@@ -208,6 +209,10 @@ def main(args) -> int:
           f"iterations (+ final E-step), "
           f"{where}, OMP_WAIT_POLICY={args.omp_wait_policy}, torch {torch.__version__}, "
           f"best of {args.repeats}")
+    kernel = em_native.status()
+    print("float32 E-step on the CPU: " + (f"the compiled kernel ({kernel['variant']})"
+                                           if kernel["used"] else
+                                           f"torch's form ({kernel['reason']})"))
     header = (f"{'dtype':<8} {'lvm-zoo s':>10} {'ms/iter':>8} {'sklearn s':>10} "
               f"{'speed-up':>9} {'log p(x) lvm-zoo':>17} {'log p(x) sklearn':>17} {'|diff|':>9}")
     print(header)

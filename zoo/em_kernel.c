@@ -142,11 +142,84 @@ ATTR static int NAME(const float *x, long n, int D, const float *m, const float 
     return 0;                                                                                \
 }
 
+/* One Lloyd pass over rows [0, n): each row's nearest centre (the first of equals, as argmin)
+ * by |c_k|^2 - 2 x.c_k, K centres at a time in registers over a tile of V rows; the labels
+ * written, the clusters' sums (double) and counts added, and the labels that differ from
+ * previous (where given) counted. */
+#define LLOYD(NAME, V, ATTR)                                                                  \
+ATTR static int NAME(const float *x, long n, int D, const float *centers, int K, int Kp,     \
+                     long long *labels, const long long *previous, double *sums,             \
+                     long long *counts, long long *changed)                                  \
+{                                                                                            \
+    typedef float vf __attribute__((vector_size((V) * sizeof(float))));                      \
+    typedef int vi __attribute__((vector_size((V) * sizeof(int))));                          \
+    const int T = (V) * TILES;                                                               \
+    vf *c = aligned_alloc(64, sizeof(vf) * (size_t)D * TILES);                               \
+    float *scaled = malloc(sizeof(float) * (size_t)D * Kp);  /* -2 c_kd, [d][k] */           \
+    float *norms = malloc(sizeof(float) * (size_t)Kp);                                       \
+    if (!c || !scaled || !norms) {                                                           \
+        free(c); free(scaled); free(norms);                                                  \
+        return 1;                                                                            \
+    }                                                                                        \
+    for (int k = 0; k < Kp; k++) {                                                           \
+        float norm = 0.0f;                                                                   \
+        for (int d = 0; d < D; d++) {                                                        \
+            const float v = k < K ? centers[(size_t)k * D + d] : 0.0f;                       \
+            scaled[(size_t)d * Kp + k] = -2.0f * v;                                          \
+            norm += v * v;                                                                   \
+        }                                                                                    \
+        norms[k] = norm;                                                                     \
+    }                                                                                        \
+    long long moved = 0;                                                                     \
+    for (long n0 = 0; n0 < n; n0 += T) {                                                     \
+        const int w = (n - n0) < T ? (int)(n - n0) : T;                                      \
+        float *cf = (float *)c;                                                              \
+        for (int t = 0; t < T; t++) {                                                        \
+            const float *row = x + (n0 + (t < w ? t : 0)) * D;                               \
+            for (int d = 0; d < D; d++) cf[(size_t)d * T + t] = t < w ? row[d] : 0.0f;       \
+        }                                                                                    \
+        for (int tile = 0; tile * (V) < w; tile++) {                                         \
+            vf best = (vf){0} + INFINITY;                                                    \
+            vi which = (vi){0};                                                              \
+            for (int g = 0; g < Kp; g += KG) {                                               \
+                vf acc[KG];                                                                  \
+                for (int kk = 0; kk < KG; kk++) acc[kk] = (vf){0} + norms[g + kk];           \
+                for (int d = 0; d < D; d++) {                                                \
+                    const vf xd = c[(size_t)d * TILES + tile];                               \
+                    const float *sd = scaled + (size_t)d * Kp + g;                           \
+                    for (int kk = 0; kk < KG; kk++) acc[kk] += sd[kk] * xd;                  \
+                }                                                                            \
+                for (int kk = 0; kk < KG && g + kk < K; kk++) { /* strictly less: the first */ \
+                    const vi take = acc[kk] < best;                                          \
+                    best = (vf)(((vi)acc[kk] & take) | ((vi)best & ~take));                  \
+                    which = (((vi){0} + (g + kk)) & take) | (which & ~take);                 \
+                }                                                                            \
+            }                                                                                \
+            for (int lane = 0; lane < (V) && tile * (V) + lane < w; lane++) {                \
+                const long row = n0 + tile * (V) + lane;                                     \
+                const int k = which[lane];                                                   \
+                labels[row] = k;                                                             \
+                counts[k] += 1;                                                              \
+                if (previous) moved += previous[row] != k;                                   \
+                const float *xr = x + row * D;                                               \
+                double *sk = sums + (size_t)k * D;                                           \
+                for (int d = 0; d < D; d++) sk[d] += xr[d];                                  \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    *changed += moved;                                                                       \
+    free(c); free(scaled); free(norms);                                                      \
+    return 0;                                                                                \
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 BODY(em_avx512, 16, __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))))
 BODY(em_avx2, 8, __attribute__((target("avx2,fma"))))
+LLOYD(lloyd_avx512, 16, __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))))
+LLOYD(lloyd_avx2, 8, __attribute__((target("avx2,fma"))))
 #endif
 BODY(em_base, 4, )
+LLOYD(lloyd_base, 4, )
 
 typedef int (*em_fn)(const float *, long, int, const float *, const float *, int, int, int,
                      const int *, const int *, int, float, int, double *, double *);
@@ -189,4 +262,27 @@ int em_share(int variant, const float *x, long n, int D, const float *m, const f
     em_fn f = chosen(variant);
     if (!f || Kp % KG || K > Kp) return 2;
     return f(x, n, D, m, Wt, K, Kp, F, pa, pb, Fq, floor_, statistics, sums, total);
+}
+
+typedef int (*lloyd_fn)(const float *, long, int, const float *, int, int, long long *,
+                        const long long *, double *, long long *, long long *);
+
+/* One Lloyd pass over rows [0, n) of x (row-major n x D float32) against centers (K x D):
+   labels written (int64), the clusters' sums (K x D, double) and counts (int64) added to, and
+   the labels that differ from previous (int64, or NULL) added to *changed. The build as in
+   em_share. Returns 0, 1 where memory ran out, 2 where the build does not run here. */
+int lloyd_share(int variant, const float *x, long n, int D, const float *centers, int K,
+                long long *labels, const long long *previous, double *sums, long long *counts,
+                long long *changed)
+{
+    const int v = em_variant(variant);
+    lloyd_fn f = 0;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (v == 2) f = lloyd_avx512;
+    if (v == 1) f = lloyd_avx2;
+#endif
+    if (v == 0) f = lloyd_base;
+    if (!f) return 2;
+    return f(x, n, D, centers, K, (K + KG - 1) / KG * KG, labels, previous, sums, counts,
+             changed);
 }

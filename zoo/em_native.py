@@ -98,6 +98,9 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
                              pointer, ctypes.c_int, ctypes.c_int, ctypes.c_int, pointer, pointer,
                              ctypes.c_int, ctypes.c_float, ctypes.c_int, pointer, pointer]
     lib.em_share.restype = ctypes.c_int
+    lib.lloyd_share.argtypes = [ctypes.c_int, pointer, ctypes.c_long, ctypes.c_int, pointer,
+                                ctypes.c_int, pointer, pointer, pointer, pointer, pointer]
+    lib.lloyd_share.restype = ctypes.c_int
     return lib, "built"
 
 
@@ -170,3 +173,29 @@ def share(x: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, first: t
     if code != 0:
         raise RuntimeError(f"the E-step kernel refused its arguments (code {code})")
     return sums[:k], total[0]
+
+
+def lloyd_share(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor,
+                previous: torch.Tensor | None, begin: int, end: int, variant: int = BEST
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Lloyd pass over rows ``begin..end`` of ``x`` (float32, contiguous, on the CPU), as
+    :func:`zoo.gmm_init._lloyd_share` makes it: each row's nearest centre written into
+    ``labels`` (int64; the first of equals), and the clusters' sums (float64), counts and the
+    number of labels that differ from ``previous`` (where given)."""
+    library = _state()["library"]
+    k, d = centers.shape
+    centers = centers.to(torch.float32).contiguous()
+    sums = torch.zeros(k, d, dtype=torch.float64)
+    counts = torch.zeros(k, dtype=torch.int64)
+    changed = torch.zeros(1, dtype=torch.int64)
+    step = labels.element_size()
+    code = library.lloyd_share(
+        variant, x.data_ptr() + begin * d * x.element_size(), end - begin, d,
+        centers.data_ptr(), k, labels.data_ptr() + begin * step,
+        None if previous is None else previous.data_ptr() + begin * step, sums.data_ptr(),
+        counts.data_ptr(), changed.data_ptr())
+    if code == 1:
+        raise MemoryError("the Lloyd kernel could not allocate its block buffers")
+    if code != 0:
+        raise RuntimeError(f"the Lloyd kernel refused its arguments (code {code})")
+    return sums, counts, changed[0]

@@ -31,10 +31,12 @@ from typing import NamedTuple
 
 import torch
 
+from zoo import em_native
 from zoo.errors import InputError
 from zoo.gmm_config import GMMConfig, _check_data, check_components
 from zoo.gmm_em import (
     _in_threads,
+    _native,
     _one_intra_op_thread,
     _script,
     combine,
@@ -318,8 +320,14 @@ def _assign_and_sum(rows, centers: torch.Tensor, labels: list | None, previous: 
         before = previous[i] if previous is not None else out
         block = min(chunk.shape[0], max(64, budget // k // 64 * 64))
 
+        native = _native(chunk) and out.is_contiguous() and before.is_contiguous()
+
         def reduce(begin: int, end: int, scripted: bool = False, chunk=chunk, out=out,
-                   before=before, block=block):
+                   before=before, block=block, native=native):
+            if native:
+                return em_native.lloyd_share(chunk, centers, out,
+                                             before if previous is not None else None,
+                                             begin, end)
             share = _script(_lloyd_share) if scripted else _lloyd_share
             return share(chunk, centers, out, before, begin, end, block,
                          previous is not None)

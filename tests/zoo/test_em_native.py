@@ -203,3 +203,59 @@ def test_the_build_is_cached_whole(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         em_native.forget()
+
+
+@pytest.mark.parametrize("dim,components,num_data", [(16, 8, 5000), (3, 11, 777), (1, 2, 90)])
+def test_each_build_gives_lloyds_pass(dim, components, num_data):
+    """Every build's Lloyd pass: each row's nearest centre by float64 distances (rows whose
+    two nearest centres are within float32 rounding of each other may go either way), the
+    clusters' sums and counts of those labels, and the labels that changed from the last
+    pass; over a share of the rows, too."""
+    builds = em_native.variants()
+    if not builds:
+        pytest.skip("the kernel is not built here: " + em_native.status()["reason"])
+    generator = torch.Generator().manual_seed(dim + components)
+    x = (3 * torch.randn(num_data, dim, generator=generator)).float()
+    centers = x[torch.randperm(num_data, generator=generator)[:components]].clone()
+    distances = torch.cdist(x.double(), centers.double()).square()
+    nearest = distances.argmin(1)
+    two = distances.topk(min(2, components), 1, largest=False).values
+    clear = (two[:, -1] - two[:, 0]) > 1e-4 * (1 + two[:, 0]) if components > 1 else \
+        torch.ones(num_data, dtype=torch.bool)
+    previous = torch.randint(components, (num_data,), generator=generator)
+    for build in builds:
+        labels = torch.full((num_data,), -1, dtype=torch.int64)
+        sums, counts, changed = em_native.lloyd_share(x, centers, labels, previous, 0,
+                                                      num_data, variant=build)
+        assert torch.equal(labels[clear], nearest[clear])
+        assert int(changed) == int((labels != previous).sum())
+        assert torch.equal(counts, torch.bincount(labels, minlength=components))
+        expected = torch.zeros(components, dim, dtype=torch.float64).index_add_(
+            0, labels, x.double())
+        np.testing.assert_allclose(sums.numpy(), expected.numpy(), rtol=1e-12, atol=1e-9)
+        part = torch.full((num_data,), -1, dtype=torch.int64)
+        _, part_counts, _ = em_native.lloyd_share(x, centers, part, None, 7, num_data,
+                                                  variant=build)
+        assert bool((part[:7] == -1).all()) and torch.equal(part[7:], labels[7:])
+        assert int(part_counts.sum()) == num_data - 7
+
+
+def test_kmeans_with_the_kernel_is_sklearns_on_float32():
+    """Lloyd's iterations on float32 rows with the kernel end where scikit-learn's KMeans
+    ends from the same centres (well-separated blobs: no near ties): the same labels and
+    iterations, centres within float32 rounding."""
+    from sklearn.cluster import KMeans
+
+    from zoo import gmm_init
+
+    if em_native.kernel() is None:
+        pytest.skip("the kernel is not used here: " + em_native.status()["reason"])
+    blobs, _, _ = gmm.synthetic(6000, torch.Generator().manual_seed(3), torch.float64)
+    x = blobs.float()
+    start, _ = gmm.kmeans_plus_plus(x, 3, generator=torch.Generator().manual_seed(1))
+    ours = gmm_init.lloyd(x, start, tol=0.0)
+    theirs = KMeans(3, init=start.numpy(), n_init=1, tol=0.0, algorithm="lloyd").fit(x.numpy())
+    assert np.array_equal(ours.labels.numpy(), theirs.labels_)
+    assert ours.n_iter == theirs.n_iter_
+    np.testing.assert_allclose(ours.centers.numpy(), theirs.cluster_centers_, rtol=1e-5,
+                               atol=1e-5)
