@@ -9,7 +9,8 @@ with AVX-512, 10.8 ms with AVX2 (``benchmarks/gmm_em.py``; RESULTS.md).
 
 How: the C source ships with the package; on first use the system C compiler (``$CC``, else
 ``cc``) builds it into a shared library in the user's cache (``$LVM_ZOO_CACHE``, else
-``$XDG_CACHE_HOME/lvm-zoo``, else ``~/.cache/lvm-zoo``), named by the hash of the source and
+``$XDG_CACHE_HOME/lvm-zoo``, else ``~/.cache/lvm-zoo``; where that cannot be made, a folder
+of the user's under the temporary directory), named by the hash of the source and
 the command, written to a temporary name and renamed, so that processes starting at once (the
 ranks of ``torchrun``) never load half a file. The library holds three builds of one body
 (AVX-512, AVX2 with FMA, the compiler's baseline) and picks by the CPU. It is called through
@@ -73,6 +74,11 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     command = [compiler, *FLAGS]
     key = hashlib.sha256(source + "\0".join(command + [sys.platform]).encode()).hexdigest()
     folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: this user's folder under the temporary directory
+        user = os.getuid() if hasattr(os, "getuid") else 0
+        folder = Path(tempfile.gettempdir()) / f"lvm-zoo-{user}"
     library = folder / f"em_kernel-{key[:20]}.so"
     if not library.is_file():
         try:
