@@ -66,18 +66,20 @@ def test_threaded_blocked_lloyd_matches_sklearn(seed, tie):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_nearest_centres_by_blocks_are_sklearns_argmin(threads):
-    """:func:`zoo.gmm_init.nearest_centers` in 64-row blocks (shares of them in threads on 2):
-    scikit-learn's ``pairwise_distances_argmin`` labels, also where two centres are equal
-    (every row at a tie takes the first, as argmin) and in a last, shorter block; no
-    operation returns a tensor of N x K values."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nearest_centres_by_blocks_are_sklearns_argmin(threads, dtype):
+    """:func:`zoo.gmm_init.nearest_centers` in 64-row blocks (shares of them in threads on 2;
+    float32 rows by the compiled pass where it is built): scikit-learn's
+    ``pairwise_distances_argmin`` labels, also where two centres are equal (every row at a
+    tie takes the first, as argmin) and in a last, shorter block; no operation returns a
+    tensor of N x K values."""
     from sklearn.metrics import pairwise_distances_argmin
 
     from tests.zoo.test_gmm_em_streaming import _LargestOutput
     from zoo import gmm_init
 
     x, _ = DATA["synthetic"]
-    x = x[:590]  # nine 64-row blocks and a last one of 14 rows
+    x = x[:590].to(dtype)  # nine 64-row blocks and a last one of 14 rows
     generator = torch.Generator().manual_seed(8)
     centers = x[torch.randperm(590, generator=generator)[:5]].clone()
     tied = torch.cat([centers[:2], centers[:2], centers[2:3]])
