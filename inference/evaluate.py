@@ -252,7 +252,9 @@ def evaluate_fit(spec: ModelSpec, config, result: FitResult, x_train: torch.Tens
     group = distributed.current()
     with own_random_stream(seed, x_train.device):
         rows = None
-        if x_train.shape[0] > max_train_rows:
+        # the subsample serves importance sampling only: exact figures take every row (a
+        # permutation of 8 million rows cost 0.2 s of a yardstick that took 0.6 s)
+        if x_train.shape[0] > max_train_rows and spec.log_marginal is None:
             rows = torch.randperm(x_train.shape[0], device=x_train.device)[:max_train_rows]
         metrics = _evaluate_fit(spec, config, result, x_train, x_test, num_samples,
                                 elbo_samples, rows, group, device or x_train.device,

@@ -33,11 +33,12 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 SOURCE = Path(__file__).with_name("em_kernel.c")
-FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
+FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-pthread")
 VARIANTS = {2: "AVX-512", 1: "AVX2", 0: "baseline"}
 BEST = -1  # em_variant's "the best this CPU runs"
 FASTEST_USED = 1  # the baseline build is slower than torch's GEMMs: used only when asked
@@ -102,11 +103,16 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     pointer = ctypes.c_void_p
     lib.em_share.argtypes = [ctypes.c_int, pointer, ctypes.c_long, ctypes.c_int, pointer,
                              pointer, ctypes.c_int, ctypes.c_int, ctypes.c_int, pointer, pointer,
-                             ctypes.c_int, ctypes.c_float, ctypes.c_int, pointer, pointer]
+                             ctypes.c_int, ctypes.c_float, ctypes.c_int, pointer, pointer,
+                             pointer]
     lib.em_share.restype = ctypes.c_int
     lib.lloyd_share.argtypes = [ctypes.c_int, pointer, ctypes.c_long, ctypes.c_int, pointer,
                                 ctypes.c_int, pointer, pointer, pointer, pointer, pointer]
     lib.lloyd_share.restype = ctypes.c_int
+    lib.lloyd_loop.argtypes = [ctypes.c_int, pointer, ctypes.c_int, pointer, ctypes.c_int,
+                               pointer, pointer, pointer, ctypes.c_int, ctypes.c_int,
+                               ctypes.c_double, pointer, pointer, pointer]
+    lib.lloyd_loop.restype = ctypes.c_int
     return lib, "built"
 
 
@@ -153,11 +159,14 @@ def variants() -> list[int]:
 
 def share(x: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, first: torch.Tensor,
           second: torch.Tensor, begin: int, end: int, floor: float, statistics: bool,
-          variant: int = BEST) -> tuple[torch.Tensor, torch.Tensor]:
+          variant: int = BEST, rows: torch.Tensor | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """The quadratic E-step's ``K x F`` sums (float64) and total log p(x) (float64) over rows
     ``begin..end`` of ``x`` (float32, contiguous, on the CPU), as
     :func:`zoo.gmm_em._quadratic_share` gives them: ``weights : (K, F)`` over the features
-    ``[c_a c_b for (a, b) in zip(first, second), c, 1]`` of ``c = x - center``."""
+    ``[c_a c_b for (a, b) in zip(first, second), c, 1]`` of ``c = x - center``. Where ``rows``
+    (float64, contiguous, one value per row of ``x``) is given, each row's log p(x) is written
+    into ``rows[begin:end]``."""
     library = _state()["library"]
     k, size = weights.shape
     d = x.shape[1]
@@ -170,10 +179,14 @@ def share(x: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, first: t
     sums = torch.zeros(padded, size, dtype=torch.float64)
     total = torch.zeros(1, dtype=torch.float64)
     start = x.data_ptr() + begin * d * x.element_size()  # rows begin..end, not a view of them
+    if rows is not None and not (rows.dtype == torch.float64 and rows.is_contiguous()
+                                 and rows.device.type == "cpu" and rows.numel() >= end):
+        raise ValueError("rows must be a contiguous float64 CPU tensor of one value per row")
+    row_out = None if rows is None else rows.data_ptr() + begin * rows.element_size()
     code = library.em_share(variant, start, end - begin, d, center.data_ptr(),
                             table.data_ptr(), k, padded, size, first.data_ptr(),
                             second.data_ptr(), first.numel(), floor, int(statistics),
-                            sums.data_ptr(), total.data_ptr())
+                            sums.data_ptr(), total.data_ptr(), row_out)
     if code == 1:
         raise MemoryError("the E-step kernel could not allocate its block buffers")
     if code != 0:
@@ -205,3 +218,40 @@ def lloyd_share(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor,
     if code != 0:
         raise RuntimeError(f"the Lloyd kernel refused its arguments (code {code})")
     return sums, counts, changed[0]
+
+
+class LoopResult(NamedTuple):
+    centers: torch.Tensor  # (K, D) float32, the last means
+    labels: torch.Tensor  # (N,) int64, the last pass's labels
+    n_iter: int
+    strict: bool  # stopped because no label changed
+    converged: bool  # stopped on no change or on the shift
+
+
+def lloyd_loop(x: torch.Tensor, centers: torch.Tensor, bounds: list[int], max_iter: int,
+               tol: float, variant: int = BEST) -> LoopResult | None:
+    """Lloyd's algorithm on the rows of ``x`` (float32, contiguous, on the CPU) from
+    ``centers``, whole in the kernel, as :func:`zoo.gmm_init.lloyd_rows` runs it on one
+    process: each pass over the shares ``bounds[i]..bounds[i + 1]`` of the rows, one thread a
+    share (without the GIL), the shares' sums added in order, the centres moved to the means;
+    it stops where no label changed, where the squared shift is at most ``tol``, or after
+    ``max_iter`` passes. ``None`` where a cluster emptied: the caller's loop, which refills
+    it, runs instead."""
+    library = _state()["library"]
+    k, d = centers.shape
+    moved = centers.to(torch.float32).contiguous().clone()
+    labels = torch.empty(x.shape[0], dtype=torch.int64)
+    scratch = torch.empty(x.shape[0], dtype=torch.int64)
+    limits = (ctypes.c_long * len(bounds))(*bounds)
+    n_iter, strict, converged = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    code = library.lloyd_loop(variant, x.data_ptr(), d, moved.data_ptr(), k, labels.data_ptr(),
+                              scratch.data_ptr(), limits, len(bounds) - 1, max_iter, tol,
+                              ctypes.byref(n_iter), ctypes.byref(strict),
+                              ctypes.byref(converged))
+    if code == 3:
+        return None
+    if code == 1:
+        raise MemoryError("the Lloyd kernel could not allocate its buffers")
+    if code != 0:
+        raise RuntimeError(f"the Lloyd kernel refused its arguments (code {code})")
+    return LoopResult(moved, labels, n_iter.value, bool(strict.value), bool(converged.value))

@@ -61,6 +61,7 @@ from zoo.gmm_em import (
     m_step,
     maximize,
     mean_log_likelihood,
+    row_log_likelihoods,
     sufficient_statistics,
     weighted_moments,
 )
@@ -94,7 +95,12 @@ def log_joint(config: GMMConfig, params: Params, x: torch.Tensor) -> torch.Tenso
 
 
 def log_marginal(config: GMMConfig, params: Params, x: torch.Tensor) -> torch.Tensor:
-    """Exact ``log p(x_n)`` for ``x : (N, D)``, shape ``(N,)``, in nats."""
+    """Exact ``log p(x_n)`` for ``x : (N, D)``, shape ``(N,)``, in nats: by the compiled
+    E-step kernel for float32 rows on a CPU where it runs and its error bound holds
+    (:func:`zoo.gmm_em.row_log_likelihoods`), else by whitened row blocks."""
+    rows = row_log_likelihoods(config, params, x)
+    if rows is not None:
+        return rows.to(x.dtype)
     parts = _prepare(config, params, x)
     return torch.cat([_normalize(block)[0] for *_, block in _log_joint_blocks(config, parts, x)])
 

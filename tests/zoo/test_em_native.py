@@ -77,6 +77,14 @@ def test_the_kernel_is_built_where_a_compiler_is():
                                       "reason": "used"}
 
 
+def _float64_rows(x, table, center, first, second):
+    """Each row's log p(x) in float64, from the definition."""
+    c = x.double() - center.double()
+    phi = torch.cat([c[:, first] * c[:, second], c, torch.ones(c.shape[0], 1,
+                                                                dtype=torch.float64)], 1)
+    return torch.logsumexp(phi @ table.double().t(), 1).numpy()
+
+
 @pytest.mark.parametrize("dim,components,num_data,full", [
     (16, 8, 5000, True),    # the benchmark's shape, a last partial tile
     (5, 12, 777, True),     # K past one register group of 8, padded to 16
@@ -111,6 +119,14 @@ def test_each_build_gives_the_float64_e_step(dim, components, num_data, full):
         np.testing.assert_allclose(part.numpy(), tail.numpy(), rtol=2e-4,
                                    atol=2e-4 * float(tail.abs().max()) / num_data + 1e-6)
         assert abs(float(part_total) - tail_total) / num_data < 1e-5
+        # each row's log p(x), written at its own row of the output (rows 37.. only here)
+        rows = torch.full((num_data,), math.nan, dtype=torch.float64)
+        _, rows_total = em_native.share(x, table, center, first, second, 37, num_data, FLOOR,
+                                        False, variant=build, rows=rows)
+        assert rows[:37].isnan().all() and float(rows_total) == float(part_total)
+        np.testing.assert_allclose(rows[37:].numpy(), _float64_rows(x[37:], table, center,
+                                                                     first, second), atol=1e-4)
+        assert abs(float(rows[37:].sum()) - float(rows_total)) < 1e-9 * num_data
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -260,3 +276,119 @@ def test_kmeans_with_the_kernel_is_sklearns_on_float32():
     assert ours.n_iter == theirs.n_iter_
     np.testing.assert_allclose(ours.centers.numpy(), theirs.cluster_centers_, rtol=1e-5,
                                atol=1e-5)
+
+
+def _overlapping(num_data, dim, components, seed):
+    generator = torch.Generator().manual_seed(seed)
+    means = 0.6 * torch.randn(components, dim, generator=generator)
+    which = torch.randint(components, (num_data,), generator=generator)
+    return (torch.randn(num_data, dim, generator=generator) + means[which]).contiguous()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("num_data,dim,components,tol", [
+    (19_037, 16, 8, "sklearn"),  # the start's sample: two shares on two threads
+    (5_000, 3, 11, 0.0),  # K past one register group, run until no label changes
+    (300, 2, 4, "sklearn"),  # one share: fewer blocks than threads
+])
+def test_lloyds_loop_in_the_kernel_is_the_python_loop(threads, num_data, dim, components, tol,
+                                                      monkeypatch):
+    """Lloyd's algorithm whole in the kernel (the passes' sums updated by the rows that
+    changed label) against the loop in Python over the kernel's passes (sums afresh each
+    pass) and against float64 means of its own labels: the same iterations, labels and stop,
+    centres within double rounding of the data's sums."""
+    from zoo import gmm_init
+
+    if em_native.kernel() is None:
+        pytest.skip("the kernel is not used here: " + em_native.status()["reason"])
+    x = _overlapping(num_data, dim, components, seed=components)
+    start, _ = gmm.kmeans_plus_plus(x, components, generator=torch.Generator().manual_seed(2))
+    tolerance = gmm_init.lloyd_tolerance(x) if tol == "sklearn" else tol
+    calls = []
+    loop = em_native.lloyd_loop
+    monkeypatch.setattr(em_native, "lloyd_loop", lambda *a, **k: calls.append(a[2]) or loop(
+        *a, **k))
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        ours = gmm_init.lloyd(x, start, tol=tolerance)
+        monkeypatch.setattr(gmm_init, "_lloyd_in_kernel", lambda *a, **k: None)
+        python = gmm_init.lloyd(x, start, tol=tolerance)
+    finally:
+        torch.set_num_threads(saved)
+    assert len(calls) == 1 and len(calls[0]) - 1 == (threads if num_data > 8192 else 1)
+    assert ours.n_iter == python.n_iter > 2 and ours.converged == python.converged
+    assert torch.equal(ours.labels, python.labels)
+    np.testing.assert_allclose(ours.centers.numpy(), python.centers.numpy(), rtol=1e-6,
+                               atol=1e-6)
+    assert ours.inertia == pytest.approx(python.inertia, rel=1e-6)
+    if tol == 0.0:  # stopped because no label changed: the centres are their rows' means
+        means = torch.zeros(components, dim, dtype=torch.float64).index_add_(
+            0, ours.labels, x.double()) / torch.bincount(ours.labels)[:, None]
+        np.testing.assert_allclose(ours.centers.double().numpy(), means.numpy(), rtol=1e-6,
+                                   atol=1e-6)
+
+
+def test_lloyds_loop_leaves_an_emptied_cluster_to_the_python_loop():
+    """A centre that no row is nearest to empties its cluster on the first pass: the kernel's
+    loop gives it back (``None``), and Lloyd refills it with the farthest row as
+    scikit-learn does; the result is the Python loop's."""
+    from zoo import gmm_init
+
+    if em_native.kernel() is None:
+        pytest.skip("the kernel is not used here: " + em_native.status()["reason"])
+    x = _overlapping(4000, 4, 3, seed=5)
+    start = torch.cat([x[:2], torch.full((1, 4), 1e3)])  # the third centre: far from all
+    assert em_native.lloyd_loop(x, start, [0, x.shape[0]], 50, 0.0) is None
+    ours = gmm_init.lloyd(x, start, tol=0.0)
+    assert int(torch.bincount(ours.labels, minlength=3).min()) > 0
+    assert float(ours.centers.abs().max()) < 1e2  # the far centre moved onto the data
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical"])
+def test_the_yardsticks_rows_through_the_kernel_are_scipys(threads, covariance_type):
+    """``gmm.log_marginal`` on float32 rows goes through the kernel (each row's log p(x)) and
+    gives scipy's densities row by row, within float32 rounding; the mean is the E-step's;
+    float64 rows take the whitened route and give the same values."""
+    from scipy.stats import multivariate_normal
+
+    if not em_native.variants():
+        pytest.skip("the kernel is not built here: " + em_native.status()["reason"])
+    config = gmm.GMMConfig(dim=6, components=5, covariance_type=covariance_type)
+    generator = torch.Generator().manual_seed(29)
+    means = 3 * torch.randn(5, 6, generator=generator, dtype=torch.float64) + 4.0
+    if covariance_type == "full":
+        factor = torch.randn(5, 6, 6, generator=generator, dtype=torch.float64)
+        scale = {"scale_tril": torch.linalg.cholesky(
+            factor @ factor.mT / 6 + 0.5 * torch.eye(6, dtype=torch.float64))}
+        covariances = scale["scale_tril"] @ scale["scale_tril"].mT
+    elif covariance_type == "diag":
+        scale = {"scale": 0.5 + torch.rand(5, 6, generator=generator, dtype=torch.float64)}
+        covariances = torch.diag_embed(scale["scale"] ** 2)
+    else:
+        scale = {"scale": 0.5 + torch.rand(5, generator=generator, dtype=torch.float64)}
+        covariances = scale["scale"][:, None, None] ** 2 * torch.eye(6, dtype=torch.float64)
+    weights = torch.rand(5, generator=generator, dtype=torch.float64) + 0.2
+    params = {"weights": weights / weights.sum(), "means": means, **scale}
+    x, _ = gmm.sample(config, params, 30_011, generator)  # a last partial tile
+    x = x.float()
+    params32 = {name: value.float() for name, value in params.items()}
+    rows = x.double().numpy()
+    joint = np.stack([np.log(float(params["weights"][k])) + multivariate_normal(
+        means[k].numpy(), covariances[k].numpy()).logpdf(rows) for k in range(5)], 1)
+    expected = np.logaddexp.reduce(joint, axis=1)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        assert gmm_em.row_log_likelihoods(config, params32, x) is not None  # the kernel's
+        values = gmm.log_marginal(config, params32, x)
+        _, mean = gmm.e_step(config, params32, x)
+        whitened = gmm.log_marginal(config, params, x.double())
+    finally:
+        torch.set_num_threads(saved)
+    assert values.shape == (30_011,) and values.dtype == torch.float32
+    # float32 log joints: 3e-5 nats at most here (the route's worst-case bound is 1e-3)
+    np.testing.assert_allclose(values.double().numpy(), expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(whitened.numpy(), expected, rtol=1e-9, atol=1e-9)
+    assert abs(float(values.double().mean()) - float(mean)) < 1e-5
