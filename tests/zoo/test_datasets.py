@@ -312,6 +312,44 @@ def test_npy_and_npz(tmp_path: Path) -> None:
     assert labelled.train_labels.tolist() == list(range(6))
 
 
+@pytest.mark.parametrize("layout", ["C", "F", "big-endian", "float64", "images"])
+def test_a_large_npy_is_mapped_and_split_as_one_read(tmp_path: Path, monkeypatch,
+                                                     layout: str) -> None:
+    """A ``.npy`` past ``MAP_BYTES`` is memory-mapped (not read into memory, then copied) and
+    gives the split that reading it gives, bit for bit, in C or Fortran order, in another
+    byte order or dtype (converted) and as images; the parts are writeable tensors of their
+    own, and a NaN in the mapped rows is still the one-line error naming its row."""
+    from zoo.datasets import files
+
+    generator = np.random.default_rng(4)
+    data = generator.normal(size=(1000, 6)).astype(np.float32)
+    if layout == "F":
+        data = np.asfortranarray(data)
+    elif layout == "big-endian":
+        data = data.astype(">f4")
+    elif layout == "float64":
+        data = data.astype(np.float64)
+    elif layout == "images":
+        data = data.reshape(1000, 2, 3)
+    np.save(tmp_path / "rows.npy", data)
+    read = load_dataset(str(tmp_path / "rows.npy"), test_fraction=0.25, seed=3)
+    maps = []
+    original = files.mmap.mmap
+    monkeypatch.setattr(files.mmap, "mmap", lambda *a, **k: maps.append(1) or original(*a, **k))
+    monkeypatch.setattr(files, "MAP_BYTES", 1024)
+    mapped = load_dataset(str(tmp_path / "rows.npy"), test_fraction=0.25, seed=3)
+    assert maps == [1]
+    assert torch.equal(mapped.train, read.train) and torch.equal(mapped.test, read.test)
+    assert mapped.train.dtype == torch.float32 and mapped.obs_shape == read.obs_shape
+    mapped.train[0, 0] = 7.0  # its own memory: the file is untouched
+    assert float(np.load(tmp_path / "rows.npy").reshape(1000, -1)[0, 0]) != 7.0
+    bad = np.load(tmp_path / "rows.npy")
+    bad.reshape(1000, -1)[417, 1] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(InputError, match=r"1 NaN or infinite values \(the first in row 417"):
+        load_dataset(str(tmp_path / "bad.npy"))
+
+
 def test_three_dimensional_arrays_are_images(tmp_path: Path) -> None:
     np.save(tmp_path / "images.npy", np.full((4, 3, 5), 0.5))
     dataset = load_dataset(str(tmp_path / "images.npy"), test_fraction=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -126,9 +127,13 @@ def _numpy_dtype(dtype: torch.dtype) -> type:
 
 
 def _to_observations(
-    array: np.ndarray, *, what: str, dtype: torch.dtype
+    array: np.ndarray, *, what: str, dtype: torch.dtype, borrow: bool = False
 ) -> tuple[torch.Tensor, tuple[int, ...], bool]:
     """Check a user array and flatten it to ``(N, D)``.
+
+    An array already of ``dtype`` is used as it is, not copied, where it is writeable or
+    ``borrow`` says the caller only reads the tensor (a memory-mapped file, which the split
+    then copies); else it is converted into a new array.
 
     ``(N, D)`` is tabular; ``(N, H, W, ...)`` is read as N images of shape ``(H, W, ...)``,
     flattened row-major; ``obs_shape`` keeps ``(H, W, ...)`` so they can be folded back.
@@ -164,13 +169,15 @@ def _to_observations(
                 f"{what} holds {int(not_finite.sum())} NaN or infinite values (the first in row "
                 f"{first_row}, counting from 0); remove or impute them"
             )
-        if max(abs(float(low)), abs(float(high))) > np.finfo(target).max:
+        if max(abs(float(low)), abs(float(high))) > float(np.finfo(target).max):
             _check_in_range(rows, target, what=what)
-    # A new array of the right type is used as it is (a copy of 10^7 x 16 values took 1.4 s);
-    # one that is read-only or of another type is copied.
-    values = rows.astype(target, copy=not rows.flags.writeable)
+    # (a copy of 10^7 x 16 values took 1.4 s)
+    values = rows.astype(target, copy=not (rows.flags.writeable or borrow))
     obs_shape = tuple(int(size) for size in array.shape[1:])
-    return torch.from_numpy(values), obs_shape, array.ndim > 2
+    with warnings.catch_warnings():  # a borrowed read-only array: only read (see above)
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(values)
+    return tensor, obs_shape, array.ndim > 2
 
 
 def _check_in_range(rows: np.ndarray, target: type, *, what: str) -> None:

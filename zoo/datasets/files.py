@@ -13,6 +13,7 @@ import codecs
 import csv
 import io
 import math
+import mmap
 import os
 import pathlib
 import warnings
@@ -58,8 +59,10 @@ def _load_user_file(path: pathlib.Path, suffix: str, request: _Request) -> _Load
             array = _read_npy(path, stream, size)
         else:
             array, labels = _read_npz(path, stream, size)
+    # borrowed: a mapped .npy's rows are not copied here, as load_dataset's split copies
+    # every user file's rows into the train and test tensors
     x, obs_shape, is_image = _to_observations(
-        array, what=f"data file '{path}'", dtype=request.dtype
+        array, what=f"data file '{path}'", dtype=request.dtype, borrow=True
     )
     if feature_names is not None and len(feature_names) != x.shape[1]:
         raise InputError(
@@ -227,12 +230,14 @@ _NPY_HEADER_READERS = {
 }
 
 
-def _check_npy_header(stream: BinaryIO, *, size: int, what: str, fix: str) -> None:
+def _check_npy_header(stream: BinaryIO, *, size: int, what: str,
+                      fix: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     """Read a .npy header from ``stream`` (``size`` bytes in all) and refuse what cannot load.
 
     Refused: a missing magic string, an unknown format version, a damaged header, Python
     objects (they would need pickle, which can run code), and a header that promises more
     bytes than follow it (a truncated file, or one crafted to make numpy allocate terabytes).
+    Returns the header's shape, Fortran order and dtype; the stream is left at the data.
     """
     try:
         version = np.lib.format.read_magic(stream)
@@ -248,7 +253,7 @@ def _check_npy_header(stream: BinaryIO, *, size: int, what: str, fix: str) -> No
             f"(1.0, 2.0 and 3.0 are); save a numeric array with {fix}"
         )
     try:
-        shape, _, dtype = reader(stream)
+        shape, fortran_order, dtype = reader(stream)
     except ValueError as error:
         raise InputError(
             f"{what} has a damaged .npy header ({str(error).splitlines()[0]}); save it again "
@@ -269,13 +274,26 @@ def _check_npy_header(stream: BinaryIO, *, size: int, what: str, fix: str) -> No
             f"{shape} ({promised:,} bytes), but only {available:,} bytes follow the header; "
             f"save it again with {fix}"
         )
+    return shape, fortran_order, dtype
+
+
+# an .npy whose data take this many bytes or more is mapped, not read into memory: the split
+# copies its rows once (read, then split, the rows of 10^7 x 16 float32 values took two
+# copies, 1.2 s and 1.3 GB at the peak, against 0.6 s and 0.64 GB mapped)
+MAP_BYTES = 64 * 2**20
 
 
 def _read_npy(path: pathlib.Path, stream: BinaryIO, size: int) -> np.ndarray:
     """The array of an ``.npy`` file, its header checked first."""
     what = f"data file '{path}'"
     try:
-        _check_npy_header(stream, size=size, what=what, fix=_SAVE_HINT[".npy"])
+        shape, fortran_order, dtype = _check_npy_header(stream, size=size, what=what,
+                                                        fix=_SAVE_HINT[".npy"])
+        count = math.prod(shape)
+        if count * dtype.itemsize >= MAP_BYTES:  # read-only, the pages read when touched
+            view = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+            return np.frombuffer(view, dtype=dtype, count=count, offset=stream.tell()).reshape(
+                shape, order="F" if fortran_order else "C")
         stream.seek(0)
         return np.lib.format.read_array(stream, allow_pickle=False)
     except InputError:
