@@ -315,7 +315,10 @@ int lloyd_share(int variant, const float *x, long n, int D, const float *centers
    they differ from sums taken afresh by rounding alone. It stops where no
    label changed (*strict = 1), where the total squared shift of the centres is at most tol, or
    after max_iter passes; centers (K x D float32) then hold the last means and labels the last
-   pass's labels (scratch, n int64, is the other pass's buffer). Returns 0; 3 where a cluster
+   pass's labels (scratch, n int64, is the other pass's buffer). prior (or NULL) holds the
+   labels of the pass before the first, from an earlier call: the first pass counts the
+   labels that differ from them (so a run can go on over several calls, which return to the
+   caller, and to its signals, between them). Returns 0; 3 where a cluster
    emptied (the caller then runs its own loop, which refills it); 1 where memory ran out; 2
    where the build does not run here. */
 typedef struct {
@@ -325,6 +328,7 @@ typedef struct {
     const float *centers;
     const long *bounds;
     long long *current, *previous;
+    int fresh;           /* this pass sums afresh (the call's first) */
     double *sums;        /* shares x K x D, each share's, kept across passes */
     long long *counts;   /* shares x K */
     long long *changed;  /* shares */
@@ -345,7 +349,7 @@ static void lloyd_run_share(lloyd_team *t, int s)
     const long begin = t->bounds[s], rows = t->bounds[s + 1] - begin;
     double *sums = t->sums + (size_t)s * t->K * t->D;
     long long *counts = t->counts + (size_t)s * t->K;
-    if (!t->previous) { /* the first pass: sums afresh */
+    if (t->fresh) { /* the call's first pass: sums afresh */
         memset(sums, 0, sizeof(double) * (size_t)t->K * t->D);
         memset(counts, 0, sizeof(long long) * (size_t)t->K);
     }
@@ -353,7 +357,7 @@ static void lloyd_run_share(lloyd_team *t, int s)
     t->codes[s] = t->f(t->x + (size_t)begin * t->D, rows, t->D, t->centers, t->K,
                        (t->K + KG - 1) / KG * KG, t->current + begin,
                        t->previous ? t->previous + begin : 0, sums, counts, t->changed + s,
-                       t->previous != 0);
+                       !t->fresh);
 }
 
 /* A pass's hand-offs wait by spinning a while, then on a condition: a pass takes ~0.1 ms, and
@@ -419,8 +423,8 @@ static void lloyd_wait(lloyd_team *t)
 }
 
 int lloyd_loop(int variant, const float *x, int D, float *centers, int K, long long *labels,
-               long long *scratch, const long *bounds, int shares, int max_iter, double tol,
-               int *n_iter, int *strict, int *converged)
+               long long *scratch, const long long *prior, const long *bounds, int shares,
+               int max_iter, double tol, int *n_iter, int *strict, int *converged)
 {
     const int v = em_variant(variant);
     lloyd_fn f = 0;
@@ -466,7 +470,8 @@ int lloyd_loop(int variant, const float *x, int D, float *centers, int K, long l
     int it;
     for (it = 1; it <= max_iter; it++) {
         t.current = buffers[it % 2];
-        t.previous = it > 1 ? buffers[(it - 1) % 2] : 0;
+        t.previous = it > 1 ? buffers[(it - 1) % 2] : prior;
+        t.fresh = it == 1;
         lloyd_start(&t, workers, 0);
         for (int s = 0; s < shares; s++)
             if (mine[s]) lloyd_run_share(&t, s);
@@ -500,7 +505,7 @@ int lloyd_loop(int variant, const float *x, int D, float *centers, int K, long l
             }
         }
         memcpy(centers, moved, sizeof(float) * (size_t)K * D);
-        if (it > 1 && changed == 0) {
+        if (t.previous && changed == 0) {
             *strict = *converged = 1;
             break;
         }

@@ -110,7 +110,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
                                 ctypes.c_int, pointer, pointer, pointer, pointer, pointer]
     lib.lloyd_share.restype = ctypes.c_int
     lib.lloyd_loop.argtypes = [ctypes.c_int, pointer, ctypes.c_int, pointer, ctypes.c_int,
-                               pointer, pointer, pointer, ctypes.c_int, ctypes.c_int,
+                               pointer, pointer, pointer, pointer, ctypes.c_int, ctypes.c_int,
                                ctypes.c_double, pointer, pointer, pointer]
     lib.lloyd_loop.restype = ctypes.c_int
     return lib, "built"
@@ -229,14 +229,17 @@ class LoopResult(NamedTuple):
 
 
 def lloyd_loop(x: torch.Tensor, centers: torch.Tensor, bounds: list[int], max_iter: int,
-               tol: float, variant: int = BEST) -> LoopResult | None:
+               tol: float, prior: torch.Tensor | None = None,
+               variant: int = BEST) -> LoopResult | None:
     """Lloyd's algorithm on the rows of ``x`` (float32, contiguous, on the CPU) from
     ``centers``, whole in the kernel, as :func:`zoo.gmm_init.lloyd_rows` runs it on one
     process: each pass over the shares ``bounds[i]..bounds[i + 1]`` of the rows, one thread a
     share (without the GIL), the shares' sums added in order, the centres moved to the means;
     it stops where no label changed, where the squared shift is at most ``tol``, or after
-    ``max_iter`` passes. ``None`` where a cluster emptied: the caller's loop, which refills
-    it, runs instead."""
+    ``max_iter`` passes. ``prior`` (int64, one per row) are the labels of the pass before,
+    from an earlier call: the first pass counts its changes against them (its sums are taken
+    afresh). ``None`` where a cluster emptied: the caller's loop, which refills it, runs
+    instead."""
     library = _state()["library"]
     k, d = centers.shape
     moved = centers.to(torch.float32).contiguous().clone()
@@ -244,8 +247,12 @@ def lloyd_loop(x: torch.Tensor, centers: torch.Tensor, bounds: list[int], max_it
     scratch = torch.empty(x.shape[0], dtype=torch.int64)
     limits = (ctypes.c_long * len(bounds))(*bounds)
     n_iter, strict, converged = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    if prior is not None and not (prior.dtype == torch.int64 and prior.is_contiguous()
+                                  and prior.numel() == x.shape[0]):
+        raise ValueError("prior must be a contiguous int64 tensor of one label per row")
     code = library.lloyd_loop(variant, x.data_ptr(), d, moved.data_ptr(), k, labels.data_ptr(),
-                              scratch.data_ptr(), limits, len(bounds) - 1, max_iter, tol,
+                              scratch.data_ptr(), None if prior is None else prior.data_ptr(),
+                              limits, len(bounds) - 1, max_iter, tol,
                               ctypes.byref(n_iter), ctypes.byref(strict),
                               ctypes.byref(converged))
     if code == 3:

@@ -329,6 +329,33 @@ def test_lloyds_loop_in_the_kernel_is_the_python_loop(threads, num_data, dim, co
                                    atol=1e-6)
 
 
+def test_lloyds_loop_goes_on_over_several_calls(monkeypatch):
+    """A run cut into calls of three passes each (between them Python sees its signals)
+    ends where one call and the Python loop end: the same iterations, stop and labels; the
+    first pass of each later call counts its changes against the labels handed over."""
+    from zoo import gmm_init
+
+    if em_native.kernel() is None:
+        pytest.skip("the kernel is not used here: " + em_native.status()["reason"])
+    x = _overlapping(6000, 5, 6, seed=8)
+    start, _ = gmm.kmeans_plus_plus(x, 6, generator=torch.Generator().manual_seed(4))
+    whole = gmm_init.lloyd(x, start, tol=0.0)
+    calls = []
+    loop = em_native.lloyd_loop
+    monkeypatch.setattr(em_native, "lloyd_loop", lambda *a, **k: calls.append(a[3]) or loop(
+        *a, **k))
+    monkeypatch.setattr(gmm_init, "LLOYD_CALL_ROWS", 3 * x.shape[0])
+    cut = gmm_init.lloyd(x, start, tol=0.0)
+    monkeypatch.setattr(gmm_init, "_lloyd_in_kernel", lambda *a, **k: None)
+    python = gmm_init.lloyd(x, start, tol=0.0)
+    assert whole.n_iter > 6 and len(calls) == -(-whole.n_iter // 3) and set(calls) == {3}
+    for run in (cut, python):
+        assert run.n_iter == whole.n_iter and run.converged and torch.equal(run.labels,
+                                                                            whole.labels)
+        np.testing.assert_allclose(run.centers.numpy(), whole.centers.numpy(), rtol=1e-6,
+                                   atol=1e-6)
+
+
 def test_lloyds_loop_leaves_an_emptied_cluster_to_the_python_loop():
     """A centre that no row is nearest to empties its cluster on the first pass: the kernel's
     loop gives it back (``None``), and Lloyd refills it with the farthest row as
