@@ -456,8 +456,13 @@ def _lloyd_in_kernel(rows, centers: torch.Tensor, max_iter: int, tol: float,
         moved, prior = run.centers.to(centers.dtype), run.labels
         if run.converged or done >= max_iter:
             break
-    labels = run.labels if run.strict else nearest_centers(x, moved)
-    inertia = torch.index_select(moved, 0, labels).sub_(x).square_().sum().double()
+    saved = torch.get_num_threads()
+    try:  # the last labels and the inertia on the caller's threads, as after the Python loop
+        torch.set_num_threads(threads)
+        labels = run.labels if run.strict else nearest_centers(x, moved)
+        inertia = torch.index_select(moved, 0, labels).sub_(x).square_().sum().double()
+    finally:
+        torch.set_num_threads(saved)
     return LloydResult(moved, labels, float(inertia), done, run.converged)
 
 
