@@ -285,6 +285,17 @@ int em_share(int variant, const float *x, long n, int D, const float *m, const f
 typedef int (*lloyd_fn)(const float *, long, int, const float *, int, int, long long *,
                         const long long *, double *, long long *, long long *, int);
 
+/* The Lloyd pass of the build em_variant(variant) names, or 0 where it does not run here. */
+static lloyd_fn lloyd_chosen(int variant)
+{
+    const int v = em_variant(variant);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (v == 2) return lloyd_avx512;
+    if (v == 1) return lloyd_avx2;
+#endif
+    return v == 0 ? lloyd_base : 0;
+}
+
 /* One Lloyd pass over rows [0, n) of x (row-major n x D float32) against centers (K x D):
    labels written (int64), the clusters' sums (K x D, double) and counts (int64) added to, and
    the labels that differ from previous (int64, or NULL) added to *changed. The build as in
@@ -293,13 +304,7 @@ int lloyd_share(int variant, const float *x, long n, int D, const float *centers
                 long long *labels, const long long *previous, double *sums, long long *counts,
                 long long *changed)
 {
-    const int v = em_variant(variant);
-    lloyd_fn f = 0;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (v == 2) f = lloyd_avx512;
-    if (v == 1) f = lloyd_avx2;
-#endif
-    if (v == 0) f = lloyd_base;
+    lloyd_fn f = lloyd_chosen(variant);
     if (!f) return 2;
     return f(x, n, D, centers, K, (K + KG - 1) / KG * KG, labels, previous, sums, counts,
              changed, 0);
@@ -426,13 +431,7 @@ int lloyd_loop(int variant, const float *x, int D, float *centers, int K, long l
                long long *scratch, const long long *prior, const long *bounds, int shares,
                int max_iter, double tol, int *n_iter, int *strict, int *converged)
 {
-    const int v = em_variant(variant);
-    lloyd_fn f = 0;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (v == 2) f = lloyd_avx512;
-    if (v == 1) f = lloyd_avx2;
-#endif
-    if (v == 0) f = lloyd_base;
+    lloyd_fn f = lloyd_chosen(variant);
     if (!f || shares < 1) return 2;
     lloyd_team t;
     memset(&t, 0, sizeof t);
