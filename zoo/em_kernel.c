@@ -332,7 +332,8 @@ typedef struct {
     int D, K;
     const float *centers;
     const long *bounds;
-    long long *current, *previous;
+    long long *current;
+    const long long *previous;
     int fresh;           /* this pass sums afresh (the call's first) */
     double *sums;        /* shares x K x D, each share's, kept across passes */
     long long *counts;   /* shares x K */
