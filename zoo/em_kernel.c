@@ -433,7 +433,7 @@ int lloyd_loop(int variant, const float *x, int D, float *centers, int K, long l
                int max_iter, double tol, int *n_iter, int *strict, int *converged)
 {
     lloyd_fn f = lloyd_chosen(variant);
-    if (!f || shares < 1) return 2;
+    if (!f || shares < 1 || max_iter < 1) return 2;
     lloyd_team t;
     memset(&t, 0, sizeof t);
     t.f = f, t.x = x, t.D = D, t.K = K, t.centers = centers, t.bounds = bounds;
