@@ -527,3 +527,81 @@ int lloyd_loop(int variant, const float *x, int D, float *centers, int K, long l
     free(count); free(threads); free(members); free(mine);
     return code;
 }
+
+/* The E-step's weights of full covariances (zoo/gmm_em.py's _quadratic_weights), in double:
+   for each of K components, from L (D x D lower Cholesky factor of the covariance, row-major),
+   the mean mu, the weight lambda and the rows' centre m: P = L^-1 by forward substitution, the
+   precision Lam = P^T P, and with delta = mu - m the row of W (F = D(D+1)/2 + D + 1):
+   -1/2 Lam_ii and -Lam_ij (i < j) in the upper triangle's row-major order, then Lam delta,
+   then log lambda - D/2 log 2 pi - sum log L_ii - 1/2 delta^T Lam delta. extremes[0] is
+   the largest |Lam_k|_F and extremes[1] the largest |delta_k|^2, for the rounding bound.
+   Returns 0; 4 where a diagonal of L is not positive and finite; 1 where memory ran out. */
+int full_weights(int K, int D, const double *L, const double *mu, const double *lambda,
+                 const double *m, double *W, double *extremes)
+{
+    const int F = D * (D + 1) / 2 + D + 1;
+    double *P = malloc(sizeof(double) * (size_t)D * D);
+    double *Lam = malloc(sizeof(double) * (size_t)D * D);
+    double *delta = malloc(sizeof(double) * (size_t)D);
+    if (!P || !Lam || !delta) {
+        free(P); free(Lam); free(delta);
+        return 1;
+    }
+    int code = 0;
+    extremes[0] = extremes[1] = 0.0;
+    for (int k = 0; k < K && !code; k++) {
+        const double *Lk = L + (size_t)k * D * D;
+        double logdet = 0.0;
+        for (int i = 0; i < D; i++) {
+            const double pivot = Lk[(size_t)i * D + i];
+            if (!(pivot > 0.0) || !isfinite(pivot)) {
+                code = 4;
+                break;
+            }
+            logdet += log(pivot);
+        }
+        if (code) break;
+        /* P = L^-1 (lower): column j solves L p = e_j */
+        for (int j = 0; j < D; j++) {
+            for (int i = 0; i < D; i++) {
+                if (i < j) {
+                    P[(size_t)i * D + j] = 0.0;
+                    continue;
+                }
+                double s = i == j ? 1.0 : 0.0;
+                for (int t = j; t < i; t++) s -= Lk[(size_t)i * D + t] * P[(size_t)t * D + j];
+                P[(size_t)i * D + j] = s / Lk[(size_t)i * D + i];
+            }
+        }
+        double norm = 0.0;
+        for (int a = 0; a < D; a++) /* Lam = P^T P, symmetric */
+            for (int b = a; b < D; b++) {
+                double s = 0.0;
+                for (int t = b; t < D; t++) s += P[(size_t)t * D + a] * P[(size_t)t * D + b];
+                Lam[(size_t)a * D + b] = Lam[(size_t)b * D + a] = s;
+                norm += a == b ? s * s : 2.0 * s * s;
+            }
+        double spread = 0.0;
+        for (int i = 0; i < D; i++) {
+            delta[i] = mu[(size_t)k * D + i] - m[i];
+            spread += delta[i] * delta[i];
+        }
+        double *w = W + (size_t)k * F;
+        int j = 0;
+        for (int a = 0; a < D; a++)
+            for (int b = a; b < D; b++)
+                w[j++] = (a == b ? -0.5 : -1.0) * Lam[(size_t)a * D + b];
+        double quadratic = 0.0;
+        for (int a = 0; a < D; a++) {
+            double s = 0.0;
+            for (int b = 0; b < D; b++) s += Lam[(size_t)a * D + b] * delta[b];
+            w[j++] = s;
+            quadratic += s * delta[a];
+        }
+        w[j] = log(lambda[k]) - 0.5 * D * log(2.0 * 3.14159265358979323846) - logdet - 0.5 * quadratic;
+        extremes[0] = fmax(extremes[0], sqrt(norm));
+        extremes[1] = fmax(extremes[1], spread);
+    }
+    free(P); free(Lam); free(delta);
+    return code;
+}

@@ -113,6 +113,9 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
                                pointer, pointer, pointer, pointer, ctypes.c_int, ctypes.c_int,
                                ctypes.c_double, pointer, pointer, pointer]
     lib.lloyd_loop.restype = ctypes.c_int
+    lib.full_weights.argtypes = [ctypes.c_int, ctypes.c_int, pointer, pointer, pointer, pointer,
+                                 pointer, pointer]
+    lib.full_weights.restype = ctypes.c_int
     return lib, "built"
 
 
@@ -262,3 +265,26 @@ def lloyd_loop(x: torch.Tensor, centers: torch.Tensor, bounds: list[int], max_it
     if code != 0:
         raise RuntimeError(f"the Lloyd kernel refused its arguments (code {code})")
     return LoopResult(moved, labels, n_iter.value, bool(strict.value), bool(converged.value))
+
+
+def full_weights(scale_tril: torch.Tensor, means: torch.Tensor, weights: torch.Tensor,
+                 center: torch.Tensor) -> tuple[torch.Tensor, float, float] | None:
+    """The quadratic E-step's weights ``W : (K, F)`` of full covariances (as
+    :func:`zoo.gmm_em._quadratic_weights` makes them) in the kernel's library, in double, with
+    the largest ``|Λ_k|_F`` and ``|μ_k - m|²`` for the rounding bound; ``None`` where a
+    Cholesky factor has a diagonal that is not positive and finite (a singular covariance)."""
+    library = _state()["library"]
+    k, d = means.shape
+    tril, mu, lam, m = (t.detach().to("cpu", torch.float64).contiguous()
+                        for t in (scale_tril, means, weights, center))
+    table = torch.empty(k, d * (d + 1) // 2 + d + 1, dtype=torch.float64)
+    extremes = (ctypes.c_double * 2)()
+    code = library.full_weights(k, d, tril.data_ptr(), mu.data_ptr(), lam.data_ptr(),
+                                m.data_ptr(), table.data_ptr(), extremes)
+    if code == 4:
+        return None
+    if code == 1:
+        raise MemoryError("the weights' kernel could not allocate its buffers")
+    if code != 0:
+        raise RuntimeError(f"the weights' kernel refused its arguments (code {code})")
+    return table, extremes[0], extremes[1]

@@ -17,6 +17,7 @@ import torch
 
 from inference.em import fit_em
 from zoo import em_native, gmm, gmm_em
+from zoo.errors import InputError
 
 FLOOR = 2 * math.log(torch.finfo(torch.float32).eps)
 
@@ -419,3 +420,58 @@ def test_the_yardsticks_rows_through_the_kernel_are_scipys(threads, covariance_t
     np.testing.assert_allclose(values.double().numpy(), expected, rtol=0, atol=1e-4)
     np.testing.assert_allclose(whitened.numpy(), expected, rtol=1e-9, atol=1e-9)
     assert abs(float(values.double().mean()) - float(mean)) < 1e-5
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+@pytest.mark.parametrize("dim,components", [(16, 8), (3, 5), (1, 2)])
+def test_the_weights_in_the_kernel_are_torchs(covariance_type, dim, components, monkeypatch):
+    """The E-step's weights of full (and tied) covariances from the kernel's library equal
+    the torch form's (``Λ = P Pᵀ`` from a triangular solve) to float64 rounding, the rounding
+    bound too; they give log λ_k N(x | μ_k, S_k) by scipy; a singular factor is the same
+    error in both."""
+    from scipy.stats import multivariate_normal
+
+    if em_native.kernel() is None:
+        pytest.skip("the kernel is not used here: " + em_native.status()["reason"])
+    config = gmm.GMMConfig(dim=dim, components=components, covariance_type=covariance_type)
+    generator = torch.Generator().manual_seed(dim + components)
+    factor = torch.randn(components, dim, dim, generator=generator, dtype=torch.float64)
+    covariance = factor @ factor.mT / dim + 0.3 * torch.eye(dim, dtype=torch.float64)
+    if covariance_type == "tied":
+        covariance = covariance[:1].expand(components, dim, dim)
+    params = {"weights": torch.softmax(torch.randn(components, generator=generator,
+                                                   dtype=torch.float64), 0),
+              "means": 3 * torch.randn(components, dim, generator=generator,
+                                       dtype=torch.float64) + 2,
+              "scale_tril": torch.linalg.cholesky(covariance)}
+    params32 = {name: value.float() for name, value in params.items()}
+    x = (torch.randn(500, dim, generator=generator) + 2).contiguous()
+    features = gmm_em._quadratic_features(config, x)
+    calls = []
+    made = em_native.full_weights
+    monkeypatch.setattr(em_native, "full_weights", lambda *a: calls.append(1) or made(*a))
+    ours, our_bound = gmm_em._quadratic_weights(config, params32, features)
+    monkeypatch.setattr(em_native, "kernel", lambda: None)  # the torch form
+    theirs, their_bound = gmm_em._quadratic_weights(config, params32, features)
+    assert calls == [1] and ours.dtype == torch.float64 and ours.shape == theirs.shape
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-12,
+                               atol=1e-12 * float(theirs.abs().max()))
+    assert our_bound == pytest.approx(their_bound, rel=1e-12)
+    c = x.double() - features.center.double()
+    first, second = torch.triu_indices(dim, dim)
+    phi = torch.cat([c[:, first] * c[:, second], c, torch.ones(500, 1, dtype=torch.float64)], 1)
+    scipy = np.stack([np.log(float(params32["weights"][k])) + multivariate_normal(
+        params32["means"][k].double().numpy(),
+        (params32["scale_tril"][k].double() @ params32["scale_tril"][k].double().T).numpy()
+    ).logpdf(x.double().numpy()) for k in range(components)], 1)
+    np.testing.assert_allclose((phi @ ours.t()).numpy(), scipy.reshape(500, components),
+                               rtol=1e-9, atol=1e-9)
+    singular = dict(params32, scale_tril=params32["scale_tril"].clone())
+    singular["scale_tril"][-1, -1, -1] = 0.0
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="singular covariance") as kernel_error:
+        gmm_em._quadratic_weights(config, singular, features)
+    monkeypatch.setattr(em_native, "kernel", lambda: None)
+    with pytest.raises(InputError, match="singular covariance") as torch_error:
+        gmm_em._quadratic_weights(config, singular, features)
+    assert str(kernel_error.value) == str(torch_error.value)
