@@ -160,6 +160,15 @@ def variants() -> list[int]:
     return [v for v in (2, 1, 0) if library.em_variant(v) == v]
 
 
+def _check(code: int, what: str) -> None:
+    """A kernel's status: 0 is done; 1 is memory that ran out; anything else, arguments that
+    the build refused."""
+    if code == 1:
+        raise MemoryError(f"{what} could not allocate its buffers")
+    if code != 0:
+        raise RuntimeError(f"{what} refused its arguments (code {code})")
+
+
 def share(x: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, first: torch.Tensor,
           second: torch.Tensor, begin: int, end: int, floor: float, statistics: bool,
           variant: int = BEST, rows: torch.Tensor | None = None
@@ -190,10 +199,7 @@ def share(x: torch.Tensor, weights: torch.Tensor, center: torch.Tensor, first: t
                             table.data_ptr(), k, padded, size, first.data_ptr(),
                             second.data_ptr(), first.numel(), floor, int(statistics),
                             sums.data_ptr(), total.data_ptr(), row_out)
-    if code == 1:
-        raise MemoryError("the E-step kernel could not allocate its block buffers")
-    if code != 0:
-        raise RuntimeError(f"the E-step kernel refused its arguments (code {code})")
+    _check(code, "the E-step kernel")
     return sums[:k], total[0]
 
 
@@ -216,10 +222,7 @@ def lloyd_share(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor,
         centers.data_ptr(), k, labels.data_ptr() + begin * step,
         None if previous is None else previous.data_ptr() + begin * step, sums.data_ptr(),
         counts.data_ptr(), changed.data_ptr())
-    if code == 1:
-        raise MemoryError("the Lloyd kernel could not allocate its block buffers")
-    if code != 0:
-        raise RuntimeError(f"the Lloyd kernel refused its arguments (code {code})")
+    _check(code, "the Lloyd kernel")
     return sums, counts, changed[0]
 
 
@@ -260,10 +263,7 @@ def lloyd_loop(x: torch.Tensor, centers: torch.Tensor, bounds: list[int], max_it
                               ctypes.byref(converged))
     if code == 3:
         return None
-    if code == 1:
-        raise MemoryError("the Lloyd kernel could not allocate its buffers")
-    if code != 0:
-        raise RuntimeError(f"the Lloyd kernel refused its arguments (code {code})")
+    _check(code, "the Lloyd kernel")
     return LoopResult(moved, labels, n_iter.value, bool(strict.value), bool(converged.value))
 
 
@@ -283,8 +283,5 @@ def full_weights(scale_tril: torch.Tensor, means: torch.Tensor, weights: torch.T
                                 m.data_ptr(), table.data_ptr(), extremes)
     if code == 4:
         return None
-    if code == 1:
-        raise MemoryError("the weights' kernel could not allocate its buffers")
-    if code != 0:
-        raise RuntimeError(f"the weights' kernel refused its arguments (code {code})")
+    _check(code, "the weights' kernel")
     return table, extremes[0], extremes[1]
