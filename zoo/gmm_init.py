@@ -378,9 +378,6 @@ def lloyd_rows(rows, centers: torch.Tensor, *, max_iter: int = 300,
     are kept (a rank's own) unless the rows are streamed; then Lloyd stops on the shift alone,
     which unchanged labels make exactly 0."""
     keep = not rows.streamed
-    # two sets of label buffers, made once: this pass's, and the last one's to compare with
-    buffers = ([[torch.empty(chunk.shape[0], dtype=torch.int64, device=chunk.device)
-                 for chunk in rows.chunks()] for _ in range(2)] if keep else None)
     labels = previous = None
     converged = strict = False
     n_iter = 0
@@ -391,6 +388,9 @@ def lloyd_rows(rows, centers: torch.Tensor, *, max_iter: int = 300,
             whole = _lloyd_in_kernel(rows, centers, max_iter, tol, threads)
             if whole is not None:
                 return whole
+        # two sets of label buffers, made once: this pass's, and the last one's to compare with
+        buffers = ([[torch.empty(chunk.shape[0], dtype=torch.int64, device=chunk.device)
+                     for chunk in rows.chunks()] for _ in range(2)] if keep else None)
         for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
             labels = buffers[n_iter % 2] if keep else None
             sums, counts, changed = _assign_and_sum(rows, centers, labels, previous, threads)
