@@ -286,6 +286,7 @@ def _overlapping(num_data, dim, components, seed):
     return (torch.randn(num_data, dim, generator=generator) + means[which]).contiguous()
 
 
+@pytest.mark.parametrize("transposed", [True, False], ids=["transposed-once", "every-pass"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("num_data,dim,components,tol", [
     (19_037, 16, 8, "sklearn"),  # the start's sample: two shares on two threads
@@ -293,7 +294,7 @@ def _overlapping(num_data, dim, components, seed):
     (300, 2, 4, "sklearn"),  # one share: fewer blocks than threads
 ])
 def test_lloyds_loop_in_the_kernel_is_the_python_loop(threads, num_data, dim, components, tol,
-                                                      monkeypatch):
+                                                      transposed, monkeypatch):
     """Lloyd's algorithm whole in the kernel (the passes' sums updated by the rows that
     changed label) against the loop in Python over the kernel's passes (sums afresh each
     pass) and against float64 means of its own labels: the same iterations, labels and stop,
@@ -305,10 +306,17 @@ def test_lloyds_loop_in_the_kernel_is_the_python_loop(threads, num_data, dim, co
     x = _overlapping(num_data, dim, components, seed=components)
     start, _ = gmm.kmeans_plus_plus(x, components, generator=torch.Generator().manual_seed(2))
     tolerance = gmm_init.lloyd_tolerance(x) if tol == "sklearn" else tol
-    calls = []
+    if not transposed:  # the rows of larger data: each pass transposes each block again
+        monkeypatch.setattr(em_native, "LLOYD_TRANSPOSED_BYTES", 0)
+    calls, results = [], []
     loop = em_native.lloyd_loop
-    monkeypatch.setattr(em_native, "lloyd_loop", lambda *a, **k: calls.append(a[2]) or loop(
-        *a, **k))
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])
+        results.append(loop(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(em_native, "lloyd_loop", counted)
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
@@ -318,6 +326,7 @@ def test_lloyds_loop_in_the_kernel_is_the_python_loop(threads, num_data, dim, co
     finally:
         torch.set_num_threads(saved)
     assert len(calls) == 1 and len(calls[0]) - 1 == (threads if num_data > 8192 else 1)
+    assert results[0] is not None  # the kernel's loop ran to the end, not the Python loop
     assert ours.n_iter == python.n_iter > 2 and ours.converged == python.converged
     assert torch.equal(ours.labels, python.labels)
     np.testing.assert_allclose(ours.centers.numpy(), python.centers.numpy(), rtol=1e-6,
