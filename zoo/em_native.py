@@ -251,8 +251,9 @@ def lloyd_loop(x: torch.Tensor, centers: torch.Tensor, bounds: list[int], max_it
     it stops where no label changed, where the squared shift is at most ``tol``, or after
     ``max_iter`` passes. ``prior`` (int64, one per row) are the labels of the pass before,
     from an earlier call: the first pass counts its changes against them (its sums are taken
-    afresh). ``None`` where a cluster emptied: the caller's loop, which refills it, runs
-    instead."""
+    afresh). Each thread transposes its share once, on the first pass, where all rows take
+    at most :data:`LLOYD_TRANSPOSED_BYTES` (a copy freed on return). ``None`` where a cluster
+    emptied: the caller's loop, which refills it, runs instead."""
     library = _state()["library"]
     k, d = centers.shape
     moved = centers.to(torch.float32).contiguous().clone()
