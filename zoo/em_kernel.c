@@ -17,8 +17,17 @@
 
 #define TILES 16
 #define KG 8 /* components held in registers at once; W and the sums are padded to it */
+#define FLUSH 16 /* blocks whose sums each lane holds in float before they are added in double */
+/* The two halves of a perfect shuffle of two V-lane vectors, [a0 b0 a1 b1 ...]: applied
+   log2(V) times to V rows, they transpose them. */
+#define LO16 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
+#define HI16 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+#define LO8 0, 8, 1, 9, 2, 10, 3, 11
+#define HI8 4, 12, 5, 13, 6, 14, 7, 15
+#define LO4 0, 4, 1, 5
+#define HI4 2, 6, 3, 7
 
-#define BODY(NAME, V, ATTR)                                                                   \
+#define BODY(NAME, V, ATTR, LO, HI)                                                           \
 typedef float NAME##_vf __attribute__((vector_size((V) * sizeof(float))));                   \
 typedef int NAME##_vi __attribute__((vector_size((V) * sizeof(int))));                       \
 ATTR static inline NAME##_vf NAME##_exp(NAME##_vf x)                                         \
@@ -43,6 +52,15 @@ ATTR static inline NAME##_vf NAME##_max(NAME##_vf a, NAME##_vf b)               
     NAME##_vi take = a > b;                                                                  \
     return (NAME##_vf)(((NAME##_vi)a & take) | ((NAME##_vi)b & ~take));                      \
 }                                                                                            \
+/* The two factors of feature j of the centred rows, as TILES vectors each: c_a and c_b,   \
+   c_d and 1, or 1 and 1. */                                                                 \
+ATTR static inline void NAME##_factors(const NAME##_vf *c, const NAME##_vf *ones, int j,    \
+                                       int Fq, int F, const int *pa, const int *pb,         \
+                                       const NAME##_vf **a, const NAME##_vf **b)            \
+{                                                                                            \
+    *a = j < Fq ? c + (size_t)pa[j] * TILES : j < F - 1 ? c + (size_t)(j - Fq) * TILES : ones; \
+    *b = j < Fq ? c + (size_t)pb[j] * TILES : ones;                                          \
+}                                                                                            \
 ATTR static int NAME(const float *x, long n, int D, const float *m, const float *Wt, int K, \
                      int Kp, int F, const int *pa, const int *pb, int Fq, float floor_,      \
                      int statistics, double *sums, double *total, double *rowlog)            \
@@ -51,20 +69,43 @@ ATTR static int NAME(const float *x, long n, int D, const float *m, const float 
     const int T = (V) * TILES;                                                               \
     vf *c = aligned_alloc(64, sizeof(vf) * (size_t)D * TILES);                               \
     vf *lg = aligned_alloc(64, sizeof(vf) * (size_t)Kp * TILES);                             \
-    float *blocksums = malloc(sizeof(float) * (size_t)Kp * F);                               \
-    if (!c || !lg || !blocksums) {                                                           \
-        free(c); free(lg); free(blocksums);                                                  \
+    vf *lanesums = statistics ? aligned_alloc(64, sizeof(vf) * (size_t)Kp * F) : 0;         \
+    if (!c || !lg || (statistics && !lanesums)) {                                            \
+        free(c); free(lg); free(lanesums);                                                   \
         return 1;                                                                            \
     }                                                                                        \
-    vf peak[TILES], s[TILES];                                                                \
+    if (statistics) memset(lanesums, 0, sizeof(vf) * (size_t)Kp * F);                        \
+    const NAME##_vi lo = {LO}, hi = {HI};                                                    \
+    vf peak[TILES], s[TILES], ones[TILES];                                                   \
+    for (int tile = 0; tile < TILES; tile++) ones[tile] = (vf){0} + 1.0f;                    \
     double tot = 0.0;                                                                        \
+    int unflushed = 0;                                                                       \
     for (long n0 = 0; n0 < n; n0 += T) {                                                     \
         const int w = (n - n0) < T ? (int)(n - n0) : T;                                      \
         float *cf = (float *)c;                                                              \
-        for (int t = 0; t < T; t++) {                                                        \
-            const float *row = x + (n0 + (t < w ? t : 0)) * D;                               \
-            for (int d = 0; d < D; d++)                                                      \
-                cf[(size_t)d * T + t] = t < w ? row[d] - m[d] : 0.0f;                        \
+        for (int t0 = 0; t0 < T; t0 += (V)) { /* V x V tiles transposed in registers */      \
+            int d0 = 0;                                                                      \
+            if (t0 + (V) <= w)                                                               \
+                for (; d0 + (V) <= D; d0 += (V)) {                                           \
+                    vf r[V];                                                                 \
+                    for (int i = 0; i < (V); i++)                                            \
+                        memcpy(&r[i], x + (n0 + t0 + i) * D + d0, sizeof(vf));               \
+                    for (int h = (V) / 2; h >= 1; h /= 2) {                                  \
+                        vf u[V];                                                             \
+                        for (int i = 0; i < (V) / 2; i++) {                                  \
+                            u[2 * i] = __builtin_shuffle(r[i], r[i + (V) / 2], lo);          \
+                            u[2 * i + 1] = __builtin_shuffle(r[i], r[i + (V) / 2], hi);      \
+                        }                                                                    \
+                        memcpy(r, u, sizeof r);                                              \
+                    }                                                                        \
+                    for (int i = 0; i < (V); i++)                                            \
+                        c[(size_t)(d0 + i) * TILES + t0 / (V)] = r[i] - m[d0 + i];           \
+                }                                                                            \
+            for (int t = t0; t < t0 + (V); t++) {                                            \
+                const float *row = x + (n0 + (t < w ? t : 0)) * D;                           \
+                for (int d = d0; d < D; d++)                                                 \
+                    cf[(size_t)d * T + t] = t < w ? row[d] - m[d] : 0.0f;                    \
+            }                                                                                \
         }                                                                                    \
         for (int g = 0; g < Kp; g += KG) {                                                   \
             for (int tile = 0; tile < TILES; tile++) {                                       \
@@ -118,31 +159,38 @@ ATTR static int NAME(const float *x, long n, int D, const float *m, const float 
             for (int k = 0; k < K; k++) lg[(size_t)k * TILES + tile] *= inv;                 \
         }                                                                                    \
         for (int g = 0; g < Kp; g += KG) {                                                   \
-            for (int j = 0; j < F; j++) {                                                    \
-                vf acc[KG];                                                                  \
-                for (int kk = 0; kk < KG; kk++) acc[kk] = (vf){0};                           \
+            for (int j = 0; j < F; j += 2) { /* two features at a time: each r_k read once */ \
+                const vf *a1, *b1, *a2, *b2;                                                 \
+                NAME##_factors(c, ones, j, Fq, F, pa, pb, &a1, &b1);                         \
+                NAME##_factors(c, ones, j + 1 < F ? j + 1 : j, Fq, F, pa, pb, &a2, &b2);     \
+                vf acc[KG], acc2[KG];                                                        \
+                for (int kk = 0; kk < KG; kk++) acc[kk] = acc2[kk] = (vf){0};                \
                 for (int tile = 0; tile < TILES; tile++) {                                   \
-                    vf phi;                                                                  \
-                    if (j < Fq)                                                              \
-                        phi = c[(size_t)pa[j] * TILES + tile] * c[(size_t)pb[j] * TILES + tile]; \
-                    else if (j < F - 1)                                                      \
-                        phi = c[(size_t)(j - Fq) * TILES + tile];                            \
-                    else                                                                     \
-                        phi = (vf){0} + 1.0f;                                                \
-                    for (int kk = 0; kk < KG; kk++)                                          \
-                        acc[kk] += lg[(size_t)(g + kk) * TILES + tile] * phi;                \
+                    const vf phi = a1[tile] * b1[tile], phi2 = a2[tile] * b2[tile];          \
+                    for (int kk = 0; kk < KG; kk++) {                                        \
+                        const vf r = lg[(size_t)(g + kk) * TILES + tile];                    \
+                        acc[kk] += r * phi;                                                  \
+                        acc2[kk] += r * phi2;                                                \
+                    }                                                                        \
                 }                                                                            \
                 for (int kk = 0; kk < KG; kk++) {                                            \
-                    float h = 0.0f;                                                          \
-                    for (int lane = 0; lane < (V); lane++) h += acc[kk][lane];               \
-                    blocksums[(size_t)(g + kk) * F + j] = h;                                 \
+                    lanesums[(size_t)(g + kk) * F + j] += acc[kk];                           \
+                    if (j + 1 < F) lanesums[(size_t)(g + kk) * F + j + 1] += acc2[kk];       \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \
-        for (size_t i = 0; i < (size_t)Kp * F; i++) sums[i] += blocksums[i];                 \
+        if (++unflushed == FLUSH || n0 + T >= n) {                                           \
+            for (size_t i = 0; i < (size_t)Kp * F; i++) {                                    \
+                double h = 0.0;                                                              \
+                for (int lane = 0; lane < (V); lane++) h += (double)lanesums[i][lane];       \
+                sums[i] += h;                                                                \
+                lanesums[i] = (vf){0};                                                       \
+            }                                                                                \
+            unflushed = 0;                                                                   \
+        }                                                                                    \
     }                                                                                        \
     *total += tot;                                                                           \
-    free(c); free(lg); free(blocksums);                                                      \
+    free(c); free(lg); free(lanesums);                                                       \
     return 0;                                                                                \
 }
 
@@ -234,12 +282,12 @@ ATTR static int NAME(const float *x, long n, int D, const float *centers, int K,
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-BODY(em_avx512, 16, __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))))
-BODY(em_avx2, 8, __attribute__((target("avx2,fma"))))
+BODY(em_avx512, 16, __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))), LO16, HI16)
+BODY(em_avx2, 8, __attribute__((target("avx2,fma"))), LO8, HI8)
 LLOYD(lloyd_avx512, 16, __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))))
 LLOYD(lloyd_avx2, 8, __attribute__((target("avx2,fma"))))
 #endif
-BODY(em_base, 4, )
+BODY(em_base, 4, , LO4, HI4)
 LLOYD(lloyd_base, 4, )
 
 typedef int (*em_fn)(const float *, long, int, const float *, const float *, int, int, int,
