@@ -4,9 +4,12 @@
  * or responsibilities at a time in registers; the features phi(c) = [c_a c_b (pairs), c, 1] of
  * the centred rows c = x - m are made on the fly and never stored.
  *
- * Per 256-row block: the rows centred and transposed (D x 256, in L1/L2), the log joints
- * W phi (K x 256), their normalization (exp by Cephes' polynomial), and the sums
- * Σ_rows r_k phi_j, accumulated in float over the block and in double across blocks.
+ * Per 256-row block: the rows centred and transposed (D x 256, in L1/L2; V x V tiles of rows
+ * by a perfect shuffle in registers), the log joints W phi (K x 256), their normalization (exp
+ * by Cephes' polynomial), and the sums Σ_rows r_k phi_j, two features at a time so that each
+ * r_k is read once for both. The sums are held per lane in float for up to FLUSH blocks
+ * (as many rows per lane as one block's float sum held before), then added in double. No
+ * horizontal sum is taken per block.
  *
  * Three builds of one body: AVX-512 (16 lanes), AVX2 with FMA (8 lanes), and the compiler's
  * baseline (4 lanes); em_variant() says which one the CPU runs. */
