@@ -20,6 +20,12 @@
 
 #define TILES 16
 #define KG 8 /* components held in registers at once; W and the sums are padded to it */
+/* v held in a register: GCC would otherwise read it from memory again for each product */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define IN_REGISTER(v) ((void)0)
+#endif
 #define FLUSH 16 /* blocks whose sums each lane holds in float before they are added in double */
 /* The two halves of a perfect shuffle of two V-lane vectors, [a0 b0 a1 b1 ...]: applied
    log2(V) times to V rows, they transpose them. */
@@ -171,7 +177,8 @@ ATTR static int NAME(const float *x, long n, int D, const float *m, const float 
                 for (int tile = 0; tile < TILES; tile++) {                                   \
                     const vf phi = a1[tile] * b1[tile], phi2 = a2[tile] * b2[tile];          \
                     for (int kk = 0; kk < KG; kk++) {                                        \
-                        const vf r = lg[(size_t)(g + kk) * TILES + tile];                    \
+                        vf r = lg[(size_t)(g + kk) * TILES + tile];                          \
+                        IN_REGISTER(r); /* one load for both products */                     \
                         acc[kk] += r * phi;                                                  \
                         acc2[kk] += r * phi2;                                                \
                     }                                                                        \
