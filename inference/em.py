@@ -105,8 +105,8 @@ def fit_em(
         runs = _restarts(data, method, generator, n_init, tol, max_iter, accelerate, progress,
                          previous, saved)
         run, restart, finals = _best_restart(runs)
-    if not run.converged:
-        _warn_unconverged(spec, run.history, max_iter, tol)
+    if not run.converged and (rows.group is None or rows.group.is_main):
+        _warn_unconverged(spec, run.history, max_iter, tol)  # once for a process group
     return _em_result(spec, rows, run, time.perf_counter() - start + saved.seconds, seed,
                       method,
                       n_init=n_init, best_restart=restart, restart_log_likelihoods=finals,

@@ -350,6 +350,13 @@ def test_torchrun_fit_writes_the_one_process_run(tmp_path):
     two_params = torch.load(tmp_path / "two" / "params.pt", weights_only=True)["params"]
     one_params = torch.load(tmp_path / "one" / "params.pt", weights_only=True)["params"]
     assert _largest_difference(two_params, one_params) < 1e-10
+    # a fit stopped short of its tolerance warns once, not once a rank
+    short = _lvm_zoo("fit", "gmm", "--data", str(tmp_path / "rows.npy"), "--max-iter", "2",
+                     "--tol", "1e-300", "--no-figures", "--out", str(tmp_path / "short"),
+                     launcher=torchrun)
+    assert short.returncode == 0, short.stderr[-2000:]
+    assert short.stderr.count("ConvergenceWarning: EM on gmm did not converge") == 1, \
+        short.stderr[-2000:]
     # a streamed fit through the command line says so
     streamed = _lvm_zoo(*common, "--chunk-rows", "500", "--test-fraction", "0",
                         "--out", str(tmp_path / "streamed"))
