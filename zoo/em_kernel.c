@@ -27,6 +27,13 @@
 #define IN_REGISTER(v) ((void)0)
 #endif
 #define FLUSH 16 /* blocks whose sums each lane holds in float before they are added in double */
+/* A shuffle of two vectors by constant lanes, in clang's spelling and in GCC's
+   (GCC 12 has both) */
+#if defined(__clang__) || defined(SHUFFLE_VECTOR)
+#define SHUFFLE(VI, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(VI, a, b, ...) __builtin_shuffle(a, b, (VI){__VA_ARGS__})
+#endif
 /* The two halves of a perfect shuffle of two V-lane vectors, [a0 b0 a1 b1 ...]: applied
    log2(V) times to V rows, they transpose them. */
 #define LO16 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
@@ -84,7 +91,6 @@ ATTR static int NAME(const float *x, long n, int D, const float *m, const float 
         return 1;                                                                            \
     }                                                                                        \
     if (statistics) memset(lanesums, 0, sizeof(vf) * (size_t)Kp * F);                        \
-    const NAME##_vi lo = {LO}, hi = {HI};                                                    \
     vf peak[TILES], s[TILES], ones[TILES];                                                   \
     for (int tile = 0; tile < TILES; tile++) ones[tile] = (vf){0} + 1.0f;                    \
     double tot = 0.0;                                                                        \
@@ -102,8 +108,8 @@ ATTR static int NAME(const float *x, long n, int D, const float *m, const float 
                     for (int h = (V) / 2; h >= 1; h /= 2) {                                  \
                         vf u[V];                                                             \
                         for (int i = 0; i < (V) / 2; i++) {                                  \
-                            u[2 * i] = __builtin_shuffle(r[i], r[i + (V) / 2], lo);          \
-                            u[2 * i + 1] = __builtin_shuffle(r[i], r[i + (V) / 2], hi);      \
+                            u[2 * i] = SHUFFLE(NAME##_vi, r[i], r[i + (V) / 2], LO);         \
+                            u[2 * i + 1] = SHUFFLE(NAME##_vi, r[i], r[i + (V) / 2], HI);     \
                         }                                                                    \
                         memcpy(r, u, sizeof r);                                              \
                     }                                                                        \
