@@ -7,9 +7,10 @@
  * Per 256-row block: the rows centred and transposed (D x 256, in L1/L2; V x V tiles of rows
  * by a perfect shuffle in registers), the log joints W phi (K x 256), their normalization (exp
  * by Cephes' polynomial), and the sums Σ_rows r_k phi_j, two features at a time so that each
- * r_k is read once for both. The sums are held per lane in float for up to FLUSH blocks
- * (as many rows per lane as one block's float sum held before), then added in double. No
- * horizontal sum is taken per block.
+ * r_k is read once for both. Where they fit in LANE_BYTES, the sums are held per lane in
+ * float for up to FLUSH blocks (as many rows per lane as one block's float sum holds), then
+ * added in double: no horizontal sum per block. Beyond, each block's float sums are added in
+ * double.
  *
  * Three builds of one body: AVX-512 (16 lanes), AVX2 with FMA (8 lanes), and the compiler's
  * baseline (4 lanes); em_variant() says which one the CPU runs. */
@@ -27,6 +28,10 @@
 #define IN_REGISTER(v) ((void)0)
 #endif
 #define FLUSH 16 /* blocks whose sums each lane holds in float before they are added in double */
+/* ... where the lanes' sums take at most this much (K = 8, D = 16, 16 lanes: 78 KiB); beyond,
+   each block's sums are added in double as they are made (K = 1024 at D = 128 would hold
+   17 MiB a thread, more than the caches, read and written every block) */
+#define LANE_BYTES (512 * 1024)
 /* A shuffle of two vectors by constant lanes, in clang's spelling and in GCC's
    (GCC 12 has both) */
 #if defined(__clang__) || defined(SHUFFLE_VECTOR)
@@ -42,6 +47,44 @@
 #define HI8 4, 12, 5, 13, 6, 14, 7, 15
 #define LO4 0, 4, 1, 5
 #define HI4 2, 6, 3, 7
+
+/* The sums Σ r_k phi_j of a block, two features at a time so that each r_k is read once for
+   both: into the lanes' sums (LANES), or as the block's float sums added in double. Two
+   copies in each build, so that neither loop carries the other's branch (one loop with the
+   branch ran 8% slower). */
+#define STATISTICS(NAME, V, LANES)                                                            \
+    for (int g = 0; g < Kp; g += KG) {                                                        \
+        for (int j = 0; j < F; j += 2) { /* two features at a time: each r_k read once */     \
+            const vf *a1, *b1, *a2, *b2;                                                      \
+            NAME##_factors(c, ones, j, Fq, F, pa, pb, &a1, &b1);                              \
+            NAME##_factors(c, ones, j + 1 < F ? j + 1 : j, Fq, F, pa, pb, &a2, &b2);          \
+            vf acc[KG], acc2[KG];                                                             \
+            for (int kk = 0; kk < KG; kk++) acc[kk] = acc2[kk] = (vf){0};                     \
+            for (int tile = 0; tile < TILES; tile++) {                                        \
+                const vf phi = a1[tile] * b1[tile], phi2 = a2[tile] * b2[tile];               \
+                for (int kk = 0; kk < KG; kk++) {                                             \
+                    vf r = lg[(size_t)(g + kk) * TILES + tile];                               \
+                    IN_REGISTER(r); /* one load for both products */                          \
+                    acc[kk] += r * phi;                                                       \
+                    acc2[kk] += r * phi2;                                                     \
+                }                                                                             \
+            }                                                                                 \
+            for (int kk = 0; kk < KG; kk++) {                                                 \
+                if (LANES) {                                                                  \
+                    lanesums[(size_t)(g + kk) * F + j] += acc[kk];                            \
+                    if (j + 1 < F) lanesums[(size_t)(g + kk) * F + j + 1] += acc2[kk];        \
+                } else { /* the block's float sums, added in double */                        \
+                    float h = 0.0f, h2 = 0.0f;                                                \
+                    for (int lane = 0; lane < (V); lane++) {                                  \
+                        h += acc[kk][lane];                                                   \
+                        h2 += acc2[kk][lane];                                                 \
+                    }                                                                         \
+                    sums[(size_t)(g + kk) * F + j] += h;                                      \
+                    if (j + 1 < F) sums[(size_t)(g + kk) * F + j + 1] += h2;                  \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }
 
 #define BODY(NAME, V, ATTR, LO, HI)                                                           \
 typedef float NAME##_vf __attribute__((vector_size((V) * sizeof(float))));                   \
@@ -85,12 +128,13 @@ ATTR static int NAME(const float *x, long n, int D, const float *m, const float 
     const int T = (V) * TILES;                                                               \
     vf *c = aligned_alloc(64, sizeof(vf) * (size_t)D * TILES);                               \
     vf *lg = aligned_alloc(64, sizeof(vf) * (size_t)Kp * TILES);                             \
-    vf *lanesums = statistics ? aligned_alloc(64, sizeof(vf) * (size_t)Kp * F) : 0;         \
-    if (!c || !lg || (statistics && !lanesums)) {                                            \
+    const int lanes = statistics && sizeof(vf) * (size_t)Kp * F <= LANE_BYTES;               \
+    vf *lanesums = lanes ? aligned_alloc(64, sizeof(vf) * (size_t)Kp * F) : 0;              \
+    if (!c || !lg || (lanes && !lanesums)) {                                                 \
         free(c); free(lg); free(lanesums);                                                   \
         return 1;                                                                            \
     }                                                                                        \
-    if (statistics) memset(lanesums, 0, sizeof(vf) * (size_t)Kp * F);                        \
+    if (lanes) memset(lanesums, 0, sizeof(vf) * (size_t)Kp * F);                             \
     vf peak[TILES], s[TILES], ones[TILES];                                                   \
     for (int tile = 0; tile < TILES; tile++) ones[tile] = (vf){0} + 1.0f;                    \
     double tot = 0.0;                                                                        \
@@ -173,29 +217,11 @@ ATTR static int NAME(const float *x, long n, int D, const float *m, const float 
                 if (tile * (V) + lane >= w) inv[lane] = 0.0f;                                \
             for (int k = 0; k < K; k++) lg[(size_t)k * TILES + tile] *= inv;                 \
         }                                                                                    \
-        for (int g = 0; g < Kp; g += KG) {                                                   \
-            for (int j = 0; j < F; j += 2) { /* two features at a time: each r_k read once */ \
-                const vf *a1, *b1, *a2, *b2;                                                 \
-                NAME##_factors(c, ones, j, Fq, F, pa, pb, &a1, &b1);                         \
-                NAME##_factors(c, ones, j + 1 < F ? j + 1 : j, Fq, F, pa, pb, &a2, &b2);     \
-                vf acc[KG], acc2[KG];                                                        \
-                for (int kk = 0; kk < KG; kk++) acc[kk] = acc2[kk] = (vf){0};                \
-                for (int tile = 0; tile < TILES; tile++) {                                   \
-                    const vf phi = a1[tile] * b1[tile], phi2 = a2[tile] * b2[tile];          \
-                    for (int kk = 0; kk < KG; kk++) {                                        \
-                        vf r = lg[(size_t)(g + kk) * TILES + tile];                          \
-                        IN_REGISTER(r); /* one load for both products */                     \
-                        acc[kk] += r * phi;                                                  \
-                        acc2[kk] += r * phi2;                                                \
-                    }                                                                        \
-                }                                                                            \
-                for (int kk = 0; kk < KG; kk++) {                                            \
-                    lanesums[(size_t)(g + kk) * F + j] += acc[kk];                           \
-                    if (j + 1 < F) lanesums[(size_t)(g + kk) * F + j + 1] += acc2[kk];       \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
-        if (++unflushed == FLUSH || n0 + T >= n) {                                           \
+        if (lanes)                                                                           \
+            STATISTICS(NAME, V, 1)                                                           \
+        else                                                                                 \
+            STATISTICS(NAME, V, 0)                                                           \
+        if (lanes && (++unflushed == FLUSH || n0 + T >= n)) {                                \
             for (size_t i = 0; i < (size_t)Kp * F; i++) {                                    \
                 double h = 0.0;                                                              \
                 for (int lane = 0; lane < (V); lane++) h += (double)lanesums[i][lane];       \

@@ -94,6 +94,7 @@ def _float64_rows(x, table, center, first, second):
     (7, 5, 2049, False),    # diagonal features: squares only
     (21, 8, 9000, True),    # rows transposed a tile of lanes at a time, then 21 mod lanes
                             # columns one by one; more rows than one flush of the lanes' sums
+    (16, 64, 3000, True),   # sums too many to keep per lane with 16 lanes: added per block
 ])
 def test_each_build_gives_the_float64_e_step(dim, components, num_data, full):
     """Every build this CPU runs gives the sums ``Σ_n r_nk φ_n`` within float32 rounding of
