@@ -19,6 +19,7 @@ two processes. Times are the fastest of ``--repeats``.
 
     python benchmarks/torchrun_wall.py                       # 4e6 x 16, K = 8, 10 iterations
     python benchmarks/torchrun_wall.py --num-data 20000 --iterations 2   # a smoke run
+    python benchmarks/torchrun_wall.py --num-data 10000000 --defaults    # the user's command
 """
 
 from __future__ import annotations
