@@ -128,9 +128,11 @@ def test_each_build_gives_the_float64_e_step(dim, components, num_data, full):
         _, rows_total = em_native.share(x, table, center, first, second, 37, num_data, FLOOR,
                                         False, variant=build, rows=rows)
         assert rows[:37].isnan().all() and float(rows_total) == float(part_total)
+        # a row's float32 log joint sums F rounded terms: 1e-4 nats up to the 153 features of
+        # D = 16, in proportion beyond (the start commit's kernel was 1.3e-4 off at D = 21)
         np.testing.assert_allclose(rows[37:].numpy(), _float64_rows(x[37:], table, center,
                                                                      first, second),
-                                   rtol=1e-5, atol=1e-4)
+                                   atol=1e-4 * max(1.0, table.shape[1] / 153))
         assert abs(float(rows[37:].sum()) - float(rows_total)) < 1e-9 * num_data
 
 
