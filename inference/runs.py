@@ -90,10 +90,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, Exception) as error:
+        detail = str(error).splitlines()[0] if str(error) else ""
+        if "weights_only" in detail:  # torch's advice to unpickle it anyway is not ours
+            detail = "it holds Python objects, not only tensors, and is not unpickled"
         raise InputError(f"'{path}' cannot be read as a tensor file ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}); it is "
-                         "truncated, unreadable or not written by lvm-zoo: fit again into a new "
-                         "--out folder") from None
+                         f"{detail}); it is truncated, unreadable or not written by lvm-zoo: "
+                         "fit again into a new --out folder") from None
     if not isinstance(state, dict):
         raise InputError(f"'{path}' holds a {type(state).__name__}, not lvm-zoo's dict of "
                          "tensors; fit again into a new --out folder")
