@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from inference import distributed
+from inference.shared_split import SharedGather
 from zoo import datasets
 from zoo.datasets import mapped
 from zoo.errors import InputError
@@ -128,11 +129,13 @@ def load(request: DataRequest, spec: ModelSpec) -> LoadedData:
         if request.chunk_rows is None:
             chunk_rows = mapped.default_chunk_rows(dataset.dim, DTYPES[request.dtype])
         return LoadedData(request, dataset, dataset.train, dataset.test, target, chunk_rows)
+    group = distributed.current()
     dataset = datasets.load_dataset(
         request.name or spec.default_data, root=request.root,
         test_fraction=request.test_fraction, seed=request.seed, dtype=DTYPES[request.dtype],
         binarize=request.binarize, download=request.download, standardize=request.standardize,
-        dequantize=request.dequantize)
+        dequantize=request.dequantize,
+        gather=None if group is None else SharedGather(group))  # one copy per machine
     return LoadedData(request, dataset, dataset.train.to(target), dataset.test.to(target),
                       target)
 

@@ -53,6 +53,7 @@ from zoo.datasets.files import _load_user_file
 from zoo.datasets.named import _NAMED_LOADERS, DATASETS, _load_synthetic
 from zoo.datasets.split import (
     DEQUANTIZED_BIN_WIDTH,
+    Gather,
     _bernoulli_sample,
     _check_binarizable,
     _dequantize,
@@ -88,6 +89,7 @@ def load_dataset(
     download: bool = False,
     standardize: bool = False,
     dequantize: bool = False,
+    gather: Gather | None = None,
 ) -> Dataset:
     """Load a named dataset or a user's file as a :class:`Dataset`.
 
@@ -110,6 +112,11 @@ def load_dataset(
             density of the values is bounded; ``bin_width`` is then 1/256. Only for images with
             values k/255 (mnist, fashion-mnist, frey-face); not with ``binarize`` or
             ``standardize``.
+        gather: how the split copies each part's rows, ``gather(x, index)`` for the training
+            part, then the held-out part (default ``torch.index_select(x, 0, index)``);
+            processes that share the rows pass their own (the ranks of one machine under
+            torchrun: one copy in shared memory). Sources with an official split are not
+            copied.
 
     Returns:
         the :class:`Dataset`, on the CPU.
@@ -141,7 +148,8 @@ def load_dataset(
 
     if loaded.test_x is None:
         train, test, train_labels, test_labels = _seeded_split(
-            loaded.x, loaded.labels, test_fraction=test_fraction, seed=request.seed, name=name
+            loaded.x, loaded.labels, test_fraction=test_fraction, seed=request.seed, name=name,
+            gather=gather,
         )
     else:
         train, test = loaded.x, loaded.test_x
