@@ -69,9 +69,17 @@ class SharedGather:
         """The shared tensor of ``shape``, its file created by rank 0, this rank's share of
         it reserved (``posix_fallocate``: a full ``/dev/shm`` is an error here, not a SIGBUS
         later) and mapped by every rank; ``None`` on every rank when any rank could not."""
-        path = self._create(nbytes) if self.group.is_main else None
+        created = self._create(nbytes) if self.group.is_main else None
+        try:  # rank 0 unlinks its file however this ends, once every rank has mapped it
+            return self._map(created, shape, dtype, nbytes)
+        finally:
+            if created:
+                Path(created).unlink(missing_ok=True)  # the maps hold it until they end
+
+    def _map(self, created: str | None, shape: tuple[int, ...], dtype: torch.dtype,
+             nbytes: int) -> torch.Tensor | None:
         text = self.group.broadcast(
-            {"path": torch.tensor(list(os.fsencode(path or "")), dtype=torch.uint8)}
+            {"path": torch.tensor(list(os.fsencode(created or "")), dtype=torch.uint8)}
             if self.group.is_main else None)["path"]
         path = os.fsdecode(bytes(text.to(torch.uint8).tolist()))
         if not path:
@@ -94,11 +102,7 @@ class SharedGather:
         except (OSError, RuntimeError):  # not the same folder, or no room: copies of its own
             shared = None
         ready = self.group.gather(torch.tensor([float(shared is not None)]))
-        if self.group.is_main:
-            Path(path).unlink(missing_ok=True)  # mapped everywhere it will be: freed at exit
-        if not all(bool(part[0]) for part in ready):
-            return None
-        return shared
+        return shared if all(bool(part[0]) for part in ready) else None
 
     def _create(self, nbytes: int) -> str | None:
         """A new file of ``nbytes`` (sparse) in the shared folder, or ``None``."""
