@@ -105,7 +105,10 @@ class SharedGather:
         return shared if all(bool(part[0]) for part in ready) else None
 
     def _create(self, nbytes: int) -> str | None:
-        """A new file of ``nbytes`` (sparse) in the shared folder, or ``None``."""
+        """A new file of ``nbytes`` (sparse) in the shared folder, or ``None`` (also where
+        the system cannot reserve a file's blocks up front: no ``posix_fallocate``)."""
+        if not hasattr(os, "posix_fallocate"):
+            return None
         try:
             descriptor, path = tempfile.mkstemp(prefix=_PREFIX, dir=self.folder)
         except OSError:
