@@ -131,7 +131,12 @@ class Group:
 
     @_collective
     def barrier(self) -> None:
-        dist.barrier()
+        """Every rank waits here until all have come (NCCL: on this rank's GPU, named, so
+        that NCCL need not guess the device)."""
+        if self.backend == "nccl":
+            dist.barrier(device_ids=[self.local_rank])
+        else:
+            dist.barrier()
 
 
 _ALONE: list[bool] = []
